@@ -1,0 +1,39 @@
+//! The wfrun guest contract and its host bindings.
+//!
+//! The WIT package `wfrun:node@0.1.0` in `host-api/wit/` is the single source
+//! of truth for what a node exports (`handler.run`) and which host interfaces it
+//! may import (`log`, `state`, `config`). This crate runs
+//! [`wasmtime::component::bindgen!`] over it once, inside a private module, and
+//! re-exports only what the host needs: the [`Node`] world with its
+//! pre-instantiated form [`NodePre`], the [`NodeError`] record, and the three
+//! import interfaces whose `Host` traits the runtime implements.
+//!
+//! Every import is `trappable`: a host function may end the run (for example
+//! when a guest logs past its cap) by returning an error, which becomes a trap
+//! rather than a value the guest could ignore. The export is `async` so a run
+//! can be interrupted by epoch deadlines while the executor stays responsive.
+
+#![warn(missing_docs)]
+
+#[allow(missing_docs)]
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "node",
+        imports: { default: trappable },
+        exports: { default: async },
+    });
+}
+
+pub use generated::exports::wfrun::node::handler::NodeError;
+pub use generated::wfrun::node::{config, log, state};
+pub use generated::{Node, NodeIndices, NodePre};
+
+/// The WIT package version this crate binds, as it appears in export names.
+pub const PACKAGE_VERSION: &str = "0.1.0";
+
+/// The name under which a node component exports its handler interface.
+pub const HANDLER_EXPORT: &str = "wfrun:node/handler@0.1.0";
+
+/// The prefix of the export a WASI command component (a job) carries.
+pub const COMMAND_EXPORT_PREFIX: &str = "wasi:cli/run@0.2";

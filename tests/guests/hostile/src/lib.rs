@@ -1,0 +1,87 @@
+//! A node that misbehaves on request, one way per `mode`, to prove each of the
+//! host's limits and denials. Input: `{"mode": "...", "n": optional number}`.
+
+use std::hint::black_box;
+use wfrun_sdk::{NodeError, Value, json, log};
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    // Keep a frame alive per call so the optimiser cannot turn this into a loop.
+    let frame = black_box([depth; 16]);
+    recurse(depth + 1) + frame[3]
+}
+
+fn attempt<T, E: std::fmt::Display>(r: Result<T, E>) -> Value {
+    match r {
+        Ok(_) => json!("allowed"),
+        Err(e) => json!(format!("denied: {e}")),
+    }
+}
+
+fn hostile(input: Value) -> Result<Value, NodeError> {
+    let mode = input["mode"].as_str().unwrap_or("ok").to_owned();
+    let n = input["n"].as_u64().unwrap_or(0);
+    match mode.as_str() {
+        "ok" => Ok(json!({"ok": true})),
+        "echo" => Ok(input),
+        "loop" => {
+            let mut i: u64 = 0;
+            loop {
+                i = black_box(i.wrapping_add(1));
+            }
+        }
+        "grow" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+        "recurse" => Ok(json!(recurse(0))),
+        "output" => Ok(json!("x".repeat(n as usize))),
+        "stdout" => loop {
+            println!("{}", "flood ".repeat(100));
+        },
+        "log" => loop {
+            log::info(&"flood ".repeat(100));
+        },
+        "trap" => {
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+            #[cfg(not(target_arch = "wasm32"))]
+            unreachable!()
+        }
+        "panic" => panic!("hostile guest panics on purpose"),
+        "fail" => Err(NodeError::retryable("upstream-busy", "try again later")),
+        "ambient" => {
+            // Reports what each attempt got instead of failing, so a test can
+            // assert on every denial in one run.
+            let port = n as u16;
+            Ok(json!({
+                "read_root": attempt(std::fs::read_dir("/")),
+                "read_passwd": attempt(std::fs::read("/etc/passwd")),
+                "write_tmp": attempt(std::fs::write("/tmp/wfrun-escape", b"x")),
+                "env_count": std::env::vars().count(),
+                "tcp_connect": attempt(std::net::TcpStream::connect(("127.0.0.1", port))),
+                "udp_bind": attempt(std::net::UdpSocket::bind("127.0.0.1:0")),
+                "dns": attempt(std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port))),
+            }))
+        }
+        "files" => {
+            // With a granted directory at /data: list it, read `in.txt`, try to
+            // write `out.txt` (allowed only when granted read-write).
+            let listing: Vec<String> = std::fs::read_dir("/data")
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            Ok(json!({
+                "listing": listing,
+                "read": std::fs::read_to_string("/data/in.txt").ok(),
+                "write": attempt(std::fs::write("/data/out.txt", b"written by guest")),
+                "env": std::env::var("WFRUN_TEST").ok(),
+            }))
+        }
+        other => Err(NodeError::invalid_input(format!("unknown mode {other:?}"))),
+    }
+}
+
+wfrun_sdk::node!(hostile);
