@@ -1,0 +1,21 @@
+//! The wfrun host library and the `wfrun` command.
+//!
+//! wfrun runs WebAssembly components (workflow nodes and WASI command jobs)
+//! inside wasmtime with fuel, memory and wall-clock limits and no ambient
+//! authority. The layers, each in its own module:
+//!
+//! - [`bundle`]: bundle files, checked to be components;
+//! - [`sandbox`]: the engine, limits, captured output and the host side of
+//!   the guest contract; loads bundles into programs and runs them;
+//! - [`outcome`]: the stable error codes and the run report;
+//! - [`cli`]: the `wfrun` commands, each only parsing flags and calling the
+//!   library.
+//!
+//! Data flows one way: command line → resolved settings → library calls.
+
+#![warn(missing_docs)]
+
+pub mod bundle;
+pub mod cli;
+pub mod outcome;
+pub mod sandbox;

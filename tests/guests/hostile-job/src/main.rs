@@ -15,7 +15,7 @@ fn main() {
             eprintln!("{}", "flood ".repeat(100));
         },
         "args" => println!("{}", std::env::args().collect::<Vec<_>>().join("|")),
-        "exit" => std::process::exit(7),
+        "exit" => std::process::exit(1),
         "panic" => panic!("job panics on purpose"),
         _ => println!("ok"),
     }

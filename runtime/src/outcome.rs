@@ -1,0 +1,277 @@
+//! What a run ended as: the stable [`ErrorCode`]s and the [`RunReport`].
+//!
+//! Error codes are part of wfrun's interface. They appear in `wfrun exec
+//! --json`, in run records and in reports, and scripts match on them, so they
+//! never change meaning. [`ExitStatus`] maps an outcome onto the `wfrun`
+//! process's exit status.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// Why a run failed. Serialised in `snake_case` (`fuel_exhausted`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The run went past its wall-clock timeout.
+    Timeout,
+    /// The run used up its fuel budget.
+    FuelExhausted,
+    /// The guest asked for more linear memory (or table elements, instances,
+    /// tables or memories) than its limits allow.
+    MemoryLimit,
+    /// The guest exhausted the maximum wasm stack (e.g. unbounded recursion).
+    StackOverflow,
+    /// The guest produced more output, stdout/stderr or log bytes than allowed.
+    OutputLimit,
+    /// The guest trapped: a panic, `unreachable`, an out-of-bounds access.
+    Trap,
+    /// A node returned its own error, or a job exited with a non-zero status.
+    NodeError,
+    /// The bundle is missing, not Wasm, not a component, or exports neither
+    /// a node nor a command.
+    InvalidBundle,
+    /// The input (JSON, a granted directory, an argument) is not usable.
+    InvalidInput,
+}
+
+impl ErrorCode {
+    /// Every code, in documentation order.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::Timeout,
+        ErrorCode::FuelExhausted,
+        ErrorCode::MemoryLimit,
+        ErrorCode::StackOverflow,
+        ErrorCode::OutputLimit,
+        ErrorCode::Trap,
+        ErrorCode::NodeError,
+        ErrorCode::InvalidBundle,
+        ErrorCode::InvalidInput,
+    ];
+
+    /// The code as it is written in JSON and run records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::FuelExhausted => "fuel_exhausted",
+            ErrorCode::MemoryLimit => "memory_limit",
+            ErrorCode::StackOverflow => "stack_overflow",
+            ErrorCode::OutputLimit => "output_limit",
+            ErrorCode::Trap => "trap",
+            ErrorCode::NodeError => "node_error",
+            ErrorCode::InvalidBundle => "invalid_bundle",
+            ErrorCode::InvalidInput => "invalid_input",
+        }
+    }
+
+    /// Whether this code means a configured limit stopped the run.
+    pub fn is_limit(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Timeout
+                | ErrorCode::FuelExhausted
+                | ErrorCode::MemoryLimit
+                | ErrorCode::StackOverflow
+                | ErrorCode::OutputLimit
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The process exit status of `wfrun exec`, documented in `--help` and
+/// `docs/cli.md`. A job's own non-zero exit status is passed through instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: the run succeeded.
+    Success,
+    /// 1: wfrun itself failed (I/O error, bug); nothing about the guest.
+    Internal,
+    /// 2: the command line could not be parsed (clap's own status).
+    Usage,
+    /// 3: a node returned a node error.
+    NodeError,
+    /// 4: a limit stopped the run (timeout, fuel, memory, stack, output).
+    Limit,
+    /// 5: the guest trapped.
+    Trap,
+    /// 6: the bundle or the input was rejected before the guest ran.
+    Invalid,
+    /// A job exited with this status (`std::process::exit(n)` in the guest).
+    Job(u8),
+}
+
+impl ExitStatus {
+    /// The exit status of a finished run.
+    pub fn of(report: &RunReport) -> ExitStatus {
+        match report.error_code {
+            None => ExitStatus::Success,
+            Some(ErrorCode::NodeError) => match report.exit_code {
+                // A job's own status passes through, as `wasmtime run` does.
+                Some(code) => ExitStatus::Job(code.clamp(1, 255) as u8),
+                None => ExitStatus::NodeError,
+            },
+            Some(code) if code.is_limit() => ExitStatus::Limit,
+            Some(ErrorCode::Trap) => ExitStatus::Trap,
+            Some(_) => ExitStatus::Invalid,
+        }
+    }
+
+    /// The numeric status for `std::process::exit`.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Internal => 1,
+            ExitStatus::Usage => 2,
+            ExitStatus::NodeError => 3,
+            ExitStatus::Limit => 4,
+            ExitStatus::Trap => 5,
+            ExitStatus::Invalid => 6,
+            ExitStatus::Job(code) => code,
+        }
+    }
+}
+
+/// Whether a run succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The node returned output, or the job exited with status 0.
+    Succeeded,
+    /// See the report's `error_code`.
+    Failed,
+}
+
+/// Which of the two guest worlds a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestKind {
+    /// Exports `wfrun:node/handler`: JSON in, JSON out.
+    Node,
+    /// Exports `wasi:cli/run`: a command with arguments and stdio.
+    Job,
+}
+
+/// The error a node returned, as it returned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeFailure {
+    /// The node's own code, e.g. `invalid-input`.
+    pub code: String,
+    /// The node's message.
+    pub message: String,
+    /// Whether the node says a retry may help.
+    pub retryable: bool,
+}
+
+/// One line the guest wrote through the `log` import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: &'static str,
+    /// The message as the guest wrote it.
+    pub message: String,
+}
+
+/// Everything known about one finished run. This is what `wfrun exec --json`
+/// prints, field for field.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Time-sortable unique id (UUIDv7).
+    pub run_id: String,
+    /// Node or job; `None` when the bundle was rejected before loading.
+    pub kind: Option<GuestKind>,
+    /// `sha256:<hex>` of the bundle file, when it could be read.
+    pub bundle_digest: Option<String>,
+    /// Succeeded or failed.
+    pub status: RunStatus,
+    /// Why it failed; `None` on success.
+    pub error_code: Option<ErrorCode>,
+    /// A human-readable explanation of `error_code`.
+    pub error_message: Option<String>,
+    /// For `node_error` from a node: what the node said.
+    pub node_error: Option<NodeFailure>,
+    /// A node's output JSON, byte for byte as the node produced it.
+    pub output: Option<Box<RawValue>>,
+    /// A job's exit status (0 on success).
+    pub exit_code: Option<i32>,
+    /// Wall time from instantiation to the end of the run, in milliseconds.
+    pub duration_ms: f64,
+    /// Fuel the guest consumed (roughly one unit per wasm instruction).
+    pub fuel_consumed: u64,
+    /// The largest total size of the instance's linear memories, in bytes.
+    pub peak_memory_bytes: u64,
+    /// What the guest wrote to stdout, up to the cap (lossy UTF-8).
+    pub stdout: String,
+    /// What the guest wrote to stderr, up to the cap (lossy UTF-8).
+    pub stderr: String,
+    /// Lines the guest wrote through the `log` import.
+    pub logs: Vec<LogLine>,
+}
+
+impl RunReport {
+    /// A report for a run that was refused before the guest started (a bad
+    /// bundle, malformed input, an unusable grant).
+    pub fn rejected(code: ErrorCode, message: impl Into<String>) -> RunReport {
+        RunReport {
+            run_id: new_run_id(),
+            kind: None,
+            bundle_digest: None,
+            status: RunStatus::Failed,
+            error_code: Some(code),
+            error_message: Some(message.into()),
+            node_error: None,
+            output: None,
+            exit_code: None,
+            duration_ms: 0.0,
+            fuel_consumed: 0,
+            peak_memory_bytes: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    /// Whether the run succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.status == RunStatus::Succeeded
+    }
+}
+
+/// A new time-sortable run id (UUIDv7: milliseconds since the epoch first).
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_serialise_as_documented() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn exit_statuses_are_distinct_per_failure_class() {
+        let statuses = [
+            ExitStatus::Success,
+            ExitStatus::Internal,
+            ExitStatus::Usage,
+            ExitStatus::NodeError,
+            ExitStatus::Limit,
+            ExitStatus::Trap,
+            ExitStatus::Invalid,
+        ];
+        let mut codes: Vec<u8> = statuses.iter().map(|s| s.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), statuses.len());
+    }
+}

@@ -1,0 +1,338 @@
+//! Per-run limits and their enforcement inside the store.
+//!
+//! [`Limits`] is the budget of one run: fuel, linear memory, wall-clock time,
+//! output and captured bytes, and counts of instances, tables and memories.
+//! [`StoreLimiter`] is the `wasmtime::ResourceLimiter` that enforces the
+//! memory side and records the peak. When a guest goes past a limit, the host
+//! raises a [`LimitExceeded`] error as a trap; [`classify`] later turns any
+//! trap into one stable [`ErrorCode`].
+
+use crate::outcome::ErrorCode;
+use std::time::Duration;
+use wasmtime::{ResourceLimiter, Trap};
+
+/// The budget of one run. Every field has a default, documented in
+/// `wfrun exec --help` and `docs/limits.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel units the guest may consume (about one per wasm instruction).
+    pub fuel: u64,
+    /// Bytes of linear memory, summed over every memory of the instance.
+    pub memory_bytes: u64,
+    /// Wall-clock time from instantiation to the end of the run.
+    pub timeout: Duration,
+    /// Bytes of a node's output JSON.
+    pub output_bytes: u64,
+    /// Bytes captured from stdout and from stderr (each).
+    pub stdio_bytes: u64,
+    /// Bytes of `log` messages.
+    pub log_bytes: u64,
+    /// Core and component instances created by one run.
+    pub instances: usize,
+    /// Tables created by one run.
+    pub tables: usize,
+    /// Linear memories created by one run.
+    pub memories: usize,
+    /// Elements of any one table.
+    pub table_elements: usize,
+}
+
+impl Limits {
+    /// Default fuel: 10 billion units, about 5–20 s of guest CPU here.
+    pub const DEFAULT_FUEL: u64 = 10_000_000_000;
+    /// Default memory: 128 MiB across all linear memories.
+    pub const DEFAULT_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
+    /// Default timeout: 30 seconds.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default node output: 16 MiB.
+    pub const DEFAULT_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
+    /// Default captured stdout and stderr: 8 MiB each.
+    pub const DEFAULT_STDIO_BYTES: u64 = 8 * 1024 * 1024;
+    /// Default log bytes: 4 MiB.
+    pub const DEFAULT_LOG_BYTES: u64 = 4 * 1024 * 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: Self::DEFAULT_FUEL,
+            memory_bytes: Self::DEFAULT_MEMORY_BYTES,
+            timeout: Self::DEFAULT_TIMEOUT,
+            output_bytes: Self::DEFAULT_OUTPUT_BYTES,
+            stdio_bytes: Self::DEFAULT_STDIO_BYTES,
+            log_bytes: Self::DEFAULT_LOG_BYTES,
+            // A Rust wasm32-wasip2 component needs about 6 core instances,
+            // 2 tables and 2 memories; these leave generous headroom while
+            // bounding what a hostile component can make the host allocate.
+            instances: 100,
+            tables: 100,
+            memories: 16,
+            table_elements: 100_000,
+        }
+    }
+}
+
+/// A limit the guest went past, raised by the host as a trap.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    /// Linear memory growth past `Limits::memory_bytes`.
+    #[error("memory limit of {limit} bytes exceeded: the guest asked for {requested} bytes in all")]
+    Memory {
+        /// The limit in bytes.
+        limit: u64,
+        /// The total the guest would have had after the growth.
+        requested: u64,
+    },
+    /// Table growth past `Limits::table_elements`.
+    #[error("table limit of {limit} elements exceeded: the guest asked for {requested}")]
+    TableElements {
+        /// The limit in elements.
+        limit: usize,
+        /// The size the table would have had.
+        requested: usize,
+    },
+    /// More than `Limits::instances`, `tables` or `memories` of a kind.
+    #[error("the component creates more {what} than the limit of {limit}")]
+    Count {
+        /// `instances`, `tables` or `memories`.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// A node's output longer than `Limits::output_bytes`.
+    #[error("node output of {size} bytes exceeds the limit of {limit} bytes")]
+    Output {
+        /// The limit in bytes.
+        limit: u64,
+        /// The output's size.
+        size: u64,
+    },
+    /// More bytes on stdout/stderr than `Limits::stdio_bytes`.
+    #[error("{stream} exceeded the capture limit of {limit} bytes")]
+    Stdio {
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// More `log` bytes than `Limits::log_bytes`.
+    #[error("log output exceeded the limit of {limit} bytes")]
+    Log {
+        /// The limit in bytes.
+        limit: u64,
+    },
+}
+
+impl LimitExceeded {
+    /// The stable code this violation ends a run with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            LimitExceeded::Memory { .. }
+            | LimitExceeded::TableElements { .. }
+            | LimitExceeded::Count { .. } => ErrorCode::MemoryLimit,
+            LimitExceeded::Output { .. }
+            | LimitExceeded::Stdio { .. }
+            | LimitExceeded::Log { .. } => ErrorCode::OutputLimit,
+        }
+    }
+}
+
+/// Enforces the memory side of [`Limits`] for one store and records the peak.
+///
+/// Linear memories are counted together: wasmtime reports each growth of
+/// each memory (creation included, as growth from 0) and the limiter keeps
+/// the running total.
+#[derive(Debug)]
+pub struct StoreLimiter {
+    memory_limit: u64,
+    table_elements: usize,
+    instances: usize,
+    tables: usize,
+    memories: usize,
+    current: u64,
+    peak: u64,
+    /// The growth `memory_growing` allowed last, undone if it then failed.
+    last_growth: u64,
+}
+
+impl StoreLimiter {
+    /// A limiter enforcing `limits`.
+    pub fn new(limits: &Limits) -> Self {
+        StoreLimiter {
+            memory_limit: limits.memory_bytes,
+            table_elements: limits.table_elements,
+            instances: limits.instances,
+            tables: limits.tables,
+            memories: limits.memories,
+            current: 0,
+            peak: 0,
+            last_growth: 0,
+        }
+    }
+
+    /// The largest total of linear memory seen, in bytes.
+    pub fn peak_memory_bytes(&self) -> u64 {
+        self.peak
+    }
+}
+
+impl ResourceLimiter for StoreLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = (desired as u64).saturating_sub(current as u64);
+        let requested = self.current.saturating_add(growth);
+        if requested > self.memory_limit {
+            // A trap, not `Ok(false)`: a guest whose allocator cannot cope
+            // with failed growth would trap anyway, but with an unrelated
+            // message. Trapping here names the limit.
+            return Err(LimitExceeded::Memory {
+                limit: self.memory_limit,
+                requested,
+            }
+            .into());
+        }
+        self.current = requested;
+        self.peak = self.peak.max(requested);
+        self.last_growth = growth;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.current = self.current.saturating_sub(self.last_growth);
+        self.last_growth = 0;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            return Err(LimitExceeded::TableElements {
+                limit: self.table_elements,
+                requested: desired,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.instances
+    }
+
+    fn tables(&self) -> usize {
+        self.tables
+    }
+
+    fn memories(&self) -> usize {
+        self.memories
+    }
+}
+
+/// Maps an error that ended a run to its stable code.
+///
+/// Limits the host raises itself travel as [`LimitExceeded`]; wasmtime's own
+/// traps map by kind. Anything else a guest can cause is a `trap`.
+pub fn classify(error: &wasmtime::Error, limits: &Limits) -> (ErrorCode, String) {
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return (limit.code(), limit.to_string());
+    }
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::OutOfFuel => (
+                ErrorCode::FuelExhausted,
+                format!("fuel budget of {} units exhausted", limits.fuel),
+            ),
+            Trap::Interrupt => (
+                ErrorCode::Timeout,
+                format!(
+                    "run exceeded its timeout of {}",
+                    humantime::format_duration(limits.timeout)
+                ),
+            ),
+            Trap::StackOverflow => (ErrorCode::StackOverflow, "wasm stack exhausted".to_owned()),
+            other => (ErrorCode::Trap, format!("guest trapped: {other}")),
+        };
+    }
+    if let Some(limit) = count_limit(error, limits) {
+        return (limit.code(), limit.to_string());
+    }
+    (ErrorCode::Trap, format!("{error:#}"))
+}
+
+/// Wasmtime enforces the instance, table and memory counts of
+/// [`ResourceLimiter`] itself and reports a violation as an untyped error
+/// ("resource limit exceeded: instance count too high at N"). This is the one
+/// place that reads that message; `count_limits_are_classified` guards it.
+fn count_limit(error: &wasmtime::Error, limits: &Limits) -> Option<LimitExceeded> {
+    let text = format!("{error:#}");
+    if !text.contains("resource limit exceeded") {
+        return None;
+    }
+    let (what, limit) = if text.contains("instance count") {
+        ("instances", limits.instances)
+    } else if text.contains("table count") {
+        ("tables", limits.tables)
+    } else {
+        ("memories", limits.memories)
+    };
+    Some(LimitExceeded::Count { what, limit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 65536;
+
+    #[test]
+    fn memory_is_counted_across_memories_and_capped() {
+        let limits = Limits {
+            memory_bytes: 4 * PAGE as u64,
+            ..Limits::default()
+        };
+        let mut limiter = StoreLimiter::new(&limits);
+        // Two memories of two pages each fill the budget exactly.
+        assert!(limiter.memory_growing(0, 2 * PAGE, None).unwrap());
+        assert!(limiter.memory_growing(0, 2 * PAGE, None).unwrap());
+        assert_eq!(limiter.peak_memory_bytes(), 4 * PAGE as u64);
+        // One more page in either is refused with a typed error.
+        let err = limiter
+            .memory_growing(2 * PAGE, 3 * PAGE, None)
+            .unwrap_err();
+        let exceeded = err.downcast_ref::<LimitExceeded>().unwrap();
+        assert_eq!(exceeded.code(), ErrorCode::MemoryLimit);
+    }
+
+    #[test]
+    fn failed_growth_is_not_counted() {
+        let limits = Limits {
+            memory_bytes: 4 * PAGE as u64,
+            ..Limits::default()
+        };
+        let mut limiter = StoreLimiter::new(&limits);
+        assert!(limiter.memory_growing(0, 3 * PAGE, None).unwrap());
+        limiter
+            .memory_grow_failed(wasmtime::format_err!("mmap failed"))
+            .unwrap();
+        assert!(limiter.memory_growing(0, 4 * PAGE, None).unwrap());
+    }
+
+    #[test]
+    fn table_growth_is_capped() {
+        let limits = Limits {
+            table_elements: 10,
+            ..Limits::default()
+        };
+        let mut limiter = StoreLimiter::new(&limits);
+        assert!(limiter.table_growing(0, 10, None).unwrap());
+        assert!(limiter.table_growing(10, 11, None).is_err());
+    }
+}

@@ -1,0 +1,522 @@
+//! The sandbox: one wasmtime engine per process, one store per run.
+//!
+//! [`Sandbox`] owns the `Engine` (component model, fuel metering, epoch
+//! interruption, a bounded wasm stack), the `Linker` with WASI 0.2 and the
+//! `wfrun:node` imports, and the thread that advances the epoch. It is built
+//! once and shared. [`Sandbox::load`] compiles a [`Bundle`] into a
+//! [`Program`]: the component classified as a node or a job and
+//! pre-instantiated, so nothing that can be done at load time is done per
+//! run. [`Sandbox::run`] runs a program once under a [`RunRequest`]'s limits
+//! and grants and always returns a [`RunReport`]: a guest can make a run fail,
+//! never the host.
+//!
+//! A guest starts with no ambient authority: no preopened directories, no
+//! environment variables, no sockets, no name lookups. [`Grants`] adds
+//! directories and variables explicitly.
+
+mod capture;
+mod host;
+mod limits;
+
+pub use capture::Tee;
+pub use limits::{LimitExceeded, Limits};
+
+use crate::bundle::{Bundle, BundleError};
+use crate::outcome::{ErrorCode, GuestKind, NodeFailure, RunReport, RunStatus};
+use capture::Capture;
+use host::{LogSink, RunState};
+use limits::{StoreLimiter, classify};
+use serde_json::value::RawValue;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wfrun_host_api::{Node, NodePre};
+
+/// How often the epoch advances; the granularity of wall-clock timeouts.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine-wide settings, fixed for the life of a [`Sandbox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Meter fuel. When off, `Limits::fuel` is not enforced and
+    /// `fuel_consumed` is reported as 0; see `docs/limits.md` for the cost.
+    pub fuel_metering: bool,
+    /// The most native stack wasm code may use before `stack_overflow`.
+    pub max_wasm_stack: usize,
+}
+
+impl EngineOptions {
+    /// Default maximum wasm stack: 512 KiB (wasmtime's own default).
+    pub const DEFAULT_MAX_WASM_STACK: usize = 512 * 1024;
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            fuel_metering: true,
+            max_wasm_stack: Self::DEFAULT_MAX_WASM_STACK,
+        }
+    }
+}
+
+/// Why a sandbox could not be built: a broken engine configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot configure the wasm engine: {0}")]
+pub struct SandboxError(String);
+
+/// One process's wasm engine, linker and epoch clock.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<RunState>,
+    options: EngineOptions,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A compiled, pre-instantiated bundle, ready to run many times.
+#[derive(Clone)]
+pub struct Program {
+    pre: ProgramPre,
+    digest: String,
+    name: String,
+}
+
+#[derive(Clone)]
+enum ProgramPre {
+    Node(NodePre<RunState>),
+    Job(CommandPre<RunState>),
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("kind", &self.kind())
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl Program {
+    /// Whether this is a node or a job.
+    pub fn kind(&self) -> GuestKind {
+        match self.pre {
+            ProgramPre::Node(_) => GuestKind::Node,
+            ProgramPre::Job(_) => GuestKind::Job,
+        }
+    }
+
+    /// `sha256:<hex>` of the bundle it was loaded from.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// A directory granted to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it.
+    pub writable: bool,
+}
+
+/// What the guest may touch beyond its own memory. Empty by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Preopened directories.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// Where a run's stdout, stderr and log lines are echoed as they arrive.
+/// They are always captured into the report as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Echo {
+    /// The guest's stdout.
+    pub stdout: Tee,
+    /// The guest's stderr.
+    pub stderr: Tee,
+    /// Lines from the `log` import.
+    pub logs: Tee,
+}
+
+impl Echo {
+    /// Capture only; echo nothing.
+    pub const NONE: Echo = Echo {
+        stdout: Tee::None,
+        stderr: Tee::None,
+        logs: Tee::None,
+    };
+}
+
+/// One run of a program.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// A node's JSON input text. Ignored for jobs.
+    pub input: String,
+    /// A job's arguments, without the program name. Ignored for nodes.
+    pub args: Vec<String>,
+    /// Give a job this process's stdin (as `wasmtime run` does). Nodes
+    /// never get stdin.
+    pub inherit_stdin: bool,
+    /// The run's budget.
+    pub limits: Limits,
+    /// Files and environment granted to the guest.
+    pub grants: Grants,
+    /// What to echo live.
+    pub echo: Echo,
+}
+
+impl Default for RunRequest {
+    fn default() -> Self {
+        RunRequest {
+            input: "{}".to_owned(),
+            args: Vec::new(),
+            inherit_stdin: false,
+            limits: Limits::default(),
+            grants: Grants::default(),
+            echo: Echo::NONE,
+        }
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with `options`. Builds the engine and linker once.
+    pub fn new(options: EngineOptions) -> Result<Sandbox, SandboxError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(options.fuel_metering)
+            .max_wasm_stack(options.max_wasm_stack)
+            // Async runs execute on a separate fiber stack, which must hold
+            // the wasm stack plus the host frames beneath it.
+            .async_stack_size(options.max_wasm_stack + 1024 * 1024);
+        let engine = Engine::new(&config).map_err(|e| SandboxError(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError(format!("{e:#}")))?;
+        Node::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
+            .map_err(|e| SandboxError(format!("{e:#}")))?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Sandbox {
+            engine,
+            linker,
+            options,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine options this sandbox was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Compiles `bundle`, decides whether it is a node or a job, and
+    /// pre-instantiates it against the linker.
+    pub fn load(&self, bundle: &Bundle) -> Result<Program, BundleError> {
+        let path = bundle.path().to_path_buf();
+        let component =
+            Component::new(&self.engine, bundle.bytes()).map_err(|e| BundleError::Invalid {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let is_node = exports.iter().any(|e| e == wfrun_host_api::HANDLER_EXPORT);
+        let is_job = exports
+            .iter()
+            .any(|e| e.starts_with(wfrun_host_api::COMMAND_EXPORT_PREFIX));
+        if !is_node && !is_job {
+            let exports = if exports.is_empty() {
+                "none".to_owned()
+            } else {
+                exports.join(", ")
+            };
+            return Err(BundleError::NoKnownWorld { path, exports });
+        }
+        let unlinkable = |e: wasmtime::Error| BundleError::Unlinkable {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(unlinkable)?;
+        let pre = if is_node {
+            ProgramPre::Node(NodePre::new(instance_pre).map_err(unlinkable)?)
+        } else {
+            ProgramPre::Job(CommandPre::new(instance_pre).map_err(unlinkable)?)
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "guest".to_owned());
+        Ok(Program {
+            pre,
+            digest: bundle.digest(),
+            name,
+        })
+    }
+
+    /// Runs `program` once. Every failure the guest can cause, and every
+    /// unusable grant or input, ends up in the report's `error_code`.
+    pub async fn run(&self, program: &Program, request: &RunRequest) -> RunReport {
+        let mut report = RunReport::rejected(ErrorCode::Trap, String::new());
+        report.kind = Some(program.kind());
+        report.bundle_digest = Some(program.digest.clone());
+
+        if program.kind() == GuestKind::Node
+            && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&request.input)
+        {
+            report.error_code = Some(ErrorCode::InvalidInput);
+            report.error_message = Some(format!("input is not valid JSON: {e}"));
+            return report;
+        }
+
+        let limits = &request.limits;
+        let stdout = Capture::new("stdout", limits.stdio_bytes, request.echo.stdout);
+        let stderr = Capture::new("stderr", limits.stdio_bytes, request.echo.stderr);
+        let wasi = match build_wasi(program, request, &stdout, &stderr) {
+            Ok(wasi) => wasi,
+            Err(message) => {
+                report.error_code = Some(ErrorCode::InvalidInput);
+                report.error_message = Some(message);
+                return report;
+            }
+        };
+        let state = RunState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: StoreLimiter::new(limits),
+            logs: LogSink::new(limits.log_bytes, request.echo.logs),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        if self.options.fuel_metering {
+            // Cannot fail: fuel metering is enabled on this engine.
+            store
+                .set_fuel(limits.fuel)
+                .expect("fuel metering is enabled");
+        }
+        store.set_epoch_deadline(epoch_ticks(limits.timeout));
+        store.epoch_deadline_trap();
+
+        let started = Instant::now();
+        // The epoch deadline stops wasm code; this backstop also stops a
+        // guest parked in a host call (a long sleep, a read that never ends).
+        let backstop = limits.timeout + EPOCH_TICK * 5;
+        let outcome =
+            tokio::time::timeout(backstop, call(&program.pre, &mut store, &request.input)).await;
+        report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+        if self.options.fuel_metering {
+            report.fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        }
+        report.peak_memory_bytes = store.data().limiter.peak_memory_bytes();
+        report.stdout = stdout.contents();
+        report.stderr = stderr.contents();
+        let state = store.into_data();
+        report.logs = state.logs.into_lines();
+
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Err(wasmtime::Trap::Interrupt.into()),
+        };
+        settle(&mut report, outcome, limits);
+        report
+    }
+}
+
+/// What a guest call returned, before it is judged.
+enum Returned {
+    Node(Result<String, wfrun_host_api::NodeError>),
+    Job(Result<(), ()>),
+}
+
+async fn call(
+    pre: &ProgramPre,
+    store: &mut Store<RunState>,
+    input: &str,
+) -> wasmtime::Result<Returned> {
+    match pre {
+        ProgramPre::Node(pre) => {
+            let node = pre.instantiate_async(&mut *store).await?;
+            let result = node
+                .wfrun_node_handler()
+                .call_run(&mut *store, input)
+                .await?;
+            Ok(Returned::Node(result))
+        }
+        ProgramPre::Job(pre) => {
+            let command = pre.instantiate_async(&mut *store).await?;
+            let result = command.wasi_cli_run().call_run(&mut *store).await?;
+            Ok(Returned::Job(result))
+        }
+    }
+}
+
+/// Fills in the report's status, output and error from what the call did.
+fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &Limits) {
+    let failure = match outcome {
+        Ok(Returned::Node(Ok(output))) => {
+            if output.len() as u64 > limits.output_bytes {
+                let e = LimitExceeded::Output {
+                    limit: limits.output_bytes,
+                    size: output.len() as u64,
+                };
+                Some((e.code(), e.to_string()))
+            } else {
+                match RawValue::from_string(output) {
+                    Ok(raw) => {
+                        report.output = Some(raw);
+                        None
+                    }
+                    Err(e) => Some((
+                        ErrorCode::NodeError,
+                        format!("node returned output that is not JSON: {e}"),
+                    )),
+                }
+            }
+        }
+        Ok(Returned::Node(Err(e))) => {
+            let message = format!("node error {}: {}", e.code, e.message);
+            report.node_error = Some(NodeFailure {
+                code: e.code,
+                message: e.message,
+                retryable: e.retryable,
+            });
+            Some((ErrorCode::NodeError, message))
+        }
+        Ok(Returned::Job(Ok(()))) => {
+            report.exit_code = Some(0);
+            None
+        }
+        Ok(Returned::Job(Err(()))) => {
+            report.exit_code = Some(1);
+            Some((
+                ErrorCode::NodeError,
+                "job returned an error (exit status 1)".to_owned(),
+            ))
+        }
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(0)) => {
+                report.exit_code = Some(0);
+                None
+            }
+            Some(I32Exit(code)) => {
+                report.exit_code = Some(*code);
+                Some((
+                    ErrorCode::NodeError,
+                    format!("job exited with status {code}"),
+                ))
+            }
+            None => Some(classify(&e, limits)),
+        },
+    };
+    match failure {
+        None => {
+            report.status = RunStatus::Succeeded;
+            report.error_code = None;
+            report.error_message = None;
+        }
+        Some((code, message)) => {
+            report.status = RunStatus::Failed;
+            report.error_code = Some(code);
+            report.error_message = Some(message);
+        }
+    }
+}
+
+fn build_wasi(
+    program: &Program,
+    request: &RunRequest,
+    stdout: &Capture,
+    stderr: &Capture,
+) -> Result<wasmtime_wasi::WasiCtx, String> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(stdout.clone()).stderr(stderr.clone());
+    // No network of any kind: these are wasmtime-wasi's defaults too, but the
+    // sandbox states them rather than inheriting whatever a default becomes.
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if program.kind() == GuestKind::Job {
+        if request.inherit_stdin {
+            wasi.stdin(wasmtime_wasi::cli::stdin());
+        }
+        wasi.arg(&program.name);
+        wasi.args(&request.args);
+    }
+    for (key, value) in &request.grants.env {
+        wasi.env(key, value);
+    }
+    for dir in &request.grants.dirs {
+        let perms = if dir.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        wasi.preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| format!("cannot grant directory {}: {e:#}", dir.host.display()))?;
+    }
+    Ok(wasi.build())
+}
+
+fn epoch_ticks(timeout: Duration) -> u64 {
+    // Round up, plus one tick: the current tick may be nearly over.
+    (timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).saturating_add(1)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wfrun-epoch".to_owned())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
