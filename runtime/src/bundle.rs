@@ -148,14 +148,14 @@ mod tests {
 
     #[test]
     fn rejects_core_modules() {
-        let module = wasmtime::wat::parse_str("(module)").unwrap();
+        let module = wat::parse_str("(module)").unwrap();
         let err = Bundle::from_bytes("m.wasm", module).unwrap_err();
         assert!(matches!(err, BundleError::CoreModule { .. }));
     }
 
     #[test]
     fn accepts_components_and_digests_them() {
-        let component = wasmtime::wat::parse_str("(component)").unwrap();
+        let component = wat::parse_str("(component)").unwrap();
         let bundle = Bundle::from_bytes("c.wasm", component.clone()).unwrap();
         assert_eq!(
             bundle.digest(),

@@ -1,0 +1,269 @@
+//! `wfrun exec` through the real binary: output, exit statuses, `--json`,
+//! and a clear message naming the offending input.
+
+use crate::guests::{guest, root, wat_file};
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn wfrun() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wfrun"));
+    command.current_dir(root()).stdin(Stdio::null());
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    wfrun().args(args).output().unwrap()
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", stdout(output)))
+}
+
+#[test]
+fn node_output_is_printed_and_exit_status_is_zero() {
+    let hello = guest("hello");
+    let output = run(&["exec", path(&hello), "--input", r#"{"name":"Ada"}"#]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "{\"greeting\":\"Hello, Ada!\"}\n");
+    assert!(stderr(&output).contains("[info] greeting Ada"));
+}
+
+#[test]
+fn node_input_comes_from_stdin_or_a_file() {
+    let hello = guest("hello");
+    let mut child = wfrun()
+        .args(["exec", path(&hello)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"name":"stdin"}"#)
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&output), "{\"greeting\":\"Hello, stdin!\"}\n");
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"name":"file"}"#).unwrap();
+    let output = run(&["exec", path(&hello), "--input-file", path(&input)]);
+    assert_eq!(stdout(&output), "{\"greeting\":\"Hello, file!\"}\n");
+}
+
+#[test]
+fn json_report_describes_the_run() {
+    let stats = guest("stats");
+    let output = run(&[
+        "exec",
+        path(&stats),
+        "--json",
+        "--input",
+        r#"{"values":[2,4]}"#,
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let report = json(&output);
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["kind"], "node");
+    assert_eq!(report["error_code"], Value::Null);
+    assert_eq!(report["error_message"], Value::Null);
+    assert_eq!(report["output"]["mean"], 3.0);
+    assert_eq!(report["exit_code"], Value::Null);
+    assert!(report["run_id"].as_str().unwrap().len() >= 32);
+    assert!(report["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["fuel_consumed"].as_u64().unwrap() > 0);
+    assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        report["bundle_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+}
+
+#[test]
+fn jobs_run_like_wasmtime_run() {
+    let job = guest("hello-job");
+    let output = run(&["exec", path(&job), "--", "Ada", "Grace"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(stdout(&output), "Hello, Ada!\nHello, Grace!\n");
+    assert!(stderr(&output).contains("greeted 2 name(s)"));
+
+    let output = run(&[
+        "exec",
+        path(&job),
+        "--env",
+        "GREETING=Hi",
+        "--json",
+        "--",
+        "Ada",
+    ]);
+    let report = json(&output);
+    assert_eq!(report["kind"], "job");
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["stdout"], "Hi, Ada!\n");
+
+    let output = run(&["exec", path(&job), "--", "--fail"]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a job's failure status passes through"
+    );
+}
+
+#[test]
+fn each_failure_class_has_its_documented_exit_status() {
+    let hostile = guest("hostile");
+    let cases = [
+        (r#"{"mode":"fail"}"#, 3, "node_error"),
+        (r#"{"mode":"loop"}"#, 4, "fuel_exhausted"),
+        (r#"{"mode":"trap"}"#, 5, "trap"),
+        (r#"{"mode": oops"#, 6, "invalid_input"),
+    ];
+    for (input, status, code) in cases {
+        let output = run(&[
+            "exec",
+            path(&hostile),
+            "--json",
+            "--fuel",
+            "100000000",
+            "--input",
+            input,
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(status),
+            "{input}: {}",
+            stderr(&output)
+        );
+        assert_eq!(json(&output)["error_code"], code, "{input}");
+    }
+}
+
+#[test]
+fn limit_flags_take_human_units() {
+    let hostile = guest("hostile");
+    let output = run(&[
+        "exec",
+        path(&hostile),
+        "--json",
+        "--no-fuel",
+        "--timeout",
+        "200ms",
+        "--input",
+        r#"{"mode":"loop"}"#,
+    ]);
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(json(&output)["error_code"], "timeout");
+
+    let output = run(&[
+        "exec",
+        path(&hostile),
+        "--json",
+        "--memory",
+        "8MiB",
+        "--input",
+        r#"{"mode":"grow"}"#,
+    ]);
+    let report = json(&output);
+    assert_eq!(report["error_code"], "memory_limit");
+    assert!(report["peak_memory_bytes"].as_u64().unwrap() <= 8 * 1024 * 1024);
+
+    let output = run(&["exec", path(&hostile), "--memory", "a lot"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a malformed flag is a usage error"
+    );
+}
+
+#[test]
+fn bad_bundles_are_named_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "not wasm at all").unwrap();
+    let missing = dir.path().join("missing.wasm");
+    let cases = [
+        (missing, "no such file"),
+        (text, "not a WebAssembly file"),
+        (
+            wat_file(dir.path(), "core-module"),
+            "core WebAssembly module",
+        ),
+        (wat_file(dir.path(), "empty-component"), "exports neither"),
+    ];
+    for (bundle, reason) in cases {
+        let output = run(&["exec", path(&bundle), "--json"]);
+        assert_eq!(output.status.code(), Some(6), "{}", bundle.display());
+        let report = json(&output);
+        assert_eq!(report["error_code"], "invalid_bundle");
+        let message = report["error_message"].as_str().unwrap();
+        // The message must name the file so a person can find it; the reason
+        // distinguishes the cases for them (scripts use error_code).
+        assert!(
+            message.contains(path(&bundle)) && message.contains(reason),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_named_with_the_reason() {
+    let hello = guest("hello");
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, "{\"name\": ").unwrap();
+    let absent = dir.path().join("absent.json");
+    for (file, reason) in [(&broken, "malformed JSON"), (&absent, "no such file")] {
+        let output = run(&["exec", path(&hello), "--input-file", path(file)]);
+        assert_eq!(output.status.code(), Some(6));
+        let message = stderr(&output);
+        assert!(
+            message.contains("invalid_input")
+                && message.contains(path(file))
+                && message.contains(reason),
+            "{message}"
+        );
+    }
+
+    let output = run(&[
+        "exec",
+        path(&hello),
+        "--dir",
+        "/no/such/dir::/data",
+        "--json",
+    ]);
+    assert_eq!(json(&output)["error_code"], "invalid_input");
+    let output = run(&["exec", path(&hello), "--", "stray", "args"]);
+    assert_eq!(output.status.code(), Some(6));
+}
+
+#[test]
+fn help_documents_defaults_and_exit_statuses() {
+    let help = stdout(&run(&["exec", "--help"]));
+    for expected in [
+        "[default: 128MiB]",
+        "[default: 30s]",
+        "[default: 10000000000]",
+        "Exit status:",
+        "HOST::GUEST",
+    ] {
+        assert!(help.contains(expected), "--help lacks {expected:?}");
+    }
+}

@@ -1,0 +1,12 @@
+//! wfrun's integration tests: one binary, several modules.
+//!
+//! Guest fixtures are built from source on first use (see [`guests`]): the
+//! example guests in `examples/` and the misbehaving ones in `tests/guests/`.
+//! Hostile guests that are easier to state in WAT live in `tests/wat/`.
+//! `exec` drives the real `wfrun` binary; `sandbox` and `hostile` drive the
+//! library.
+
+mod exec;
+mod guests;
+mod hostile;
+mod sandbox;
