@@ -12,10 +12,10 @@ use crate::outcome::ExitStatus;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// wfrun: run WebAssembly components in a sandbox with limits, policy and a
-/// clear report of what happened.
+/// Run WebAssembly components in a sandbox: fuel, memory and time limits,
+/// nothing granted by default, and a clear report of every run.
 #[derive(Debug, Parser)]
-#[command(name = "wfrun", version, about, long_about = None, propagate_version = true)]
+#[command(name = "wfrun", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

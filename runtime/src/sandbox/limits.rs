@@ -38,7 +38,8 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Default fuel: 10 billion units, about 5–20 s of guest CPU here.
+    /// Default fuel: 10 billion units, under a second of tight-loop guest
+    /// CPU on this project's machines (15–22 G units/s, docs/performance.md).
     pub const DEFAULT_FUEL: u64 = 10_000_000_000;
     /// Default memory: 128 MiB across all linear memories.
     pub const DEFAULT_MEMORY_BYTES: u64 = 128 * 1024 * 1024;

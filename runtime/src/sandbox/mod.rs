@@ -438,7 +438,15 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
             report.error_code = None;
             report.error_message = None;
         }
-        Some((code, message)) => {
+        Some((code, mut message)) => {
+            // A Rust panic prints its message to stderr and then executes
+            // `unreachable`; the trap alone would not say why.
+            if code == ErrorCode::Trap
+                && let Some(last) = report.stderr.lines().rev().find(|l| !l.trim().is_empty())
+            {
+                let last: String = last.chars().take(300).collect();
+                message = format!("{message} (last stderr line: {last})");
+            }
             report.status = RunStatus::Failed;
             report.error_code = Some(code);
             report.error_message = Some(message);
