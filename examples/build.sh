@@ -11,7 +11,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-cargo build --release --target wasm32-wasip2 --manifest-path "$here/Cargo.toml" --target-dir "$here/target"
+cargo build --release --locked --target wasm32-wasip2 --manifest-path "$here/Cargo.toml" --target-dir "$here/target"
 mkdir -p "$here/dist"
 out="$here/target/wasm32-wasip2/release"
 cp "$out/hello.wasm" "$out/stats.wasm" "$out/hello-job.wasm" "$here/dist/"

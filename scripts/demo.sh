@@ -9,9 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 name="${1:-world}"
 
 examples/build.sh
-cargo build --release --locked --bin wfrun
+wfrun() { cargo run --quiet --release --locked --bin wfrun -- "$@"; }
 
 echo "\$ wfrun exec examples/dist/hello.wasm --input '{\"name\":\"$name\"}'" >&2
-target/release/wfrun exec examples/dist/hello.wasm --input "{\"name\":\"$name\"}"
+wfrun exec examples/dist/hello.wasm --input "{\"name\":\"$name\"}"
 echo "\$ wfrun exec examples/dist/hello-job.wasm -- $name" >&2
-target/release/wfrun exec examples/dist/hello-job.wasm -- "$name"
+wfrun exec examples/dist/hello-job.wasm -- "$name"

@@ -10,8 +10,8 @@
 //!
 //! Every import is `trappable`: a host function may end the run (for example
 //! when a guest logs past its cap) by returning an error, which becomes a trap
-//! rather than a value the guest could ignore. The export is `async` so a run
-//! can be interrupted by epoch deadlines while the executor stays responsive.
+//! rather than a value the guest could ignore. `log.write` and the export are
+//! `async`, so a run waiting on output can still be stopped by its deadline.
 
 #![warn(missing_docs)]
 
@@ -20,7 +20,12 @@ mod generated {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "node",
-        imports: { default: trappable },
+        imports: {
+            // Async so that echoing a log line can wait for a slow terminal
+            // inside the run's deadline instead of blocking the host thread.
+            "wfrun:node/log.write": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
     });
 }

@@ -254,6 +254,45 @@ fn bad_input_is_named_with_the_reason() {
     assert_eq!(output.status.code(), Some(6));
 }
 
+/// A reader that stalls must slow the guest down, not freeze the host: the
+/// run still ends at its deadline. Without backpressure the guest would be
+/// stuck in a blocking write until the reader came back, then flood on.
+#[test]
+fn a_stalled_reader_cannot_stop_the_deadline() {
+    let job = guest("hostile-job");
+    let child = wfrun()
+        .args([
+            "exec",
+            path(&job),
+            "--json",
+            "--timeout",
+            "500ms",
+            "--max-stdio",
+            "64MiB",
+            "--",
+            "stderr",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads stderr for two seconds: the pipe fills and stays full.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let output = child.wait_with_output().unwrap();
+    let report = json(&output);
+    assert_eq!(
+        report["error_code"], "timeout",
+        "{}",
+        report["error_message"]
+    );
+    assert!(
+        report["duration_ms"].as_f64().unwrap() < 1900.0,
+        "{}",
+        report["duration_ms"]
+    );
+    assert_eq!(output.status.code(), Some(4));
+}
+
 #[test]
 fn help_documents_defaults_and_exit_statuses() {
     let help = stdout(&run(&["exec", "--help"]));

@@ -27,6 +27,7 @@ fn build_all() -> PathBuf {
                 "build",
                 "--release",
                 "--quiet",
+                "--locked",
                 "--target",
                 "wasm32-wasip2",
                 "--manifest-path",

@@ -102,7 +102,7 @@ async fn unbounded_memory_growth_hits_the_memory_limit() {
 }
 
 #[tokio::test]
-async fn oversized_memories_tables_and_instance_counts_are_refused_at_instantiation() {
+async fn oversized_memories_and_tables_are_refused_at_instantiation() {
     assert_failed(
         &run_wat_job("memory-bomb-job", small()).await,
         ErrorCode::MemoryLimit,
@@ -111,19 +111,51 @@ async fn oversized_memories_tables_and_instance_counts_are_refused_at_instantiat
         &run_wat_job("table-bomb-job", small()).await,
         ErrorCode::MemoryLimit,
     );
-    // Guards the one place that reads wasmtime's untyped count error.
+    // Each table fits the element limit on its own; together they do not.
     assert_failed(
-        &run_wat_job("instance-bomb-job", small()).await,
+        &run_wat_job("table-total-bomb-job", small()).await,
         ErrorCode::MemoryLimit,
     );
     let roomy = Limits {
-        instances: 200,
+        table_elements: 200_000,
         ..small()
     };
     assert_eq!(
-        run_wat_job("instance-bomb-job", roomy).await.status,
+        run_wat_job("table-total-bomb-job", roomy).await.status,
         RunStatus::Succeeded
     );
+}
+
+/// Guards `limits::count_limit`, the one place that reads wasmtime's untyped
+/// count errors: each count, past its limit, is `memory_limit`, and the same
+/// component runs when the limit is raised.
+#[tokio::test]
+async fn count_limits_are_classified() {
+    let roomy = Limits {
+        instances: 300,
+        tables: 300,
+        memories: 300,
+        ..small()
+    };
+    for (job, limits) in [
+        ("instance-bomb-job", small()),
+        (
+            "table-count-bomb-job",
+            Limits {
+                instances: 300,
+                ..small()
+            },
+        ),
+        ("memory-count-bomb-job", small()),
+    ] {
+        let report = run_wat_job(job, limits).await;
+        assert_failed(&report, ErrorCode::MemoryLimit);
+        assert_eq!(
+            run_wat_job(job, roomy.clone()).await.status,
+            RunStatus::Succeeded,
+            "{job}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -149,6 +181,11 @@ async fn stdout_and_log_floods_hit_the_output_limit() {
 
     let report = run_node("hostile", json!({"mode": "log"}), small()).await;
     assert_failed(&report, ErrorCode::OutputLimit);
+
+    // Empty lines cost their bookkeeping, so they are bounded too.
+    let report = run_node("hostile", json!({"mode": "log-empty"}), small()).await;
+    assert_failed(&report, ErrorCode::OutputLimit);
+    assert!(report.logs.len() < 2000, "{} lines kept", report.logs.len());
 
     let request = RunRequest {
         args: vec!["stderr".into()],
@@ -179,6 +216,29 @@ async fn explicit_traps_and_panics_are_traps() {
         &run_wat_job("unreachable-job", small()).await,
         ErrorCode::Trap,
     );
+}
+
+#[tokio::test]
+async fn a_guest_parked_in_a_host_call_is_stopped_by_the_timeout() {
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..small()
+    };
+    let started = Instant::now();
+    let report = run_node("hostile", json!({"mode": "sleep"}), limits).await;
+    assert_failed(&report, ErrorCode::Timeout);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_calls_exit_is_a_trap_not_a_success() {
+    let report = run_node("hostile", json!({"mode": "exit"}), small()).await;
+    assert_failed(&report, ErrorCode::Trap);
+    assert!(report.output.is_none());
 }
 
 #[tokio::test]

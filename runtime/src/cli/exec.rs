@@ -15,7 +15,9 @@ output. A job is any WASI command (a Rust `fn main` built for wasm32-wasip2);
 its arguments follow `--`, and its stdout and stderr stream to the terminal.
 
 The guest gets nothing it is not granted: no files (--dir), no environment
-(--env), no network, no sockets.
+(--env), no network, no sockets. Fixed limits besides the flags below: 100
+core instances, 100 tables, 16 memories, 100,000 table elements in all, and
+10,000 open host resources.
 
 Exit status:
   0   the run succeeded
@@ -71,7 +73,7 @@ pub struct ExecCommand {
     memory: u64,
 
     /// Wall-clock limit from instantiation to the end of the run (e.g. 2s, 500ms, 1m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
     timeout: Duration,
 
     /// Maximum size of a node's output JSON.
@@ -86,8 +88,9 @@ pub struct ExecCommand {
     #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
     max_log: u64,
 
-    /// Maximum native stack wasm code may use before `stack_overflow`.
-    #[arg(long, value_name = "SIZE", default_value = "512KiB", value_parser = parse_size)]
+    /// Maximum native stack wasm code may use before `stack_overflow`
+    /// (64KiB to 64MiB).
+    #[arg(long, value_name = "SIZE", default_value = "512KiB", value_parser = parse_stack)]
     max_stack: u64,
 
     /// Grant a host directory: HOST::GUEST (read-only) or HOST::GUEST:rw.
@@ -148,7 +151,11 @@ impl ExecCommand {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        Ok(runtime.block_on(sandbox.run(&program, &request)))
+        let report = runtime.block_on(sandbox.run(&program, &request));
+        // A guest stopped by the deadline may leave a blocking file operation
+        // behind (a read from a FIFO it was granted); do not wait for it.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        Ok(report)
     }
 
     /// Resolves the flags into a run request, or says which input is unusable.
@@ -258,7 +265,7 @@ impl ExecCommand {
         if let (Some(code), Some(message)) = (report.error_code, &report.error_message) {
             // A job's own exit status speaks for itself, as with `wasmtime run`.
             if !(code == ErrorCode::NodeError && report.exit_code.is_some()) {
-                eprintln!("wfrun: {code}: {message}");
+                eprintln!("wfrun: {code}: {}", printable(message));
             }
         }
         Ok(())
@@ -269,6 +276,37 @@ fn parse_size(text: &str) -> Result<u64, String> {
     text.parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|e| format!("{text:?} is not a size like 64MiB, 512KiB or 1048576: {e}"))
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 2s, 500ms or 1m: {e}"))?;
+    if timeout.is_zero() || timeout > Limits::MAX_TIMEOUT {
+        return Err(format!("{text:?} is outside 1ms..=7days"));
+    }
+    Ok(timeout)
+}
+
+fn parse_stack(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if !(64 * 1024..=64 * 1024 * 1024).contains(&size) {
+        return Err(format!("{text:?} is outside 64KiB..=64MiB"));
+    }
+    Ok(size)
+}
+
+/// Escapes control characters in guest-supplied text before it reaches a
+/// terminal, so a guest cannot move the cursor or rewrite earlier lines.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn parse_dir(text: &str) -> Result<DirGrant, String> {
@@ -330,6 +368,21 @@ mod tests {
         assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn guest_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("ok\x1b[2Jgone\nline"), "ok\\u{1b}[2Jgone\\nline");
+    }
+
+    #[test]
+    fn timeouts_and_stacks_are_range_checked() {
+        assert_eq!(parse_timeout("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("8days").is_err());
+        assert!(parse_stack("1KiB").is_err());
+        assert!(parse_stack("1GiB").is_err());
+        assert_eq!(parse_stack("1MiB").unwrap(), 1024 * 1024);
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! Bounded capture of a guest's stdout and stderr.
+//! Bounded capture of a guest's stdout and stderr, and their live echo.
 //!
 //! [`Capture`] is a WASI output stream that keeps what the guest writes, up to
-//! a byte cap, and optionally copies it to a host stream as it arrives (so
-//! `wfrun exec` shows a job's output live). A write past the cap traps the
-//! guest with [`LimitExceeded::Stdio`]: the run ends with `output_limit`
-//! instead of the host buffering without bound or the guest silently losing
-//! output.
+//! a byte cap. A write past the cap traps the guest with
+//! [`LimitExceeded::Stdio`]: the run ends with `output_limit` instead of the
+//! host buffering without bound or the guest silently losing output.
+//!
+//! When a run echoes output (`wfrun exec` shows a job's output live), the
+//! bytes go through a bounded channel to an [`EchoThread`] that does the
+//! blocking writes. A slow reader on the other end of a pipe fills the
+//! channel; the stream then reports no room and the guest waits in an async
+//! host call, where the run's deadline can still stop it. The host thread
+//! running guests never blocks on a terminal or a pipe.
 
 use super::limits::LimitExceeded;
 use bytes::Bytes;
@@ -13,6 +18,7 @@ use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use tokio::sync::mpsc;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
@@ -27,23 +33,111 @@ pub enum Tee {
     Stderr,
 }
 
+/// Chunks of at most this size are offered to the guest per write.
+const WRITE_BUDGET: usize = 64 * 1024;
+/// Chunks buffered between the guest and the echo thread (≤ 1 MiB).
+const ECHO_CHUNKS: usize = 16;
+
+/// The sending side of an [`EchoThread`], bound to one destination.
+#[derive(Debug, Clone)]
+pub struct Echoer {
+    target: Tee,
+    sender: mpsc::Sender<(Tee, Bytes)>,
+}
+
+impl Echoer {
+    /// Whether a chunk can be queued without waiting.
+    fn has_room(&self) -> bool {
+        self.sender.capacity() > 0
+    }
+
+    /// Waits until a chunk can be queued.
+    async fn room(&self) {
+        // An error means the thread is gone; writes will then just be kept.
+        if let Ok(permit) = self.sender.reserve().await {
+            drop(permit);
+        }
+    }
+
+    /// Queues `bytes` if there is room; a guest that writes without asking
+    /// for room first loses the echo of that chunk, never the capture.
+    fn offer(&self, bytes: Bytes) {
+        let _ = self.sender.try_send((self.target, bytes));
+    }
+
+    /// Queues `bytes`, waiting for room.
+    pub async fn send(&self, bytes: Bytes) {
+        let _ = self.sender.send((self.target, bytes)).await;
+    }
+}
+
+/// A thread that copies echoed chunks to this process's stdout or stderr.
+#[derive(Debug)]
+pub struct EchoThread {
+    sender: mpsc::Sender<(Tee, Bytes)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EchoThread {
+    /// Starts the thread.
+    pub fn start() -> EchoThread {
+        let (sender, mut receiver) = mpsc::channel::<(Tee, Bytes)>(ECHO_CHUNKS);
+        let thread = std::thread::Builder::new()
+            .name("wfrun-echo".to_owned())
+            .spawn(move || {
+                while let Some((target, bytes)) = receiver.blocking_recv() {
+                    // A closed terminal or pipe must not fail the guest: the
+                    // bytes are captured regardless.
+                    let _ = match target {
+                        Tee::None => Ok(()),
+                        Tee::Stdout => std::io::stdout()
+                            .lock()
+                            .write_all(&bytes)
+                            .and_then(|()| std::io::stdout().flush()),
+                        Tee::Stderr => std::io::stderr().lock().write_all(&bytes),
+                    };
+                }
+            })
+            .expect("spawning the echo thread");
+        EchoThread { sender, thread }
+    }
+
+    /// An echoer to `target`, or none when `target` is [`Tee::None`].
+    pub fn echoer(this: Option<&EchoThread>, target: Tee) -> Option<Echoer> {
+        match (this, target) {
+            (Some(thread), Tee::Stdout | Tee::Stderr) => Some(Echoer {
+                target,
+                sender: thread.sender.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Waits until everything queued has been written. Every [`Echoer`] must
+    /// be dropped first.
+    pub fn finish(self) {
+        drop(self.sender);
+        let _ = self.thread.join();
+    }
+}
+
 /// A capped, shareable capture of one guest stream.
 #[derive(Debug, Clone)]
 pub struct Capture {
     stream: &'static str,
     limit: u64,
-    tee: Tee,
+    echo: Option<Echoer>,
     buffer: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Capture {
     /// A capture of the guest stream named `stream` (`stdout` or `stderr`)
-    /// holding at most `limit` bytes.
-    pub fn new(stream: &'static str, limit: u64, tee: Tee) -> Self {
+    /// holding at most `limit` bytes, echoed through `echo` if given.
+    pub fn new(stream: &'static str, limit: u64, echo: Option<Echoer>) -> Self {
         Capture {
             stream,
             limit,
-            tee,
+            echo,
             buffer: Arc::default(),
         }
     }
@@ -53,21 +147,20 @@ impl Capture {
         String::from_utf8_lossy(&self.buffer.lock().unwrap()).into_owned()
     }
 
-    fn append(&self, bytes: &[u8]) -> Result<(), LimitExceeded> {
-        let mut buffer = self.buffer.lock().unwrap();
-        if buffer.len() as u64 + bytes.len() as u64 > self.limit {
-            return Err(LimitExceeded::Stdio {
-                stream: self.stream,
-                limit: self.limit,
-            });
+    fn append(&self, bytes: Bytes) -> Result<(), LimitExceeded> {
+        {
+            let mut buffer = self.buffer.lock().unwrap();
+            if buffer.len() as u64 + bytes.len() as u64 > self.limit {
+                return Err(LimitExceeded::Stdio {
+                    stream: self.stream,
+                    limit: self.limit,
+                });
+            }
+            buffer.extend_from_slice(&bytes);
         }
-        buffer.extend_from_slice(bytes);
-        // A broken terminal must not fail the guest: the bytes are captured.
-        let _ = match self.tee {
-            Tee::None => Ok(()),
-            Tee::Stdout => std::io::stdout().lock().write_all(bytes),
-            Tee::Stderr => std::io::stderr().lock().write_all(bytes),
-        };
+        if let Some(echo) = &self.echo {
+            echo.offer(bytes);
+        }
         Ok(())
     }
 }
@@ -91,7 +184,7 @@ impl StdoutStream for Capture {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for Capture {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.append(&bytes).map_err(|e| StreamError::Trap(e.into()))
+        self.append(bytes).map_err(|e| StreamError::Trap(e.into()))
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
@@ -99,15 +192,22 @@ impl OutputStream for Capture {
     }
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
-        // Always offer room: a write past the cap traps with a named limit
-        // rather than leaving the guest to spin on a full stream.
-        Ok(64 * 1024)
+        // Past the cap there is still "room": the next write traps with a
+        // named limit rather than leaving the guest to spin on a full stream.
+        match &self.echo {
+            Some(echo) if !echo.has_room() => Ok(0),
+            _ => Ok(WRITE_BUDGET),
+        }
     }
 }
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for Capture {
-    async fn ready(&mut self) {}
+    async fn ready(&mut self) {
+        if let Some(echo) = &self.echo {
+            echo.room().await;
+        }
+    }
 }
 
 impl tokio::io::AsyncWrite for Capture {
@@ -116,11 +216,11 @@ impl tokio::io::AsyncWrite for Capture {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(
-            self.append(buf)
-                .map(|()| buf.len())
-                .map_err(std::io::Error::other),
-        )
+        let result = self
+            .append(Bytes::copy_from_slice(buf))
+            .map(|()| buf.len())
+            .map_err(std::io::Error::other);
+        Poll::Ready(result)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -138,7 +238,7 @@ mod tests {
 
     #[test]
     fn writes_past_the_cap_trap_with_a_named_limit() {
-        let mut capture = Capture::new("stdout", 8, Tee::None);
+        let mut capture = Capture::new("stdout", 8, None);
         OutputStream::write(&mut capture, Bytes::from_static(b"12345678")).unwrap();
         let err = OutputStream::write(&mut capture, Bytes::from_static(b"9")).unwrap_err();
         let StreamError::Trap(trap) = err else {
@@ -152,5 +252,24 @@ mod tests {
             })
         );
         assert_eq!(capture.contents(), "12345678");
+    }
+
+    #[test]
+    fn a_full_echo_channel_reports_no_room_instead_of_blocking() {
+        // A channel nobody drains, as with a pipe whose reader has stalled.
+        let (sender, _receiver) = mpsc::channel(1);
+        let echo = Echoer {
+            target: Tee::Stdout,
+            sender,
+        };
+        let mut capture = Capture::new("stdout", 1024, Some(echo));
+        assert_eq!(capture.check_write().unwrap(), WRITE_BUDGET);
+        OutputStream::write(&mut capture, Bytes::from_static(b"first")).unwrap();
+        assert_eq!(
+            capture.check_write().unwrap(),
+            0,
+            "the guest must wait, not the host"
+        );
+        assert_eq!(capture.contents(), "first");
     }
 }

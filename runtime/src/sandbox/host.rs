@@ -7,13 +7,16 @@
 //! imports. `state` and `config` answer `unavailable` until workflows wire
 //! them to SQLite and the workflow definition.
 
-use super::capture::Tee;
+use super::capture::Echoer;
 use super::limits::{LimitExceeded, StoreLimiter};
 use crate::outcome::LogLine;
-use std::io::Write;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wfrun_host_api::{config, log, state};
+
+/// What each log line costs against the log cap on top of its message, so
+/// that a flood of empty lines is bounded too.
+pub const LOG_LINE_OVERHEAD: u64 = 64;
 
 /// Lines written through the `log` import, capped in bytes.
 #[derive(Debug)]
@@ -21,31 +24,31 @@ pub struct LogSink {
     lines: Vec<LogLine>,
     bytes: u64,
     limit: u64,
-    tee: Tee,
+    echo: Option<Echoer>,
 }
 
 impl LogSink {
-    /// A sink holding at most `limit` bytes of messages.
-    pub fn new(limit: u64, tee: Tee) -> Self {
+    /// A sink holding at most `limit` bytes of messages (each line also
+    /// costs [`LOG_LINE_OVERHEAD`]), echoed through `echo` if given.
+    pub fn new(limit: u64, echo: Option<Echoer>) -> Self {
         LogSink {
             lines: Vec::new(),
             bytes: 0,
             limit,
-            tee,
+            echo,
         }
     }
 
-    fn push(&mut self, level: &'static str, message: String) -> Result<(), LimitExceeded> {
-        self.bytes = self.bytes.saturating_add(message.len() as u64);
+    async fn push(&mut self, level: &'static str, message: String) -> Result<(), LimitExceeded> {
+        self.bytes = self
+            .bytes
+            .saturating_add(message.len() as u64 + LOG_LINE_OVERHEAD);
         if self.bytes > self.limit {
             return Err(LimitExceeded::Log { limit: self.limit });
         }
-        let line = format!("[{level}] {message}\n");
-        let _ = match self.tee {
-            Tee::None => Ok(()),
-            Tee::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-            Tee::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
-        };
+        if let Some(echo) = &self.echo {
+            echo.send(format!("[{level}] {message}\n").into()).await;
+        }
         self.lines.push(LogLine { level, message });
         Ok(())
     }
@@ -74,7 +77,7 @@ impl WasiView for RunState {
 }
 
 impl log::Host for RunState {
-    fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+    async fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let level = match level {
             log::Level::Trace => "trace",
             log::Level::Debug => "debug",
@@ -82,7 +85,7 @@ impl log::Host for RunState {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
-        Ok(self.logs.push(level, message)?)
+        Ok(self.logs.push(level, message).await?)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Per-run limits and their enforcement inside the store.
 //!
 //! [`Limits`] is the budget of one run: fuel, linear memory, wall-clock time,
-//! output and captured bytes, and counts of instances, tables and memories.
+//! output and captured bytes, table elements, host resources, and counts of
+//! core instances, tables and memories.
 //! [`StoreLimiter`] is the `wasmtime::ResourceLimiter` that enforces the
 //! memory side and records the peak. When a guest goes past a limit, the host
 //! raises a [`LimitExceeded`] error as a trap; [`classify`] later turns any
@@ -12,7 +13,7 @@ use std::time::Duration;
 use wasmtime::{ResourceLimiter, Trap};
 
 /// The budget of one run. Every field has a default, documented in
-/// `wfrun exec --help` and `docs/limits.md`.
+/// `wfrun exec --help` and `docs/cli.md`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Fuel units the guest may consume (about one per wasm instruction).
@@ -27,14 +28,17 @@ pub struct Limits {
     pub stdio_bytes: u64,
     /// Bytes of `log` messages.
     pub log_bytes: u64,
-    /// Core and component instances created by one run.
+    /// Core instances created by one run.
     pub instances: usize,
     /// Tables created by one run.
     pub tables: usize,
     /// Linear memories created by one run.
     pub memories: usize,
-    /// Elements of any one table.
+    /// Table elements, summed over all tables of the instance.
     pub table_elements: usize,
+    /// Host resources (open files, streams, pollables) the guest may hold at
+    /// once in its resource table.
+    pub resources: usize,
 }
 
 impl Limits {
@@ -51,6 +55,8 @@ impl Limits {
     pub const DEFAULT_STDIO_BYTES: u64 = 8 * 1024 * 1024;
     /// Default log bytes: 4 MiB.
     pub const DEFAULT_LOG_BYTES: u64 = 4 * 1024 * 1024;
+    /// The longest timeout a run may have: 7 days. Longer ones are clamped.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 impl Default for Limits {
@@ -69,6 +75,7 @@ impl Default for Limits {
             tables: 100,
             memories: 16,
             table_elements: 100_000,
+            resources: 10_000,
         }
     }
 }
@@ -84,8 +91,8 @@ pub enum LimitExceeded {
         /// The total the guest would have had after the growth.
         requested: u64,
     },
-    /// Table growth past `Limits::table_elements`.
-    #[error("table limit of {limit} elements exceeded: the guest asked for {requested}")]
+    /// Table growth past `Limits::table_elements`, summed over all tables.
+    #[error("table limit of {limit} elements exceeded: the guest asked for {requested} in all")]
     TableElements {
         /// The limit in elements.
         limit: usize,
@@ -140,20 +147,23 @@ impl LimitExceeded {
 
 /// Enforces the memory side of [`Limits`] for one store and records the peak.
 ///
-/// Linear memories are counted together: wasmtime reports each growth of
-/// each memory (creation included, as growth from 0) and the limiter keeps
-/// the running total.
+/// Linear memories are counted together, and so are table elements: wasmtime
+/// reports each growth of each memory or table (creation included, as growth
+/// from 0) and the limiter keeps the running totals.
 #[derive(Debug)]
 pub struct StoreLimiter {
     memory_limit: u64,
-    table_elements: usize,
+    table_limit: usize,
     instances: usize,
     tables: usize,
     memories: usize,
-    current: u64,
+    memory: u64,
     peak: u64,
-    /// The growth `memory_growing` allowed last, undone if it then failed.
-    last_growth: u64,
+    table_elements: usize,
+    /// The last allowed memory growth and the peak before it, undone if the
+    /// growth then fails.
+    last_memory_growth: Option<(u64, u64)>,
+    last_table_growth: Option<usize>,
 }
 
 impl StoreLimiter {
@@ -161,13 +171,15 @@ impl StoreLimiter {
     pub fn new(limits: &Limits) -> Self {
         StoreLimiter {
             memory_limit: limits.memory_bytes,
-            table_elements: limits.table_elements,
+            table_limit: limits.table_elements,
             instances: limits.instances,
             tables: limits.tables,
             memories: limits.memories,
-            current: 0,
+            memory: 0,
             peak: 0,
-            last_growth: 0,
+            table_elements: 0,
+            last_memory_growth: None,
+            last_table_growth: None,
         }
     }
 
@@ -182,10 +194,15 @@ impl ResourceLimiter for StoreLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            // Past the memory's own declared maximum: `memory.grow` returns
+            // -1 as the wasm spec says; that is the guest's business.
+            return Ok(false);
+        }
         let growth = (desired as u64).saturating_sub(current as u64);
-        let requested = self.current.saturating_add(growth);
+        let requested = self.memory.saturating_add(growth);
         if requested > self.memory_limit {
             // A trap, not `Ok(false)`: a guest whose allocator cannot cope
             // with failed growth would trap anyway, but with an unrelated
@@ -196,32 +213,48 @@ impl ResourceLimiter for StoreLimiter {
             }
             .into());
         }
-        self.current = requested;
+        self.last_memory_growth = Some((growth, self.peak));
+        self.memory = requested;
         self.peak = self.peak.max(requested);
-        self.last_growth = growth;
         Ok(true)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.current = self.current.saturating_sub(self.last_growth);
-        self.last_growth = 0;
+        if let Some((growth, peak)) = self.last_memory_growth.take() {
+            self.memory = self.memory.saturating_sub(growth);
+            self.peak = peak;
+        }
         Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.table_elements {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let growth = desired.saturating_sub(current);
+        let requested = self.table_elements.saturating_add(growth);
+        if requested > self.table_limit {
             return Err(LimitExceeded::TableElements {
-                limit: self.table_elements,
-                requested: desired,
+                limit: self.table_limit,
+                requested,
             }
             .into());
         }
+        self.table_elements = requested;
+        self.last_table_growth = Some(growth);
         Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        if let Some(growth) = self.last_table_growth.take() {
+            self.table_elements = self.table_elements.saturating_sub(growth);
+        }
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -313,27 +346,47 @@ mod tests {
     }
 
     #[test]
-    fn failed_growth_is_not_counted() {
+    fn failed_growth_is_not_counted_nor_its_peak() {
         let limits = Limits {
             memory_bytes: 4 * PAGE as u64,
             ..Limits::default()
         };
         let mut limiter = StoreLimiter::new(&limits);
-        assert!(limiter.memory_growing(0, 3 * PAGE, None).unwrap());
+        assert!(limiter.memory_growing(0, PAGE, None).unwrap());
+        assert!(limiter.memory_growing(PAGE, 3 * PAGE, None).unwrap());
         limiter
             .memory_grow_failed(wasmtime::format_err!("mmap failed"))
             .unwrap();
-        assert!(limiter.memory_growing(0, 4 * PAGE, None).unwrap());
+        assert_eq!(limiter.peak_memory_bytes(), PAGE as u64);
+        assert!(limiter.memory_growing(PAGE, 4 * PAGE, None).unwrap());
     }
 
     #[test]
-    fn table_growth_is_capped() {
+    fn growth_past_a_declared_maximum_is_refused_softly() {
+        let mut limiter = StoreLimiter::new(&Limits::default());
+        // memory.grow returns -1, as the wasm spec says; no trap, no count.
+        assert!(
+            !limiter
+                .memory_growing(PAGE, 3 * PAGE, Some(2 * PAGE))
+                .unwrap()
+        );
+        assert_eq!(limiter.peak_memory_bytes(), 0);
+        assert!(!limiter.table_growing(1, 3, Some(2)).unwrap());
+    }
+
+    #[test]
+    fn table_elements_are_capped_across_tables() {
         let limits = Limits {
             table_elements: 10,
             ..Limits::default()
         };
         let mut limiter = StoreLimiter::new(&limits);
-        assert!(limiter.table_growing(0, 10, None).unwrap());
-        assert!(limiter.table_growing(10, 11, None).is_err());
+        assert!(limiter.table_growing(0, 6, None).unwrap());
+        assert!(limiter.table_growing(0, 4, None).unwrap());
+        let err = limiter.table_growing(4, 5, None).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<LimitExceeded>().unwrap().code(),
+            ErrorCode::MemoryLimit
+        );
     }
 }

@@ -23,7 +23,7 @@ pub use limits::{LimitExceeded, Limits};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::outcome::{ErrorCode, GuestKind, NodeFailure, RunReport, RunStatus};
-use capture::Capture;
+use capture::{Capture, EchoThread};
 use host::{LogSink, RunState};
 use limits::{StoreLimiter, classify};
 use serde_json::value::RawValue;
@@ -44,7 +44,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Meter fuel. When off, `Limits::fuel` is not enforced and
-    /// `fuel_consumed` is reported as 0; see `docs/limits.md` for the cost.
+    /// `fuel_consumed` is reported as 0; `docs/performance.md` has the cost.
     pub fuel_metering: bool,
     /// The most native stack wasm code may use before `stack_overflow`.
     pub max_wasm_stack: usize,
@@ -203,10 +203,13 @@ impl Sandbox {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .consume_fuel(options.fuel_metering)
+            // Components do not need the GC proposal, and wasmtime reports a
+            // GC heap that hits the limiter as an untyped out-of-memory.
+            .wasm_gc(false)
             .max_wasm_stack(options.max_wasm_stack)
             // Async runs execute on a separate fiber stack, which must hold
             // the wasm stack plus the host frames beneath it.
-            .async_stack_size(options.max_wasm_stack + 1024 * 1024);
+            .async_stack_size(options.max_wasm_stack.saturating_add(1024 * 1024));
         let engine = Engine::new(&config).map_err(|e| SandboxError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -293,8 +296,17 @@ impl Sandbox {
         }
 
         let limits = &request.limits;
-        let stdout = Capture::new("stdout", limits.stdio_bytes, request.echo.stdout);
-        let stderr = Capture::new("stderr", limits.stdio_bytes, request.echo.stderr);
+        let echo = (request.echo != Echo::NONE).then(EchoThread::start);
+        let stdout = Capture::new(
+            "stdout",
+            limits.stdio_bytes,
+            EchoThread::echoer(echo.as_ref(), request.echo.stdout),
+        );
+        let stderr = Capture::new(
+            "stderr",
+            limits.stdio_bytes,
+            EchoThread::echoer(echo.as_ref(), request.echo.stderr),
+        );
         let wasi = match build_wasi(program, request, &stdout, &stderr) {
             Ok(wasi) => wasi,
             Err(message) => {
@@ -303,11 +315,16 @@ impl Sandbox {
                 return report;
             }
         };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.resources);
         let state = RunState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: StoreLimiter::new(limits),
-            logs: LogSink::new(limits.log_bytes, request.echo.logs),
+            logs: LogSink::new(
+                limits.log_bytes,
+                EchoThread::echoer(echo.as_ref(), request.echo.logs),
+            ),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -317,13 +334,14 @@ impl Sandbox {
                 .set_fuel(limits.fuel)
                 .expect("fuel metering is enabled");
         }
-        store.set_epoch_deadline(epoch_ticks(limits.timeout));
+        let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
+        store.set_epoch_deadline(epoch_ticks(timeout));
         store.epoch_deadline_trap();
 
         let started = Instant::now();
         // The epoch deadline stops wasm code; this backstop also stops a
         // guest parked in a host call (a long sleep, a read that never ends).
-        let backstop = limits.timeout + EPOCH_TICK * 5;
+        let backstop = timeout + EPOCH_TICK * 5;
         let outcome =
             tokio::time::timeout(backstop, call(&program.pre, &mut store, &request.input)).await;
         report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -334,8 +352,13 @@ impl Sandbox {
         report.peak_memory_bytes = store.data().limiter.peak_memory_bytes();
         report.stdout = stdout.contents();
         report.stderr = stderr.contents();
-        let state = store.into_data();
-        report.logs = state.logs.into_lines();
+        report.logs = store.into_data().logs.into_lines();
+        // The store is gone; with the captures dropped too, the echo thread
+        // has every chunk and can finish writing them.
+        drop((stdout, stderr));
+        if let Some(echo) = echo {
+            echo.finish();
+        }
 
         let outcome = match outcome {
             Ok(outcome) => outcome,
@@ -398,10 +421,13 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
             }
         }
         Ok(Returned::Node(Err(e))) => {
-            let message = format!("node error {}: {}", e.code, e.message);
+            // Guest-chosen text: bounded before it reaches records and terminals.
+            let code = truncate(e.code, MAX_NODE_ERROR_CODE);
+            let node_message = truncate(e.message, MAX_NODE_ERROR_MESSAGE);
+            let message = format!("node error {code}: {node_message}");
             report.node_error = Some(NodeFailure {
-                code: e.code,
-                message: e.message,
+                code,
+                message: node_message,
                 retryable: e.retryable,
             });
             Some((ErrorCode::NodeError, message))
@@ -418,6 +444,11 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
             ))
         }
         Err(e) => match e.downcast_ref::<I32Exit>() {
+            // Exiting is how a job ends; a node must return instead.
+            Some(I32Exit(code)) if report.kind == Some(GuestKind::Node) => Some((
+                ErrorCode::Trap,
+                format!("node called exit({code}); a node must return its output or a node error"),
+            )),
             Some(I32Exit(0)) => {
                 report.exit_code = Some(0);
                 None
@@ -454,6 +485,24 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
     }
 }
 
+/// The longest node error code kept, in bytes.
+const MAX_NODE_ERROR_CODE: usize = 256;
+/// The longest node error message kept, in bytes.
+const MAX_NODE_ERROR_MESSAGE: usize = 16 * 1024;
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("…[truncated]");
+    }
+    text
+}
+
 fn build_wasi(
     program: &Program,
     request: &RunRequest,
@@ -466,7 +515,8 @@ fn build_wasi(
     // sandbox states them rather than inheriting whatever a default becomes.
     wasi.allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
     if program.kind() == GuestKind::Job {
         if request.inherit_stdin {
             wasi.stdin(wasmtime_wasi::cli::stdin());
@@ -491,7 +541,10 @@ fn build_wasi(
 
 fn epoch_ticks(timeout: Duration) -> u64 {
     // Round up, plus one tick: the current tick may be nearly over.
-    (timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).saturating_add(1)
+    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+    u64::try_from(ticks)
+        .unwrap_or(u64::MAX / 2)
+        .saturating_add(1)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.

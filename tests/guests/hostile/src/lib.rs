@@ -11,10 +11,11 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + frame[3]
 }
 
-fn attempt<T, E: std::fmt::Display>(r: Result<T, E>) -> Value {
+/// `"allowed"`, or `"denied: <io::ErrorKind>"` so tests can match the kind.
+fn attempt<T>(r: std::io::Result<T>) -> Value {
     match r {
         Ok(_) => json!("allowed"),
-        Err(e) => json!(format!("denied: {e}")),
+        Err(e) => json!(format!("denied: {:?}", e.kind())),
     }
 }
 
@@ -45,6 +46,15 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
         "log" => loop {
             log::info(&"flood ".repeat(100));
         },
+        "log-empty" => loop {
+            log::info("");
+        },
+        "sleep" => {
+            // Parks in a host call (wasi:io/poll), where epochs cannot reach.
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(json!("woke up"))
+        }
+        "exit" => std::process::exit(0),
         "trap" => {
             #[cfg(target_arch = "wasm32")]
             core::arch::wasm32::unreachable();
