@@ -152,40 +152,81 @@ impl LimitExceeded {
 /// from 0) and the limiter keeps the running totals.
 #[derive(Debug)]
 pub struct StoreLimiter {
-    memory_limit: u64,
-    table_limit: usize,
+    memory: Tally,
+    table_elements: Tally,
     instances: usize,
     tables: usize,
     memories: usize,
-    memory: u64,
+}
+
+/// A running total of one resource across a store, with its limit and peak.
+#[derive(Debug)]
+struct Tally {
+    used: u64,
     peak: u64,
-    table_elements: usize,
-    /// The last allowed memory growth and the peak before it, undone if the
-    /// growth then fails.
-    last_memory_growth: Option<(u64, u64)>,
-    last_table_growth: Option<usize>,
+    limit: u64,
+    /// The last allowed growth and the peak before it, undone if it fails.
+    last: Option<(u64, u64)>,
+}
+
+impl Tally {
+    fn new(limit: u64) -> Self {
+        Tally {
+            used: 0,
+            peak: 0,
+            limit,
+            last: None,
+        }
+    }
+
+    /// Accounts for one memory or table growing from `current` to `desired`.
+    /// `Ok(false)` past the item's own declared maximum (the wasm `grow`
+    /// instruction then returns -1, as the spec says); `Err(requested)` past
+    /// the limit.
+    fn grow(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, u64> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let growth = (desired as u64).saturating_sub(current as u64);
+        let requested = self.used.saturating_add(growth);
+        if requested > self.limit {
+            return Err(requested);
+        }
+        self.last = Some((growth, self.peak));
+        self.used = requested;
+        self.peak = self.peak.max(requested);
+        Ok(true)
+    }
+
+    /// Undoes the last growth, which wasmtime then failed to perform.
+    fn undo(&mut self) {
+        if let Some((growth, peak)) = self.last.take() {
+            self.used = self.used.saturating_sub(growth);
+            self.peak = peak;
+        }
+    }
 }
 
 impl StoreLimiter {
     /// A limiter enforcing `limits`.
     pub fn new(limits: &Limits) -> Self {
         StoreLimiter {
-            memory_limit: limits.memory_bytes,
-            table_limit: limits.table_elements,
+            memory: Tally::new(limits.memory_bytes),
+            table_elements: Tally::new(limits.table_elements as u64),
             instances: limits.instances,
             tables: limits.tables,
             memories: limits.memories,
-            memory: 0,
-            peak: 0,
-            table_elements: 0,
-            last_memory_growth: None,
-            last_table_growth: None,
         }
     }
 
     /// The largest total of linear memory seen, in bytes.
     pub fn peak_memory_bytes(&self) -> u64 {
-        self.peak
+        self.memory.peak
     }
 }
 
@@ -196,34 +237,17 @@ impl ResourceLimiter for StoreLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            // Past the memory's own declared maximum: `memory.grow` returns
-            // -1 as the wasm spec says; that is the guest's business.
-            return Ok(false);
-        }
-        let growth = (desired as u64).saturating_sub(current as u64);
-        let requested = self.memory.saturating_add(growth);
-        if requested > self.memory_limit {
-            // A trap, not `Ok(false)`: a guest whose allocator cannot cope
-            // with failed growth would trap anyway, but with an unrelated
-            // message. Trapping here names the limit.
-            return Err(LimitExceeded::Memory {
-                limit: self.memory_limit,
-                requested,
-            }
-            .into());
-        }
-        self.last_memory_growth = Some((growth, self.peak));
-        self.memory = requested;
-        self.peak = self.peak.max(requested);
-        Ok(true)
+        // A trap past the limit, not `Ok(false)`: a guest whose allocator
+        // cannot cope with failed growth would trap anyway, but with an
+        // unrelated message. Trapping here names the limit.
+        let limit = self.memory.limit;
+        self.memory
+            .grow(current, desired, maximum)
+            .map_err(|requested| LimitExceeded::Memory { limit, requested }.into())
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        if let Some((growth, peak)) = self.last_memory_growth.take() {
-            self.memory = self.memory.saturating_sub(growth);
-            self.peak = peak;
-        }
+        self.memory.undo();
         Ok(())
     }
 
@@ -233,27 +257,20 @@ impl ResourceLimiter for StoreLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        let growth = desired.saturating_sub(current);
-        let requested = self.table_elements.saturating_add(growth);
-        if requested > self.table_limit {
-            return Err(LimitExceeded::TableElements {
-                limit: self.table_limit,
-                requested,
-            }
-            .into());
-        }
-        self.table_elements = requested;
-        self.last_table_growth = Some(growth);
-        Ok(true)
+        let limit = self.table_elements.limit as usize;
+        self.table_elements
+            .grow(current, desired, maximum)
+            .map_err(|requested| {
+                LimitExceeded::TableElements {
+                    limit,
+                    requested: requested as usize,
+                }
+                .into()
+            })
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        if let Some(growth) = self.last_table_growth.take() {
-            self.table_elements = self.table_elements.saturating_sub(growth);
-        }
+        self.table_elements.undo();
         Ok(())
     }
 
