@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Builds every example guest into examples/dist/<name>.wasm.
+# Builds every example guest into examples/dist/<name>.wasm, and packs each
+# workflow in examples/workflows/<name>/ into examples/dist/<name>.wasm.
 #
 # Usage: examples/build.sh
 # Needs the wasm32-wasip2 target; installs it with rustup when missing.
+# Packing uses the wfrun binary, built from this repository (release).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   echo "build.sh: installing the wasm32-wasip2 target (rustup target add wasm32-wasip2)" >&2
@@ -14,5 +17,13 @@ fi
 cargo build --release --locked --target wasm32-wasip2 --manifest-path "$here/Cargo.toml" --target-dir "$here/target"
 mkdir -p "$here/dist"
 out="$here/target/wasm32-wasip2/release"
-cp "$out/hello.wasm" "$out/stats.wasm" "$out/hello-job.wasm" "$here/dist/"
+for guest in hello stats hello-job counter parse aggregate format; do
+  cp "$out/$guest.wasm" "$here/dist/"
+done
+
+for workflow in "$here"/workflows/*/workflow.toml; do
+  name="$(basename "$(dirname "$workflow")")"
+  cargo run --quiet --release --locked --manifest-path "$root/Cargo.toml" --bin wfrun -- \
+    pack "$workflow" -o "$here/dist/$name.wasm"
+done
 echo "built: $(cd "$here/dist" && ls -1 *.wasm | tr '\n' ' ')" >&2

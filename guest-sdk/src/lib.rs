@@ -67,20 +67,12 @@ pub struct NodeError {
 impl NodeError {
     /// A failure that will fail again if retried with the same input.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            retryable: false,
-        }
+        Self { code: code.into(), message: message.into(), retryable: false }
     }
 
     /// A failure that may succeed when retried (a busy upstream, a timeout).
     pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            retryable: true,
-        }
+        Self { code: code.into(), message: message.into(), retryable: true }
     }
 
     /// The input did not have the shape this node expects.
@@ -99,11 +91,7 @@ impl std::error::Error for NodeError {}
 
 impl From<NodeError> for wit_handler::NodeError {
     fn from(e: NodeError) -> Self {
-        Self {
-            code: e.code,
-            message: e.message,
-            retryable: e.retryable,
-        }
+        Self { code: e.code, message: e.message, retryable: e.retryable }
     }
 }
 
@@ -170,9 +158,7 @@ pub mod state {
 
     /// Reads `key` as JSON. A value that is not valid JSON for `T` is
     /// reported as `None` with the parse error, never a panic.
-    pub fn get_json<T: DeserializeOwned>(
-        key: &str,
-    ) -> Result<Option<Result<T, String>>, StateError> {
+    pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<Result<T, String>>, StateError> {
         Ok(get(key)?.map(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string())))
     }
 

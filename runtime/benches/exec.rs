@@ -53,10 +53,7 @@ fn sample(warmup: usize, iterations: usize, mut f: impl FnMut()) -> (Vec<Duratio
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sandbox = Sandbox::new(EngineOptions::default()).unwrap();
     let hello_path = guests::guest("hello");
     let cpu_path = guests::guest("cpu");
@@ -66,10 +63,7 @@ fn main() {
 
     // 1. In-process trivial node.
     let hello = sandbox.load(&Bundle::read(&hello_path).unwrap()).unwrap();
-    let request = RunRequest {
-        input: r#"{"name":"bench"}"#.to_owned(),
-        ..RunRequest::default()
-    };
+    let request = RunRequest { input: r#"{"name":"bench"}"#.to_owned(), ..RunRequest::default() };
     let (times, total) = sample(200, 5000, || {
         let report = runtime.block_on(sandbox.run(&hello, &request));
         assert_eq!(report.status, RunStatus::Succeeded);
@@ -83,9 +77,7 @@ fn main() {
 
     // 2. Sandbox vs bare wasmtime on a no-op command.
     let noop = guests::wat("noop-job");
-    let program = sandbox
-        .load(&Bundle::from_bytes("noop-job.wasm", noop.clone()).unwrap())
-        .unwrap();
+    let program = sandbox.load(&Bundle::from_bytes("noop-job.wasm", noop.clone()).unwrap()).unwrap();
     let request = RunRequest::default();
     let (ours, _) = sample(200, 5000, || {
         let report = runtime.block_on(sandbox.run(&program, &request));
@@ -102,20 +94,13 @@ fn main() {
     );
 
     // 3. Fuel metering on vs off, CPU-bound guest.
-    let unmetered = Sandbox::new(EngineOptions {
-        fuel_metering: false,
-        ..EngineOptions::default()
-    })
-    .unwrap();
+    let unmetered = Sandbox::new(EngineOptions { fuel_metering: false, ..EngineOptions::default() }).unwrap();
     let cpu_bundle = Bundle::read(&cpu_path).unwrap();
     let metered_cpu = sandbox.load(&cpu_bundle).unwrap();
     let unmetered_cpu = unmetered.load(&cpu_bundle).unwrap();
     let request = RunRequest {
         input: r#"{"n":3}"#.to_owned(),
-        limits: Limits {
-            fuel: u64::MAX / 2,
-            ..Limits::default()
-        },
+        limits: Limits { fuel: u64::MAX / 2, ..Limits::default() },
         ..RunRequest::default()
     };
     let mut fuel_used = 0;
@@ -141,13 +126,7 @@ fn main() {
     let wfrun = env!("CARGO_BIN_EXE_wfrun");
     let (exec, _) = sample(3, 40, || {
         let status = Command::new(wfrun)
-            .args([
-                "exec",
-                hello_path.to_str().unwrap(),
-                "--quiet",
-                "--input",
-                r#"{"name":"bench"}"#,
-            ])
+            .args(["exec", hello_path.to_str().unwrap(), "--quiet", "--input", r#"{"name":"bench"}"#])
             .stdout(Stdio::null())
             .status()
             .unwrap();
@@ -171,21 +150,13 @@ fn bare_wasmtime(bytes: &[u8]) -> impl FnMut() {
     use wasmtime::{Engine, Store};
     let engine = Engine::default();
     let component = Component::new(&engine, bytes).unwrap();
-    let pre = Linker::<()>::new(&engine)
-        .instantiate_pre(&component)
-        .unwrap();
+    let pre = Linker::<()>::new(&engine).instantiate_pre(&component).unwrap();
     move || {
         let mut store = Store::new(&engine, ());
         let instance = pre.instantiate(&mut store).unwrap();
-        let cli = instance
-            .get_export_index(&mut store, None, "wasi:cli/run@0.2.0")
-            .unwrap();
-        let run = instance
-            .get_export_index(&mut store, Some(&cli), "run")
-            .unwrap();
-        let run = instance
-            .get_typed_func::<(), (Result<(), ()>,)>(&mut store, &run)
-            .unwrap();
+        let cli = instance.get_export_index(&mut store, None, "wasi:cli/run@0.2.0").unwrap();
+        let run = instance.get_export_index(&mut store, Some(&cli), "run").unwrap();
+        let run = instance.get_typed_func::<(), (Result<(), ()>,)>(&mut store, &run).unwrap();
         assert_eq!(run.call(&mut store, ()).unwrap(), (Ok(()),));
     }
 }

@@ -1,15 +1,57 @@
-//! Bundle files: reading them and rejecting what is not a component.
+//! Bundle files: reading, packing, and rejecting what is not a component.
 //!
-//! A bundle is one `.wasm` file holding a WebAssembly component. For now a
-//! bundle is a single component, either a node or a job; workflow bundles
-//! (a component nesting several nodes plus the workflow definition) and
-//! signatures come later and extend this module. [`Bundle::read`] checks
-//! what can be checked without compiling: that the file exists, that it is
-//! Wasm, and that it is a component rather than a core module. Each failure is
-//! a [`BundleError`] naming the file and the reason.
+//! A bundle is one `.wasm` file that is itself a valid WebAssembly component.
+//! Either it is a plain component (a node or a job: a one-node bundle), or it
+//! is a **workflow bundle**: an outer component whose nested component
+//! sections are the node components, plus a custom section
+//! [`WORKFLOW_SECTION`] holding the workflow definition as JSON
+//! ([`EmbeddedWorkflow`]). [`pack`] writes one; [`Bundle::read`] checks what
+//! can be checked without compiling (the file exists, is Wasm, is a
+//! component, and a workflow section parses) and finds the nested
+//! components. Each failure is a [`BundleError`] naming the file and the
+//! reason. `docs/bundle-format.md` specifies the layout.
 
+use crate::workflow::WorkflowDef;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+/// The name of the custom section that carries a workflow definition.
+pub const WORKFLOW_SECTION: &str = "wfrun:workflow";
+
+/// The version of the embedded workflow layout this wfrun writes and reads.
+pub const WORKFLOW_FORMAT: u32 = 1;
+
+/// The workflow section's content: the definition and where each node's
+/// component is among the bundle's nested components.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedWorkflow {
+    /// [`WORKFLOW_FORMAT`] at the time of packing.
+    pub format: u32,
+    /// The workflow definition, as validated at pack time.
+    pub definition: WorkflowDef,
+    /// Node id → index of its component among the nested components.
+    pub components: BTreeMap<String, usize>,
+}
+
+/// Packs a workflow bundle: `components` are the distinct node component
+/// binaries, in the order `workflow.components` indexes them.
+pub fn pack(workflow: &EmbeddedWorkflow, components: &[Vec<u8>]) -> Vec<u8> {
+    let mut bundle = wasm_encoder::Component::new();
+    // Serialising plain data into a Vec cannot fail.
+    let json = serde_json::to_vec(workflow).expect("workflow definitions serialise");
+    bundle.section(&wasm_encoder::CustomSection { name: WORKFLOW_SECTION.into(), data: json.into() });
+    for component in components {
+        bundle.section(&wasm_encoder::RawSection {
+            id: wasm_encoder::ComponentSectionId::Component as u8,
+            data: component,
+        });
+    }
+    bundle.finish()
+}
 
 /// Why a file cannot be used as a bundle. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +124,8 @@ pub struct Bundle {
     path: PathBuf,
     bytes: Vec<u8>,
     digest: String,
+    workflow: Option<EmbeddedWorkflow>,
+    nested: Vec<Range<usize>>,
 }
 
 /// The `\0asm` magic every Wasm binary starts with.
@@ -95,10 +139,7 @@ impl Bundle {
         let path = path.as_ref().to_path_buf();
         let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => BundleError::Missing { path: path.clone() },
-            _ => BundleError::Read {
-                path: path.clone(),
-                source,
-            },
+            _ => BundleError::Read { path: path.clone(), source },
         })?;
         Bundle::from_bytes(path, bytes)
     }
@@ -113,11 +154,23 @@ impl Bundle {
             return Err(BundleError::CoreModule { path });
         }
         let digest = hex::encode(Sha256::digest(&bytes));
-        Ok(Bundle {
-            path,
-            bytes,
-            digest,
-        })
+        let (workflow, nested) = scan(&path, &bytes)?;
+        Ok(Bundle { path, bytes, digest, workflow, nested })
+    }
+
+    /// The embedded workflow, if this is a workflow bundle.
+    pub fn workflow(&self) -> Option<&EmbeddedWorkflow> {
+        self.workflow.as_ref()
+    }
+
+    /// The bytes of nested component `index` of a workflow bundle.
+    pub fn nested_component(&self, index: usize) -> Option<&[u8]> {
+        self.nested.get(index).map(|range| &self.bytes[range.clone()])
+    }
+
+    /// How many components the bundle nests at its top level.
+    pub fn nested_count(&self) -> usize {
+        self.nested.len()
     }
 
     /// The path the bundle was read from.
@@ -134,6 +187,82 @@ impl Bundle {
     pub fn digest(&self) -> String {
         format!("sha256:{}", self.digest)
     }
+}
+
+/// A component's top-level import and export names, read without compiling.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    /// Import names, e.g. `wasi:cli/environment@0.2.3`.
+    pub imports: Vec<String>,
+    /// Export names, e.g. `wfrun:node/handler@0.1.0`.
+    pub exports: Vec<String>,
+}
+
+/// Reads `component`'s top-level imports and exports.
+pub fn interface(component: &[u8]) -> Result<Interface, wasmparser::BinaryReaderError> {
+    use wasmparser::{Parser, Payload};
+    let mut interface = Interface::default();
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(component) {
+        match payload? {
+            Payload::ComponentSection { .. } | Payload::ModuleSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    interface.imports.push(import?.name.full_name().into_owned());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    interface.exports.push(export?.name.full_name().into_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(interface)
+}
+
+/// Finds the workflow section and the top-level nested components.
+fn scan(path: &Path, bytes: &[u8]) -> Result<(Option<EmbeddedWorkflow>, Vec<Range<usize>>), BundleError> {
+    use wasmparser::{Parser, Payload};
+    let invalid = |reason: String| BundleError::Invalid { path: path.to_path_buf(), reason };
+    let mut workflow = None;
+    let mut nested = Vec::new();
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| invalid(e.to_string()))? {
+            Payload::ComponentSection { unchecked_range, .. } => {
+                if depth == 0 {
+                    nested.push(unchecked_range.start as usize..unchecked_range.end as usize);
+                }
+                depth += 1;
+            }
+            Payload::ModuleSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::CustomSection(section) if depth == 0 && section.name() == WORKFLOW_SECTION => {
+                if workflow.is_some() {
+                    return Err(invalid(format!("more than one `{WORKFLOW_SECTION}` section")));
+                }
+                let embedded: EmbeddedWorkflow = serde_json::from_slice(section.data())
+                    .map_err(|e| invalid(format!("`{WORKFLOW_SECTION}` section: {e}")))?;
+                if embedded.format != WORKFLOW_FORMAT {
+                    return Err(invalid(format!(
+                        "workflow format {} is not supported (this wfrun reads format {WORKFLOW_FORMAT})",
+                        embedded.format
+                    )));
+                }
+                workflow = Some(embedded);
+            }
+            _ => {}
+        }
+    }
+    if let Some(workflow) = &workflow
+        && let Some((node, index)) = workflow.components.iter().find(|(_, i)| **i >= nested.len())
+    {
+        return Err(invalid(format!("node `{node}` names component #{index}, but the bundle nests {}", nested.len())));
+    }
+    Ok((workflow, nested))
 }
 
 #[cfg(test)]
@@ -157,10 +286,42 @@ mod tests {
     fn accepts_components_and_digests_them() {
         let component = wat::parse_str("(component)").unwrap();
         let bundle = Bundle::from_bytes("c.wasm", component.clone()).unwrap();
-        assert_eq!(
-            bundle.digest(),
-            format!("sha256:{}", hex::encode(Sha256::digest(&component)))
-        );
+        assert_eq!(bundle.digest(), format!("sha256:{}", hex::encode(Sha256::digest(&component))));
+    }
+
+    #[test]
+    fn packed_workflows_are_valid_components_that_nest_their_nodes() {
+        let definition = crate::workflow::WorkflowDef::from_toml(
+            "name = \"w\"\nversion = \"1\"\n[nodes.a]\ncomponent = \"a.wasm\"\n[nodes.b]\ncomponent = \"b.wasm\"",
+            "test",
+        )
+        .unwrap();
+        let a = wat::parse_str("(component (core module))").unwrap();
+        let b = wat::parse_str("(component)").unwrap();
+        let embedded = EmbeddedWorkflow {
+            format: WORKFLOW_FORMAT,
+            definition,
+            components: [("a".to_owned(), 0), ("b".to_owned(), 1)].into(),
+        };
+        let packed = pack(&embedded, &[a.clone(), b.clone()]);
+        wasmparser::Validator::new().validate_all(&packed).expect("a packed bundle is a valid component");
+        let bundle = Bundle::from_bytes("w.wasm", packed).unwrap();
+        assert_eq!(bundle.workflow(), Some(&embedded));
+        assert_eq!(bundle.nested_component(0), Some(&a[..]));
+        assert_eq!(bundle.nested_component(1), Some(&b[..]));
+    }
+
+    #[test]
+    fn a_workflow_section_pointing_past_its_components_is_invalid() {
+        let definition = crate::workflow::WorkflowDef::from_toml(
+            "name = \"w\"\nversion = \"1\"\n[nodes.a]\ncomponent = \"a.wasm\"",
+            "test",
+        )
+        .unwrap();
+        let embedded =
+            EmbeddedWorkflow { format: WORKFLOW_FORMAT, definition, components: [("a".to_owned(), 3)].into() };
+        let err = Bundle::from_bytes("w.wasm", pack(&embedded, &[])).unwrap_err();
+        assert!(matches!(err, BundleError::Invalid { .. }), "{err}");
     }
 
     #[test]

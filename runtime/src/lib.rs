@@ -19,3 +19,5 @@ pub mod bundle;
 pub mod cli;
 pub mod outcome;
 pub mod sandbox;
+pub mod store;
+pub mod workflow;

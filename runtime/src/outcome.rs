@@ -5,12 +5,12 @@
 //! never change meaning. [`ExitStatus`] maps an outcome onto the `wfrun`
 //! process's exit status.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
 
 /// Why a run failed. Serialised in `snake_case` (`fuel_exhausted`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The run went past its wall-clock timeout.
@@ -146,10 +146,12 @@ pub enum RunStatus {
     Failed,
 }
 
-/// Which of the two guest worlds a component implements.
+/// What a bundle runs: one of the two guest worlds, or a workflow of nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuestKind {
+    /// A workflow bundle: several nodes.
+    Workflow,
     /// Exports `wfrun:node/handler`: JSON in, JSON out.
     Node,
     /// Exports `wasi:cli/run`: a command with arguments and stdio.
@@ -176,14 +178,109 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// One call a guest made to the host, in the order made: the execution
+/// trace. Values are never recorded, only keys, sizes and outcomes, so a trace
+/// can be shown and compared without leaking state or secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum HostCall {
+    /// `state.get`.
+    StateGet {
+        /// The key.
+        key: String,
+        /// Whether a value was there.
+        found: bool,
+    },
+    /// `state.set`.
+    StateSet {
+        /// The key.
+        key: String,
+        /// The value's size.
+        bytes: u64,
+        /// Whether it was accepted (false: quota or key refused).
+        ok: bool,
+    },
+    /// `state.delete`.
+    StateDelete {
+        /// The key.
+        key: String,
+    },
+    /// `state.list-keys`.
+    StateListKeys {
+        /// The prefix.
+        prefix: String,
+        /// Keys returned.
+        count: u64,
+    },
+    /// `config.get`.
+    ConfigGet {
+        /// The key.
+        key: String,
+        /// Whether it has a value.
+        found: bool,
+    },
+    /// `config.get-secret`.
+    SecretGet {
+        /// The secret's name.
+        name: String,
+        /// Whether the node's definition names it.
+        granted: bool,
+        /// Whether the operator supplied it.
+        found: bool,
+    },
+    /// Consecutive `log.write` calls.
+    Log {
+        /// How many.
+        count: u64,
+    },
+    /// Calls past the trace's cap, not recorded one by one.
+    Dropped {
+        /// How many.
+        count: u64,
+    },
+}
+
+/// How a node run ended, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node id.
+    pub node: String,
+    /// `succeeded`, `failed` or `skipped`.
+    pub status: String,
+    /// Attempts made (0 when skipped).
+    pub attempts: u32,
+    /// When the first attempt started (RFC 3339), if any.
+    pub started_at: Option<String>,
+    /// Wall time of all attempts, in milliseconds.
+    pub duration_ms: f64,
+    /// Fuel over all attempts.
+    pub fuel_consumed: u64,
+    /// Largest linear memory of any attempt.
+    pub peak_memory_bytes: u64,
+    /// Bytes of the node's output.
+    pub output_bytes: u64,
+    /// Why it failed, if it did.
+    pub error_code: Option<ErrorCode>,
+    /// The error's explanation.
+    pub error_message: Option<String>,
+    /// `sha256:<hex>` of the node's input.
+    pub input_digest: Option<String>,
+    /// `sha256:<hex>` of the node's output.
+    pub output_digest: Option<String>,
+    /// The host calls of the last attempt, in order.
+    pub trace: Vec<HostCall>,
+}
+
 /// Everything known about one finished run. This is what `wfrun exec --json`
 /// prints, field for field.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     /// Time-sortable unique id (UUIDv7).
     pub run_id: String,
-    /// Node or job; `None` when the bundle was rejected before loading.
+    /// Workflow, node or job; `None` when the bundle was rejected before loading.
     pub kind: Option<GuestKind>,
+    /// The workflow's name (a plain component's file stem), once loaded.
+    pub workflow: Option<String>,
     /// `sha256:<hex>` of the bundle file, when it could be read.
     pub bundle_digest: Option<String>,
     /// Succeeded or failed.
@@ -210,6 +307,14 @@ pub struct RunReport {
     pub stderr: String,
     /// Lines the guest wrote through the `log` import.
     pub logs: Vec<LogLine>,
+    /// The host calls the guest made, in order (plain components; a
+    /// workflow's are per node).
+    pub trace: Vec<HostCall>,
+    /// For a workflow: the node that failed the run.
+    pub failed_node: Option<String>,
+    /// For a workflow: one record per node, in the order they finished
+    /// (skipped nodes last).
+    pub nodes: Vec<NodeRecord>,
 }
 
 impl RunReport {
@@ -232,6 +337,10 @@ impl RunReport {
             stdout: String::new(),
             stderr: String::new(),
             logs: Vec::new(),
+            trace: Vec::new(),
+            workflow: None,
+            failed_node: None,
+            nodes: Vec::new(),
         }
     }
 

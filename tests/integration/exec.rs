@@ -6,9 +6,12 @@ use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-fn wfrun() -> Command {
+/// The `wfrun` binary, with a state directory of this test process's own.
+pub fn wfrun() -> Command {
+    static STATE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let state = STATE.get_or_init(|| tempfile::tempdir().unwrap());
     let mut command = Command::new(env!("CARGO_BIN_EXE_wfrun"));
-    command.current_dir(root()).stdin(Stdio::null());
+    command.current_dir(root()).stdin(Stdio::null()).env("WFRUN_DIR", state.path());
     command
 }
 
@@ -45,18 +48,8 @@ fn node_output_is_printed_and_exit_status_is_zero() {
 #[test]
 fn node_input_comes_from_stdin_or_a_file() {
     let hello = guest("hello");
-    let mut child = wfrun()
-        .args(["exec", path(&hello)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"name":"stdin"}"#)
-        .unwrap();
+    let mut child = wfrun().args(["exec", path(&hello)]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(br#"{"name":"stdin"}"#).unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(stdout(&output), "{\"greeting\":\"Hello, stdin!\"}\n");
 
@@ -70,13 +63,7 @@ fn node_input_comes_from_stdin_or_a_file() {
 #[test]
 fn json_report_describes_the_run() {
     let stats = guest("stats");
-    let output = run(&[
-        "exec",
-        path(&stats),
-        "--json",
-        "--input",
-        r#"{"values":[2,4]}"#,
-    ]);
+    let output = run(&["exec", path(&stats), "--json", "--input", r#"{"values":[2,4]}"#]);
     assert_eq!(output.status.code(), Some(0));
     let report = json(&output);
     assert_eq!(report["status"], "succeeded");
@@ -89,12 +76,7 @@ fn json_report_describes_the_run() {
     assert!(report["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(report["fuel_consumed"].as_u64().unwrap() > 0);
     assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
-    assert!(
-        report["bundle_digest"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256:")
-    );
+    assert!(report["bundle_digest"].as_str().unwrap().starts_with("sha256:"));
 }
 
 #[test]
@@ -105,26 +87,14 @@ fn jobs_run_like_wasmtime_run() {
     assert_eq!(stdout(&output), "Hello, Ada!\nHello, Grace!\n");
     assert!(stderr(&output).contains("greeted 2 name(s)"));
 
-    let output = run(&[
-        "exec",
-        path(&job),
-        "--env",
-        "GREETING=Hi",
-        "--json",
-        "--",
-        "Ada",
-    ]);
+    let output = run(&["exec", path(&job), "--env", "GREETING=Hi", "--json", "--", "Ada"]);
     let report = json(&output);
     assert_eq!(report["kind"], "job");
     assert_eq!(report["exit_code"], 0);
     assert_eq!(report["stdout"], "Hi, Ada!\n");
 
     let output = run(&["exec", path(&job), "--", "--fail"]);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "a job's failure status passes through"
-    );
+    assert_eq!(output.status.code(), Some(1), "a job's failure status passes through");
 }
 
 #[test]
@@ -137,21 +107,8 @@ fn each_failure_class_has_its_documented_exit_status() {
         (r#"{"mode": oops"#, 6, "invalid_input"),
     ];
     for (input, status, code) in cases {
-        let output = run(&[
-            "exec",
-            path(&hostile),
-            "--json",
-            "--fuel",
-            "100000000",
-            "--input",
-            input,
-        ]);
-        assert_eq!(
-            output.status.code(),
-            Some(status),
-            "{input}: {}",
-            stderr(&output)
-        );
+        let output = run(&["exec", path(&hostile), "--json", "--fuel", "100000000", "--input", input]);
+        assert_eq!(output.status.code(), Some(status), "{input}: {}", stderr(&output));
         assert_eq!(json(&output)["error_code"], code, "{input}");
     }
 }
@@ -159,38 +116,18 @@ fn each_failure_class_has_its_documented_exit_status() {
 #[test]
 fn limit_flags_take_human_units() {
     let hostile = guest("hostile");
-    let output = run(&[
-        "exec",
-        path(&hostile),
-        "--json",
-        "--no-fuel",
-        "--timeout",
-        "200ms",
-        "--input",
-        r#"{"mode":"loop"}"#,
-    ]);
+    let output =
+        run(&["exec", path(&hostile), "--json", "--no-fuel", "--timeout", "200ms", "--input", r#"{"mode":"loop"}"#]);
     assert_eq!(output.status.code(), Some(4));
     assert_eq!(json(&output)["error_code"], "timeout");
 
-    let output = run(&[
-        "exec",
-        path(&hostile),
-        "--json",
-        "--memory",
-        "8MiB",
-        "--input",
-        r#"{"mode":"grow"}"#,
-    ]);
+    let output = run(&["exec", path(&hostile), "--json", "--memory", "8MiB", "--input", r#"{"mode":"grow"}"#]);
     let report = json(&output);
     assert_eq!(report["error_code"], "memory_limit");
     assert!(report["peak_memory_bytes"].as_u64().unwrap() <= 8 * 1024 * 1024);
 
     let output = run(&["exec", path(&hostile), "--memory", "a lot"]);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "a malformed flag is a usage error"
-    );
+    assert_eq!(output.status.code(), Some(2), "a malformed flag is a usage error");
 }
 
 #[test]
@@ -202,10 +139,7 @@ fn bad_bundles_are_named_with_the_reason() {
     let cases = [
         (missing, "no such file"),
         (text, "not a WebAssembly file"),
-        (
-            wat_file(dir.path(), "core-module"),
-            "core WebAssembly module",
-        ),
+        (wat_file(dir.path(), "core-module"), "core WebAssembly module"),
         (wat_file(dir.path(), "empty-component"), "exports neither"),
     ];
     for (bundle, reason) in cases {
@@ -216,10 +150,7 @@ fn bad_bundles_are_named_with_the_reason() {
         let message = report["error_message"].as_str().unwrap();
         // The message must name the file so a person can find it; the reason
         // distinguishes the cases for them (scripts use error_code).
-        assert!(
-            message.contains(path(&bundle)) && message.contains(reason),
-            "{message}"
-        );
+        assert!(message.contains(path(&bundle)) && message.contains(reason), "{message}");
     }
 }
 
@@ -235,20 +166,12 @@ fn bad_input_is_named_with_the_reason() {
         assert_eq!(output.status.code(), Some(6));
         let message = stderr(&output);
         assert!(
-            message.contains("invalid_input")
-                && message.contains(path(file))
-                && message.contains(reason),
+            message.contains("invalid_input") && message.contains(path(file)) && message.contains(reason),
             "{message}"
         );
     }
 
-    let output = run(&[
-        "exec",
-        path(&hello),
-        "--dir",
-        "/no/such/dir::/data",
-        "--json",
-    ]);
+    let output = run(&["exec", path(&hello), "--dir", "/no/such/dir::/data", "--json"]);
     assert_eq!(json(&output)["error_code"], "invalid_input");
     let output = run(&["exec", path(&hello), "--", "stray", "args"]);
     assert_eq!(output.status.code(), Some(6));
@@ -261,17 +184,7 @@ fn bad_input_is_named_with_the_reason() {
 fn a_stalled_reader_cannot_stop_the_deadline() {
     let job = guest("hostile-job");
     let child = wfrun()
-        .args([
-            "exec",
-            path(&job),
-            "--json",
-            "--timeout",
-            "500ms",
-            "--max-stdio",
-            "64MiB",
-            "--",
-            "stderr",
-        ])
+        .args(["exec", path(&job), "--json", "--timeout", "500ms", "--max-stdio", "64MiB", "--", "stderr"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -280,29 +193,15 @@ fn a_stalled_reader_cannot_stop_the_deadline() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let output = child.wait_with_output().unwrap();
     let report = json(&output);
-    assert_eq!(
-        report["error_code"], "timeout",
-        "{}",
-        report["error_message"]
-    );
-    assert!(
-        report["duration_ms"].as_f64().unwrap() < 1900.0,
-        "{}",
-        report["duration_ms"]
-    );
+    assert_eq!(report["error_code"], "timeout", "{}", report["error_message"]);
+    assert!(report["duration_ms"].as_f64().unwrap() < 1900.0, "{}", report["duration_ms"]);
     assert_eq!(output.status.code(), Some(4));
 }
 
 #[test]
 fn help_documents_defaults_and_exit_statuses() {
     let help = stdout(&run(&["exec", "--help"]));
-    for expected in [
-        "[default: 128MiB]",
-        "[default: 30s]",
-        "[default: 10000000000]",
-        "Exit status:",
-        "HOST::GUEST",
-    ] {
+    for expected in ["[default: 128MiB]", "[default: 30s]", "[default: 10000000000]", "Exit status:", "HOST::GUEST"] {
         assert!(help.contains(expected), "--help lacks {expected:?}");
     }
 }

@@ -10,9 +10,7 @@ use std::sync::OnceLock;
 
 /// The repository root.
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("runtime/ has a parent")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runtime/ has a parent")
 }
 
 fn target_dir() -> PathBuf {
@@ -23,15 +21,7 @@ fn build_all() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     for workspace in ["examples", "tests/guests"] {
         let status = Command::new(&cargo)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--locked",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
+            .args(["build", "--release", "--quiet", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
             .arg(root().join(workspace).join("Cargo.toml"))
             .arg("--target-dir")
             .arg(target_dir())
@@ -51,11 +41,7 @@ pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(build_all);
     let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "no guest fixture named {name} at {}",
-        path.display()
-    );
+    assert!(path.exists(), "no guest fixture named {name} at {}", path.display());
     path
 }
 

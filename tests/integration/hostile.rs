@@ -27,15 +27,7 @@ fn assert_failed(report: &RunReport, code: ErrorCode) {
 
 async fn run_wat_job(name: &str, limits: Limits) -> RunReport {
     let program = wat_program(name).unwrap();
-    sandbox()
-        .run(
-            &program,
-            &RunRequest {
-                limits,
-                ..RunRequest::default()
-            },
-        )
-        .await
+    sandbox().run(&program, &RunRequest { limits, ..RunRequest::default() }).await
 }
 
 #[tokio::test]
@@ -47,41 +39,20 @@ async fn endless_loop_is_stopped_by_fuel() {
 
 #[tokio::test]
 async fn endless_loop_is_stopped_by_the_timeout_without_fuel_metering() {
-    let sandbox = Sandbox::new(EngineOptions {
-        fuel_metering: false,
-        ..EngineOptions::default()
-    })
-    .unwrap();
-    let program = sandbox
-        .load(&wfrun_runtime::bundle::Bundle::read(guest("hostile")).unwrap())
-        .unwrap();
-    let limits = Limits {
-        timeout: Duration::from_millis(300),
-        ..small()
-    };
-    let request = RunRequest {
-        input: json!({"mode": "loop"}).to_string(),
-        limits,
-        ..RunRequest::default()
-    };
+    let sandbox = Sandbox::new(EngineOptions { fuel_metering: false, ..EngineOptions::default() }).unwrap();
+    let program = sandbox.load(&wfrun_runtime::bundle::Bundle::read(guest("hostile")).unwrap()).unwrap();
+    let limits = Limits { timeout: Duration::from_millis(300), ..small() };
+    let request = RunRequest { input: json!({"mode": "loop"}).to_string(), limits, ..RunRequest::default() };
     let started = Instant::now();
     let report = sandbox.run(&program, &request).await;
     assert_failed(&report, ErrorCode::Timeout);
     // Generous: this checks that the deadline fires at all, not how fast.
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn endless_loop_is_stopped_by_the_timeout_before_its_fuel_runs_out() {
-    let limits = Limits {
-        fuel: u64::MAX,
-        timeout: Duration::from_millis(300),
-        ..small()
-    };
+    let limits = Limits { fuel: u64::MAX, timeout: Duration::from_millis(300), ..small() };
     let report = run_wat_job("loop-job", limits).await;
     assert_failed(&report, ErrorCode::Timeout);
 }
@@ -90,11 +61,7 @@ async fn endless_loop_is_stopped_by_the_timeout_before_its_fuel_runs_out() {
 async fn unbounded_memory_growth_hits_the_memory_limit() {
     let report = run_node("hostile", json!({"mode": "grow"}), small()).await;
     assert_failed(&report, ErrorCode::MemoryLimit);
-    assert!(
-        report.peak_memory_bytes <= small().memory_bytes,
-        "{}",
-        report.peak_memory_bytes
-    );
+    assert!(report.peak_memory_bytes <= small().memory_bytes, "{}", report.peak_memory_bytes);
     assert!(report.peak_memory_bytes > small().memory_bytes / 2);
 
     let report = run_wat_job("grow-job", small()).await;
@@ -103,27 +70,12 @@ async fn unbounded_memory_growth_hits_the_memory_limit() {
 
 #[tokio::test]
 async fn oversized_memories_and_tables_are_refused_at_instantiation() {
-    assert_failed(
-        &run_wat_job("memory-bomb-job", small()).await,
-        ErrorCode::MemoryLimit,
-    );
-    assert_failed(
-        &run_wat_job("table-bomb-job", small()).await,
-        ErrorCode::MemoryLimit,
-    );
+    assert_failed(&run_wat_job("memory-bomb-job", small()).await, ErrorCode::MemoryLimit);
+    assert_failed(&run_wat_job("table-bomb-job", small()).await, ErrorCode::MemoryLimit);
     // Each table fits the element limit on its own; together they do not.
-    assert_failed(
-        &run_wat_job("table-total-bomb-job", small()).await,
-        ErrorCode::MemoryLimit,
-    );
-    let roomy = Limits {
-        table_elements: 200_000,
-        ..small()
-    };
-    assert_eq!(
-        run_wat_job("table-total-bomb-job", roomy).await.status,
-        RunStatus::Succeeded
-    );
+    assert_failed(&run_wat_job("table-total-bomb-job", small()).await, ErrorCode::MemoryLimit);
+    let roomy = Limits { table_elements: 200_000, ..small() };
+    assert_eq!(run_wat_job("table-total-bomb-job", roomy).await.status, RunStatus::Succeeded);
 }
 
 /// Guards `limits::count_limit`, the one place that reads wasmtime's untyped
@@ -131,30 +83,15 @@ async fn oversized_memories_and_tables_are_refused_at_instantiation() {
 /// component runs when the limit is raised.
 #[tokio::test]
 async fn count_limits_are_classified() {
-    let roomy = Limits {
-        instances: 300,
-        tables: 300,
-        memories: 300,
-        ..small()
-    };
+    let roomy = Limits { instances: 300, tables: 300, memories: 300, ..small() };
     for (job, limits) in [
         ("instance-bomb-job", small()),
-        (
-            "table-count-bomb-job",
-            Limits {
-                instances: 300,
-                ..small()
-            },
-        ),
+        ("table-count-bomb-job", Limits { instances: 300, ..small() }),
         ("memory-count-bomb-job", small()),
     ] {
         let report = run_wat_job(job, limits).await;
         assert_failed(&report, ErrorCode::MemoryLimit);
-        assert_eq!(
-            run_wat_job(job, roomy.clone()).await.status,
-            RunStatus::Succeeded,
-            "{job}"
-        );
+        assert_eq!(run_wat_job(job, roomy.clone()).await.status, RunStatus::Succeeded, "{job}");
     }
 }
 
@@ -187,51 +124,28 @@ async fn stdout_and_log_floods_hit_the_output_limit() {
     assert_failed(&report, ErrorCode::OutputLimit);
     assert!(report.logs.len() < 2000, "{} lines kept", report.logs.len());
 
-    let request = RunRequest {
-        args: vec!["stderr".into()],
-        limits: small(),
-        ..RunRequest::default()
-    };
-    let report = sandbox()
-        .run(&program(&guest("hostile-job")), &request)
-        .await;
+    let request = RunRequest { args: vec!["stderr".into()], limits: small(), ..RunRequest::default() };
+    let report = sandbox().run(&program(&guest("hostile-job")), &request).await;
     assert_failed(&report, ErrorCode::OutputLimit);
     assert!(report.stderr.len() as u64 <= small().stdio_bytes);
 }
 
 #[tokio::test]
 async fn explicit_traps_and_panics_are_traps() {
-    assert_failed(
-        &run_node("hostile", json!({"mode": "trap"}), small()).await,
-        ErrorCode::Trap,
-    );
+    assert_failed(&run_node("hostile", json!({"mode": "trap"}), small()).await, ErrorCode::Trap);
     let panic = run_node("hostile", json!({"mode": "panic"}), small()).await;
     assert_failed(&panic, ErrorCode::Trap);
-    assert!(
-        panic.stderr.contains("hostile guest panics on purpose"),
-        "{}",
-        panic.stderr
-    );
-    assert_failed(
-        &run_wat_job("unreachable-job", small()).await,
-        ErrorCode::Trap,
-    );
+    assert!(panic.stderr.contains("hostile guest panics on purpose"), "{}", panic.stderr);
+    assert_failed(&run_wat_job("unreachable-job", small()).await, ErrorCode::Trap);
 }
 
 #[tokio::test]
 async fn a_guest_parked_in_a_host_call_is_stopped_by_the_timeout() {
-    let limits = Limits {
-        timeout: Duration::from_millis(300),
-        ..small()
-    };
+    let limits = Limits { timeout: Duration::from_millis(300), ..small() };
     let started = Instant::now();
     let report = run_node("hostile", json!({"mode": "sleep"}), limits).await;
     assert_failed(&report, ErrorCode::Timeout);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -251,19 +165,8 @@ async fn files_env_and_sockets_are_denied_without_a_grant() {
     let report = run_node("hostile", json!({"mode": "ambient", "n": port}), small()).await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
     let seen: serde_json::Value = serde_json::from_str(report.output.unwrap().get()).unwrap();
-    for attempt in [
-        "read_root",
-        "read_passwd",
-        "write_tmp",
-        "tcp_connect",
-        "udp_bind",
-        "dns",
-    ] {
-        assert!(
-            seen[attempt].as_str().unwrap().starts_with("denied"),
-            "{attempt}: {}",
-            seen[attempt]
-        );
+    for attempt in ["read_root", "read_passwd", "write_tmp", "tcp_connect", "udp_bind", "dns"] {
+        assert!(seen[attempt].as_str().unwrap().starts_with("denied"), "{attempt}: {}", seen[attempt]);
     }
     assert_eq!(seen["env_count"], 0);
     assert_eq!(
@@ -298,8 +201,5 @@ async fn one_sandbox_survives_every_hostile_guest_in_turn() {
         assert_failed(&run_wat_job(job, small()).await, code);
     }
     let report = run_node("hello", json!({"name": "after the storm"}), small()).await;
-    assert_eq!(
-        report.output.unwrap().get(),
-        r#"{"greeting":"Hello, after the storm!"}"#
-    );
+    assert_eq!(report.output.unwrap().get(), r#"{"greeting":"Hello, after the storm!"}"#);
 }

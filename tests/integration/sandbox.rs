@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use wfrun_runtime::bundle::{Bundle, BundleError};
 use wfrun_runtime::outcome::{ErrorCode, GuestKind, RunReport, RunStatus};
-use wfrun_runtime::sandbox::{
-    DirGrant, EngineOptions, Grants, Limits, Program, RunRequest, Sandbox,
-};
+use wfrun_runtime::sandbox::{DirGrant, EngineOptions, Grants, Limits, Program, RunRequest, Sandbox};
 
 /// One sandbox for the whole test process, as in `wfrun daemon`.
 pub fn sandbox() -> &'static Sandbox {
@@ -21,10 +19,7 @@ pub fn sandbox() -> &'static Sandbox {
 pub fn program(path: &Path) -> Program {
     static PROGRAMS: OnceLock<Mutex<HashMap<PathBuf, Program>>> = OnceLock::new();
     let mut programs = PROGRAMS.get_or_init(Default::default).lock().unwrap();
-    programs
-        .entry(path.to_path_buf())
-        .or_insert_with(|| sandbox().load(&Bundle::read(path).unwrap()).unwrap())
-        .clone()
+    programs.entry(path.to_path_buf()).or_insert_with(|| sandbox().load(&Bundle::read(path).unwrap()).unwrap()).clone()
 }
 
 /// Loads a WAT fixture into the shared sandbox.
@@ -34,11 +29,7 @@ pub fn wat_program(name: &str) -> Result<Program, BundleError> {
 
 /// Runs a node with `input` under `limits`.
 pub async fn run_node(name: &str, input: serde_json::Value, limits: Limits) -> RunReport {
-    let request = RunRequest {
-        input: input.to_string(),
-        limits,
-        ..RunRequest::default()
-    };
+    let request = RunRequest { input: input.to_string(), limits, ..RunRequest::default() };
     sandbox().run(&program(&guest(name)), &request).await
 }
 
@@ -47,10 +38,7 @@ async fn hello_node_greets_by_name() {
     let report = run_node("hello", json!({"name": "Ada"}), Limits::default()).await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
     assert_eq!(report.kind, Some(GuestKind::Node));
-    assert_eq!(
-        report.output.unwrap().get(),
-        r#"{"greeting":"Hello, Ada!"}"#
-    );
+    assert_eq!(report.output.unwrap().get(), r#"{"greeting":"Hello, Ada!"}"#);
     assert!(report.fuel_consumed > 0);
     assert!(report.peak_memory_bytes >= 64 * 1024);
     assert_eq!(report.logs.len(), 1);
@@ -80,10 +68,7 @@ async fn node_errors_are_reported_with_the_nodes_own_code() {
 
 #[tokio::test]
 async fn malformed_input_is_rejected_before_the_guest_runs() {
-    let request = RunRequest {
-        input: "{not json".to_owned(),
-        ..RunRequest::default()
-    };
+    let request = RunRequest { input: "{not json".to_owned(), ..RunRequest::default() };
     let report = sandbox().run(&program(&guest("hello")), &request).await;
     // Had the guest run, its SDK would have answered with a node error.
     assert_eq!(report.error_code, Some(ErrorCode::InvalidInput));
@@ -91,13 +76,8 @@ async fn malformed_input_is_rejected_before_the_guest_runs() {
 
 #[tokio::test]
 async fn jobs_get_their_arguments_after_the_program_name() {
-    let request = RunRequest {
-        args: vec!["args".into(), "a b".into(), "c".into()],
-        ..RunRequest::default()
-    };
-    let report = sandbox()
-        .run(&program(&guest("hostile-job")), &request)
-        .await;
+    let request = RunRequest { args: vec!["args".into(), "a b".into(), "c".into()], ..RunRequest::default() };
+    let report = sandbox().run(&program(&guest("hostile-job")), &request).await;
     assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
     assert_eq!(report.exit_code, Some(0));
     assert_eq!(report.stdout, "hostile-job.wasm|args|a b|c\n");
@@ -105,13 +85,8 @@ async fn jobs_get_their_arguments_after_the_program_name() {
 
 #[tokio::test]
 async fn a_failing_job_reports_its_exit_status() {
-    let request = RunRequest {
-        args: vec!["exit".into()],
-        ..RunRequest::default()
-    };
-    let report = sandbox()
-        .run(&program(&guest("hostile-job")), &request)
-        .await;
+    let request = RunRequest { args: vec!["exit".into()], ..RunRequest::default() };
+    let report = sandbox().run(&program(&guest("hostile-job")), &request).await;
     assert_eq!(report.error_code, Some(ErrorCode::NodeError));
     assert_eq!(report.exit_code, Some(1));
 }
@@ -127,56 +102,33 @@ async fn granted_directories_are_read_only_unless_rw() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.txt"), "from the host").unwrap();
     let grant = |writable| Grants {
-        dirs: vec![DirGrant {
-            host: dir.path().to_path_buf(),
-            guest: "/data".into(),
-            writable,
-        }],
+        dirs: vec![DirGrant { host: dir.path().to_path_buf(), guest: "/data".into(), writable }],
         env: vec![("WFRUN_TEST".into(), "granted".into())],
     };
     let run = |grants: Grants| async move {
-        let request = RunRequest {
-            input: json!({"mode": "files"}).to_string(),
-            grants,
-            ..RunRequest::default()
-        };
+        let request = RunRequest { input: json!({"mode": "files"}).to_string(), grants, ..RunRequest::default() };
         let report = sandbox().run(&program(&guest("hostile")), &request).await;
-        serde_json::from_str::<serde_json::Value>(report.output.expect("files mode succeeds").get())
-            .unwrap()
+        serde_json::from_str::<serde_json::Value>(report.output.expect("files mode succeeds").get()).unwrap()
     };
 
     let read_only = run(grant(false)).await;
     assert_eq!(read_only["read"], "from the host");
     assert_eq!(read_only["env"], "granted");
-    assert!(
-        read_only["write"].as_str().unwrap().starts_with("denied"),
-        "{read_only}"
-    );
+    assert!(read_only["write"].as_str().unwrap().starts_with("denied"), "{read_only}");
     assert!(!dir.path().join("out.txt").exists());
 
     let read_write = run(grant(true)).await;
     assert_eq!(read_write["write"], "allowed");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
-        "written by guest"
-    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "written by guest");
 }
 
 #[tokio::test]
 async fn a_missing_granted_directory_is_invalid_input() {
     let grants = Grants {
-        dirs: vec![DirGrant {
-            host: "/no/such/dir/anywhere".into(),
-            guest: "/data".into(),
-            writable: false,
-        }],
+        dirs: vec![DirGrant { host: "/no/such/dir/anywhere".into(), guest: "/data".into(), writable: false }],
         env: vec![],
     };
-    let request = RunRequest {
-        input: json!({"mode": "files"}).to_string(),
-        grants,
-        ..RunRequest::default()
-    };
+    let request = RunRequest { input: json!({"mode": "files"}).to_string(), grants, ..RunRequest::default() };
     let report = sandbox().run(&program(&guest("hostile")), &request).await;
     assert_eq!(report.error_code, Some(ErrorCode::InvalidInput));
 }

@@ -1,18 +1,27 @@
 //! `wfrun exec`: run one bundle once, locally.
 
+use super::{GlobalArgs, printable};
 use crate::bundle::Bundle;
 use crate::outcome::{ErrorCode, ExitStatus, GuestKind, RunReport};
-use crate::sandbox::{DirGrant, Echo, EngineOptions, Grants, Limits, RunRequest, Sandbox, Tee};
+use crate::sandbox::{DirGrant, Echo, EngineOptions, Grants, Limits, Sandbox, Tee};
+use crate::store::Store;
+use crate::workflow::{Execution, LimitOverrides, Workflow};
 use anyhow::Context;
 use clap::Args;
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 A node exports wfrun:node/handler: it takes JSON input and prints its JSON
 output. A job is any WASI command (a Rust `fn main` built for wasm32-wasip2);
 its arguments follow `--`, and its stdout and stderr stream to the terminal.
+A workflow bundle (wfrun pack) runs its nodes in dependency order; limit flags
+given here override every node's own limits.
+
+Every run is recorded in the state directory: see `wfrun runs`.
 
 The guest gets nothing it is not granted: no files (--dir), no environment
 (--env), no network, no sockets. Fixed limits besides the flags below: 100
@@ -36,57 +45,60 @@ Examples:
   wfrun exec job.wasm --dir ./data::/data:rw --env MODE=fast -- --verbose file.txt
   wfrun exec untrusted.wasm --memory 16MiB --timeout 500ms --fuel 100000000";
 
-/// Run a node or job component once, under limits, and report what happened.
+/// Run a bundle once (a node, a job or a workflow) under limits, record it,
+/// and report what happened.
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct ExecCommand {
-    /// The component to run (.wasm): a node or a WASI command job.
+    /// The bundle to run (.wasm): a node, a WASI command job, or a workflow
+    /// bundle made by `wfrun pack`.
     #[arg(value_name = "BUNDLE")]
     bundle: PathBuf,
 
-    /// Arguments for a job, after `--`. Nodes take --input instead.
+    /// Arguments for a job, after `--`. Nodes and workflows take --input.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
 
-    /// A node's input as JSON text. Without --input or --input-file, the input
-    /// is read from stdin when it is piped, else it is `{}`.
+    /// Input as JSON text. Without --input or --input-file, the input is read
+    /// from stdin when it is piped, else it is `{}`.
     #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
     input: Option<String>,
 
-    /// Read a node's JSON input from this file.
+    /// Read the JSON input from this file.
     #[arg(long, value_name = "PATH")]
     input_file: Option<PathBuf>,
 
     /// Fuel budget: about one unit per wasm instruction. Running out ends the
-    /// run with `fuel_exhausted`.
-    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_FUEL)]
-    fuel: u64,
+    /// run with `fuel_exhausted`. [default: 10000000000]
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
 
-    /// Do not meter fuel. Guest code runs a little faster; --timeout still
-    /// bounds it, and fuel_consumed is reported as 0.
+    /// Do not meter fuel. --timeout still bounds the run, and fuel_consumed
+    /// is reported as 0.
     #[arg(long, conflicts_with = "fuel")]
     no_fuel: bool,
 
     /// Linear memory limit, summed over all of the instance's memories
-    /// (e.g. 64MiB, 512KiB).
-    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
-    memory: u64,
+    /// (e.g. 64MiB, 512KiB). [default: 128MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
 
-    /// Wall-clock limit from instantiation to the end of the run (e.g. 2s, 500ms, 1m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
-    timeout: Duration,
+    /// Wall-clock limit from instantiation to the end of the run, per node
+    /// attempt (e.g. 2s, 500ms, 1m). [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
 
-    /// Maximum size of a node's output JSON.
-    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
-    max_output: u64,
+    /// Maximum size of a node's output JSON. [default: 16MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_output: Option<u64>,
 
-    /// Maximum bytes captured from stdout, and from stderr, each.
-    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
-    max_stdio: u64,
+    /// Maximum bytes captured from stdout, and from stderr, each. [default: 8MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_stdio: Option<u64>,
 
-    /// Maximum bytes of messages written through the `log` import.
-    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
-    max_log: u64,
+    /// Maximum bytes of messages written through the `log` import. [default: 4MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_log: Option<u64>,
 
     /// Maximum native stack wasm code may use before `stack_overflow`
     /// (64KiB to 64MiB).
@@ -102,6 +114,11 @@ pub struct ExecCommand {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
 
+    /// A file of secrets, one NAME=VALUE per line (# for comments). A secret
+    /// reaches only the workflow nodes whose definition names it.
+    #[arg(long, value_name = "PATH")]
+    secrets_file: Option<PathBuf>,
+
     /// Print one JSON object describing the run on stdout (the guest's stdout
     /// is then captured into it, not echoed).
     #[arg(long)]
@@ -113,62 +130,59 @@ pub struct ExecCommand {
 }
 
 impl ExecCommand {
-    /// Runs the bundle and prints the outcome.
-    pub fn execute(self) -> anyhow::Result<ExitStatus> {
-        let report = self.run()?;
+    /// Runs the bundle, records it, and prints the outcome.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        let report = self.run(global)?;
         self.print(&report)?;
         Ok(ExitStatus::of(&report))
     }
 
-    fn run(&self) -> anyhow::Result<RunReport> {
+    fn run(&self, global: &GlobalArgs) -> anyhow::Result<RunReport> {
         let bundle = match Bundle::read(&self.bundle) {
             Ok(bundle) => bundle,
             Err(e) => return Ok(RunReport::rejected(ErrorCode::InvalidBundle, e.to_string())),
         };
         let max_wasm_stack = usize::try_from(self.max_stack).context("--max-stack is too large")?;
-        let sandbox = Sandbox::new(EngineOptions {
-            fuel_metering: !self.no_fuel,
-            max_wasm_stack,
-        })?;
-        let program = match sandbox.load(&bundle) {
-            Ok(program) => program,
+        let sandbox = Arc::new(Sandbox::new(EngineOptions { fuel_metering: !self.no_fuel, max_wasm_stack })?);
+        let workflow = match Workflow::load(&sandbox, &bundle) {
+            Ok(workflow) => Arc::new(workflow),
             Err(e) => {
                 let mut report = RunReport::rejected(ErrorCode::InvalidBundle, e.to_string());
                 report.bundle_digest = Some(bundle.digest());
                 return Ok(report);
             }
         };
-        let request = match self.request(program.kind()) {
-            Ok(request) => request,
+        let execution = match self.execution(workflow.kind()) {
+            Ok(execution) => execution,
             Err(message) => {
                 let mut report = RunReport::rejected(ErrorCode::InvalidInput, message);
-                report.kind = Some(program.kind());
+                report.kind = Some(workflow.kind());
                 report.bundle_digest = Some(bundle.digest());
                 return Ok(report);
             }
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let report = runtime.block_on(sandbox.run(&program, &request));
+        let store = Arc::new(Store::open(&global.state_dir())?);
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+        let report = runtime.block_on(workflow.run(&sandbox, Some(&store), execution))?;
         // A guest stopped by the deadline may leave a blocking file operation
         // behind (a read from a FIFO it was granted); do not wait for it.
         runtime.shutdown_timeout(Duration::from_millis(100));
         Ok(report)
     }
 
-    /// Resolves the flags into a run request, or says which input is unusable.
-    fn request(&self, kind: GuestKind) -> Result<RunRequest, String> {
+    /// Resolves the flags into an execution, or says which input is unusable.
+    fn execution(&self, kind: GuestKind) -> Result<Execution, String> {
         let input = match kind {
-            GuestKind::Node => {
+            GuestKind::Node | GuestKind::Workflow => {
                 if !self.args.is_empty() {
                     return Err(format!(
-                        "{}: is a node and takes --input, not arguments after `--`",
-                        self.bundle.display()
+                        "{}: is a {} and takes --input, not arguments after `--`",
+                        self.bundle.display(),
+                        if kind == GuestKind::Node { "node" } else { "workflow" }
                     ));
                 }
-                self.node_input()?
+                self.input()?
             }
             GuestKind::Job => {
                 if self.input.is_some() || self.input_file.is_some() {
@@ -182,57 +196,49 @@ impl ExecCommand {
         };
         for dir in &self.dirs {
             if !dir.host.is_dir() {
-                return Err(format!(
-                    "--dir {}: no such directory on the host",
-                    dir.host.display()
-                ));
+                return Err(format!("--dir {}: no such directory on the host", dir.host.display()));
             }
         }
+        let secrets = match &self.secrets_file {
+            Some(path) => read_secrets(path)?,
+            None => BTreeMap::new(),
+        };
         let echo = Echo {
             stdout: match (kind, self.json) {
                 (_, true) => Tee::None,
-                // A node's stdout is chatter; its output JSON owns our stdout.
-                (GuestKind::Node, false) => {
-                    if self.quiet {
-                        Tee::None
-                    } else {
-                        Tee::Stderr
-                    }
-                }
+                // A job's stdout is its output; a node's is chatter, since
+                // its output JSON owns our stdout.
                 (GuestKind::Job, false) => Tee::Stdout,
+                (_, false) if self.quiet => Tee::None,
+                (_, false) => Tee::Stderr,
             },
             stderr: if self.quiet { Tee::None } else { Tee::Stderr },
             logs: if self.quiet { Tee::None } else { Tee::Stderr },
         };
-        Ok(RunRequest {
+        Ok(Execution {
             input,
             args: self.args.clone(),
             inherit_stdin: kind == GuestKind::Job,
-            limits: Limits {
+            overrides: LimitOverrides {
                 fuel: self.fuel,
                 memory_bytes: self.memory,
                 timeout: self.timeout,
                 output_bytes: self.max_output,
                 stdio_bytes: self.max_stdio,
                 log_bytes: self.max_log,
-                ..Limits::default()
             },
-            grants: Grants {
-                dirs: self.dirs.clone(),
-                env: self.env.clone(),
-            },
+            grants: Grants { dirs: self.dirs.clone(), env: self.env.clone() },
             echo,
+            secrets,
         })
     }
 
-    fn node_input(&self) -> Result<String, String> {
+    fn input(&self) -> Result<String, String> {
         let (source, text) = if let Some(input) = &self.input {
             ("--input".to_owned(), input.clone())
         } else if let Some(path) = &self.input_file {
             let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    format!("input file {}: no such file", path.display())
-                }
+                std::io::ErrorKind::NotFound => format!("input file {}: no such file", path.display()),
                 _ => format!("input file {}: cannot read: {e}", path.display()),
             })?;
             (format!("input file {}", path.display()), text)
@@ -240,17 +246,14 @@ impl ExecCommand {
             return Ok("{}".to_owned());
         } else {
             let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|e| format!("stdin: cannot read: {e}"))?;
+            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: cannot read: {e}"))?;
             if text.trim().is_empty() {
                 return Ok("{}".to_owned());
             }
             ("stdin".to_owned(), text)
         };
-        // The sandbox checks too; checking here lets the message name the source.
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)
-            .map_err(|e| format!("{source}: malformed JSON: {e}"))?;
+        // The executor checks too; checking here lets the message name the source.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| format!("{source}: malformed JSON: {e}"))?;
         Ok(text)
     }
 
@@ -268,8 +271,34 @@ impl ExecCommand {
                 eprintln!("wfrun: {code}: {}", printable(message));
             }
         }
+        if !self.quiet && report.kind == Some(GuestKind::Workflow) {
+            eprintln!(
+                "wfrun: run {} ({} nodes) recorded; see `wfrun runs show {}`",
+                report.run_id,
+                report.nodes.len(),
+                report.run_id
+            );
+        }
         Ok(())
     }
+}
+
+/// Reads `NAME=VALUE` lines; blank lines and `#` comments are skipped.
+fn read_secrets(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("secrets file {}: {e}", path.display()))?;
+    let mut secrets = BTreeMap::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) = line
+            .split_once('=')
+            .filter(|(name, _)| !name.trim().is_empty())
+            .ok_or_else(|| format!("secrets file {} line {}: expected NAME=VALUE", path.display(), number + 1))?;
+        secrets.insert(name.trim().to_owned(), value.to_owned());
+    }
+    Ok(secrets)
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -279,8 +308,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let timeout = humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like 2s, 500ms or 1m: {e}"))?;
+    let timeout =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 2s, 500ms or 1m: {e}"))?;
     if timeout.is_zero() || timeout > Limits::MAX_TIMEOUT {
         return Err(format!("{text:?} is outside 1ms..=7days"));
     }
@@ -295,20 +324,6 @@ fn parse_stack(text: &str) -> Result<u64, String> {
     Ok(size)
 }
 
-/// Escapes control characters in guest-supplied text before it reaches a
-/// terminal, so a guest cannot move the cursor or rewrite earlier lines.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 fn parse_dir(text: &str) -> Result<DirGrant, String> {
     let (host, guest) = match text.split_once("::") {
         Some((host, guest)) => (host, guest),
@@ -321,20 +336,11 @@ fn parse_dir(text: &str) -> Result<DirGrant, String> {
     } else {
         (guest, false)
     };
-    let host = host
-        .strip_suffix(":rw")
-        .or_else(|| host.strip_suffix(":ro"))
-        .unwrap_or(host);
+    let host = host.strip_suffix(":rw").or_else(|| host.strip_suffix(":ro")).unwrap_or(host);
     if host.is_empty() || guest.is_empty() {
-        return Err(format!(
-            "{text:?} is not HOST::GUEST, HOST::GUEST:rw or DIR"
-        ));
+        return Err(format!("{text:?} is not HOST::GUEST, HOST::GUEST:rw or DIR"));
     }
-    Ok(DirGrant {
-        host: PathBuf::from(host),
-        guest: guest.to_owned(),
-        writable,
-    })
+    Ok(DirGrant { host: PathBuf::from(host), guest: guest.to_owned(), writable })
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -351,10 +357,7 @@ mod tests {
     #[test]
     fn dir_grants_are_read_only_unless_rw() {
         let ro = parse_dir("./data::/data").unwrap();
-        assert_eq!(
-            (ro.host.to_str().unwrap(), ro.guest.as_str(), ro.writable),
-            ("./data", "/data", false)
-        );
+        assert_eq!((ro.host.to_str().unwrap(), ro.guest.as_str(), ro.writable), ("./data", "/data", false));
         let rw = parse_dir("/srv/in::/in:rw").unwrap();
         assert_eq!((rw.guest.as_str(), rw.writable), ("/in", true));
         let bare = parse_dir("/tmp/x").unwrap();
@@ -372,7 +375,7 @@ mod tests {
 
     #[test]
     fn guest_text_cannot_drive_the_terminal() {
-        assert_eq!(printable("ok\x1b[2Jgone\nline"), "ok\\u{1b}[2Jgone\\nline");
+        assert_eq!(crate::cli::printable("ok\x1b[2Jgone\nline"), "ok\\u{1b}[2Jgone\\nline");
     }
 
     #[test]
@@ -387,10 +390,7 @@ mod tests {
 
     #[test]
     fn env_needs_a_key() {
-        assert_eq!(
-            parse_env("A=b=c").unwrap(),
-            ("A".to_owned(), "b=c".to_owned())
-        );
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".to_owned(), "b=c".to_owned()));
         assert!(parse_env("=x").is_err());
         assert!(parse_env("novalue").is_err());
     }

@@ -7,9 +7,13 @@
 //! failure and returns the documented exit status.
 
 mod exec;
+mod inspect;
+mod pack;
+mod runs;
 
 use crate::outcome::ExitStatus;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Run WebAssembly components in a sandbox: fuel, memory and time limits,
@@ -17,13 +21,34 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "wfrun", version, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Where run history, state and logs live. Precedence: this flag, then
+    /// WFRUN_DIR, then $XDG_STATE_HOME/wfrun, then ~/.local/state/wfrun.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The resolved state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        crate::store::state_dir(self.state_dir.as_deref())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    Exec(exec::ExecCommand),
+    Exec(Box<exec::ExecCommand>),
+    Pack(pack::PackCommand),
+    Inspect(inspect::InspectCommand),
+    Runs(runs::RunsCommand),
 }
 
 /// Runs the `wfrun` command line and returns its exit status.
@@ -31,7 +56,10 @@ pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Exec(command) => command.execute(),
+        Command::Exec(command) => command.execute(&cli.global),
+        Command::Pack(command) => command.execute(),
+        Command::Inspect(command) => command.execute(),
+        Command::Runs(command) => command.execute(&cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),
@@ -47,8 +75,11 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WFRUN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Escapes control characters in text from guests or files before it
+/// reaches a terminal, so it cannot move the cursor or rewrite lines.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }

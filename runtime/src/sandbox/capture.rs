@@ -90,10 +90,9 @@ impl EchoThread {
                     // bytes are captured regardless.
                     let _ = match target {
                         Tee::None => Ok(()),
-                        Tee::Stdout => std::io::stdout()
-                            .lock()
-                            .write_all(&bytes)
-                            .and_then(|()| std::io::stdout().flush()),
+                        Tee::Stdout => {
+                            std::io::stdout().lock().write_all(&bytes).and_then(|()| std::io::stdout().flush())
+                        }
                         Tee::Stderr => std::io::stderr().lock().write_all(&bytes),
                     };
                 }
@@ -105,10 +104,7 @@ impl EchoThread {
     /// An echoer to `target`, or none when `target` is [`Tee::None`].
     pub fn echoer(this: Option<&EchoThread>, target: Tee) -> Option<Echoer> {
         match (this, target) {
-            (Some(thread), Tee::Stdout | Tee::Stderr) => Some(Echoer {
-                target,
-                sender: thread.sender.clone(),
-            }),
+            (Some(thread), Tee::Stdout | Tee::Stderr) => Some(Echoer { target, sender: thread.sender.clone() }),
             _ => None,
         }
     }
@@ -134,12 +130,7 @@ impl Capture {
     /// A capture of the guest stream named `stream` (`stdout` or `stderr`)
     /// holding at most `limit` bytes, echoed through `echo` if given.
     pub fn new(stream: &'static str, limit: u64, echo: Option<Echoer>) -> Self {
-        Capture {
-            stream,
-            limit,
-            echo,
-            buffer: Arc::default(),
-        }
+        Capture { stream, limit, echo, buffer: Arc::default() }
     }
 
     /// Everything captured so far, as lossy UTF-8.
@@ -151,10 +142,7 @@ impl Capture {
         {
             let mut buffer = self.buffer.lock().unwrap();
             if buffer.len() as u64 + bytes.len() as u64 > self.limit {
-                return Err(LimitExceeded::Stdio {
-                    stream: self.stream,
-                    limit: self.limit,
-                });
+                return Err(LimitExceeded::Stdio { stream: self.stream, limit: self.limit });
             }
             buffer.extend_from_slice(&bytes);
         }
@@ -211,15 +199,8 @@ impl Pollable for Capture {
 }
 
 impl tokio::io::AsyncWrite for Capture {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let result = self
-            .append(Bytes::copy_from_slice(buf))
-            .map(|()| buf.len())
-            .map_err(std::io::Error::other);
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let result = self.append(Bytes::copy_from_slice(buf)).map(|()| buf.len()).map_err(std::io::Error::other);
         Poll::Ready(result)
     }
 
@@ -241,16 +222,8 @@ mod tests {
         let mut capture = Capture::new("stdout", 8, None);
         OutputStream::write(&mut capture, Bytes::from_static(b"12345678")).unwrap();
         let err = OutputStream::write(&mut capture, Bytes::from_static(b"9")).unwrap_err();
-        let StreamError::Trap(trap) = err else {
-            panic!("expected a trap, got {err:?}")
-        };
-        assert_eq!(
-            trap.downcast_ref::<LimitExceeded>(),
-            Some(&LimitExceeded::Stdio {
-                stream: "stdout",
-                limit: 8
-            })
-        );
+        let StreamError::Trap(trap) = err else { panic!("expected a trap, got {err:?}") };
+        assert_eq!(trap.downcast_ref::<LimitExceeded>(), Some(&LimitExceeded::Stdio { stream: "stdout", limit: 8 }));
         assert_eq!(capture.contents(), "12345678");
     }
 
@@ -258,18 +231,11 @@ mod tests {
     fn a_full_echo_channel_reports_no_room_instead_of_blocking() {
         // A channel nobody drains, as with a pipe whose reader has stalled.
         let (sender, _receiver) = mpsc::channel(1);
-        let echo = Echoer {
-            target: Tee::Stdout,
-            sender,
-        };
+        let echo = Echoer { target: Tee::Stdout, sender };
         let mut capture = Capture::new("stdout", 1024, Some(echo));
         assert_eq!(capture.check_write().unwrap(), WRITE_BUDGET);
         OutputStream::write(&mut capture, Bytes::from_static(b"first")).unwrap();
-        assert_eq!(
-            capture.check_write().unwrap(),
-            0,
-            "the guest must wait, not the host"
-        );
+        assert_eq!(capture.check_write().unwrap(), 0, "the guest must wait, not the host");
         assert_eq!(capture.contents(), "first");
     }
 }

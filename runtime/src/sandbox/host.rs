@@ -4,12 +4,15 @@
 //! granted files and environment), the resource table, the
 //! [`StoreLimiter`](super::limits::StoreLimiter), and the bounded log of
 //! `log` import calls. It implements the `Host` traits of the `wfrun:node`
-//! imports. `state` and `config` answer `unavailable` until workflows wire
-//! them to SQLite and the workflow definition.
+//! imports from [`NodeServices`]: configuration, granted secrets and a
+//! [`StateAccess`] backend, each `unavailable` when not given. Every call is
+//! recorded in the run's trace (keys and outcomes, never values).
 
 use super::capture::Echoer;
 use super::limits::{LimitExceeded, StoreLimiter};
-use crate::outcome::LogLine;
+use crate::outcome::{HostCall, LogLine};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wfrun_host_api::{config, log, state};
@@ -31,18 +34,11 @@ impl LogSink {
     /// A sink holding at most `limit` bytes of messages (each line also
     /// costs [`LOG_LINE_OVERHEAD`]), echoed through `echo` if given.
     pub fn new(limit: u64, echo: Option<Echoer>) -> Self {
-        LogSink {
-            lines: Vec::new(),
-            bytes: 0,
-            limit,
-            echo,
-        }
+        LogSink { lines: Vec::new(), bytes: 0, limit, echo }
     }
 
     async fn push(&mut self, level: &'static str, message: String) -> Result<(), LimitExceeded> {
-        self.bytes = self
-            .bytes
-            .saturating_add(message.len() as u64 + LOG_LINE_OVERHEAD);
+        self.bytes = self.bytes.saturating_add(message.len() as u64 + LOG_LINE_OVERHEAD);
         if self.bytes > self.limit {
             return Err(LimitExceeded::Log { limit: self.limit });
         }
@@ -59,20 +55,88 @@ impl LogSink {
     }
 }
 
+/// Durable state as a node sees it. The workflow executor implements it over
+/// SQLite with a per-run overlay; the sandbox only calls it.
+///
+/// The outer `Result` is a host failure (a broken database) and traps the
+/// guest; the inner one is the guest-visible answer.
+pub trait StateAccess: Send + Sync {
+    /// The value under `key`.
+    fn get(&self, key: &str) -> wasmtime::Result<Result<Option<Vec<u8>>, state::StateError>>;
+    /// Stores `value` under `key`, within the quota.
+    fn set(&self, key: &str, value: Vec<u8>) -> wasmtime::Result<Result<(), state::StateError>>;
+    /// Removes `key`.
+    fn delete(&self, key: &str) -> wasmtime::Result<Result<(), state::StateError>>;
+    /// Keys starting with `prefix`, in byte order.
+    fn list_keys(&self, prefix: &str) -> wasmtime::Result<Result<Vec<String>, state::StateError>>;
+}
+
+/// What the `state` and `config` imports answer from. `None` means
+/// `unavailable`.
+#[derive(Clone, Default)]
+pub struct NodeServices {
+    /// Configuration values.
+    pub config: Option<Arc<BTreeMap<String, String>>>,
+    /// The secrets this node is granted: name → value, `None` if the operator
+    /// did not supply it. A name not in the map is `not-granted`.
+    pub secrets: Option<Arc<BTreeMap<String, Option<String>>>>,
+    /// Durable state.
+    pub state: Option<Arc<dyn StateAccess>>,
+}
+
+impl std::fmt::Debug for NodeServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeServices")
+            .field("config", &self.config)
+            .field("secrets", &self.secrets.as_ref().map(|s| s.keys().cloned().collect::<Vec<_>>()))
+            .field("state", &self.state.is_some())
+            .finish()
+    }
+}
+
+/// Host calls kept per run; later ones are counted in one `Dropped` entry.
+const MAX_TRACE: usize = 4096;
+
+/// The ordered host calls of one run, bounded.
+#[derive(Debug, Default)]
+pub struct Trace {
+    calls: Vec<HostCall>,
+    dropped: u64,
+}
+
+impl Trace {
+    fn push(&mut self, call: HostCall) {
+        if let (HostCall::Log { count }, Some(HostCall::Log { count: last })) = (&call, self.calls.last_mut()) {
+            *last += count;
+        } else if self.calls.len() < MAX_TRACE {
+            self.calls.push(call);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The calls in order, with a final `Dropped` entry if any were.
+    pub fn into_calls(mut self) -> Vec<HostCall> {
+        if self.dropped > 0 {
+            self.calls.push(HostCall::Dropped { count: self.dropped });
+        }
+        self.calls
+    }
+}
+
 /// The data of one run's `Store`.
 pub struct RunState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limiter: StoreLimiter,
     pub(super) logs: LogSink,
+    pub(super) services: NodeServices,
+    pub(super) trace: Trace,
 }
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -85,50 +149,60 @@ impl log::Host for RunState {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
+        self.trace.push(HostCall::Log { count: 1 });
         Ok(self.logs.push(level, message).await?)
     }
 }
 
 impl state::Host for RunState {
-    fn get(
-        &mut self,
-        _key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, state::StateError>> {
-        Ok(Err(state::StateError::Unavailable))
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, state::StateError>> {
+        let Some(state) = &self.services.state else { return Ok(Err(state::StateError::Unavailable)) };
+        let result = state.get(&key)?;
+        let found = matches!(result, Ok(Some(_)));
+        self.trace.push(HostCall::StateGet { key, found });
+        Ok(result)
     }
 
-    fn set(
-        &mut self,
-        _key: String,
-        _value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), state::StateError>> {
-        Ok(Err(state::StateError::Unavailable))
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), state::StateError>> {
+        let Some(state) = &self.services.state else { return Ok(Err(state::StateError::Unavailable)) };
+        let bytes = value.len() as u64;
+        let result = state.set(&key, value)?;
+        self.trace.push(HostCall::StateSet { key, bytes, ok: result.is_ok() });
+        Ok(result)
     }
 
-    fn delete(&mut self, _key: String) -> wasmtime::Result<Result<(), state::StateError>> {
-        Ok(Err(state::StateError::Unavailable))
+    fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), state::StateError>> {
+        let Some(state) = &self.services.state else { return Ok(Err(state::StateError::Unavailable)) };
+        let result = state.delete(&key)?;
+        self.trace.push(HostCall::StateDelete { key });
+        Ok(result)
     }
 
-    fn list_keys(
-        &mut self,
-        _prefix: String,
-    ) -> wasmtime::Result<Result<Vec<String>, state::StateError>> {
-        Ok(Err(state::StateError::Unavailable))
+    fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, state::StateError>> {
+        let Some(state) = &self.services.state else { return Ok(Err(state::StateError::Unavailable)) };
+        let result = state.list_keys(&prefix)?;
+        let count = result.as_ref().map(|keys| keys.len() as u64).unwrap_or(0);
+        self.trace.push(HostCall::StateListKeys { prefix, count });
+        Ok(result)
     }
 }
 
 impl config::Host for RunState {
-    fn get(
-        &mut self,
-        _key: String,
-    ) -> wasmtime::Result<Result<Option<String>, config::ConfigError>> {
-        Ok(Err(config::ConfigError::Unavailable))
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, config::ConfigError>> {
+        let Some(config) = &self.services.config else { return Ok(Err(config::ConfigError::Unavailable)) };
+        let value = config.get(&key).cloned();
+        self.trace.push(HostCall::ConfigGet { key, found: value.is_some() });
+        Ok(Ok(value))
     }
 
-    fn get_secret(
-        &mut self,
-        _name: String,
-    ) -> wasmtime::Result<Result<Option<String>, config::ConfigError>> {
-        Ok(Err(config::ConfigError::Unavailable))
+    fn get_secret(&mut self, name: String) -> wasmtime::Result<Result<Option<String>, config::ConfigError>> {
+        let Some(secrets) = &self.services.secrets else { return Ok(Err(config::ConfigError::Unavailable)) };
+        let result = match secrets.get(&name) {
+            Some(value) => Ok(value.clone()),
+            None => Err(config::ConfigError::NotGranted(name.clone())),
+        };
+        let found = matches!(result, Ok(Some(_)));
+        self.trace.push(HostCall::SecretGet { name, granted: result.is_ok(), found });
+        Ok(result)
     }
 }

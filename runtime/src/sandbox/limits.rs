@@ -135,12 +135,12 @@ impl LimitExceeded {
     /// The stable code this violation ends a run with.
     pub fn code(&self) -> ErrorCode {
         match self {
-            LimitExceeded::Memory { .. }
-            | LimitExceeded::TableElements { .. }
-            | LimitExceeded::Count { .. } => ErrorCode::MemoryLimit,
-            LimitExceeded::Output { .. }
-            | LimitExceeded::Stdio { .. }
-            | LimitExceeded::Log { .. } => ErrorCode::OutputLimit,
+            LimitExceeded::Memory { .. } | LimitExceeded::TableElements { .. } | LimitExceeded::Count { .. } => {
+                ErrorCode::MemoryLimit
+            }
+            LimitExceeded::Output { .. } | LimitExceeded::Stdio { .. } | LimitExceeded::Log { .. } => {
+                ErrorCode::OutputLimit
+            }
         }
     }
 }
@@ -171,24 +171,14 @@ struct Tally {
 
 impl Tally {
     fn new(limit: u64) -> Self {
-        Tally {
-            used: 0,
-            peak: 0,
-            limit,
-            last: None,
-        }
+        Tally { used: 0, peak: 0, limit, last: None }
     }
 
     /// Accounts for one memory or table growing from `current` to `desired`.
     /// `Ok(false)` past the item's own declared maximum (the wasm `grow`
     /// instruction then returns -1, as the spec says); `Err(requested)` past
     /// the limit.
-    fn grow(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> Result<bool, u64> {
+    fn grow(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> Result<bool, u64> {
         if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
@@ -231,12 +221,7 @@ impl StoreLimiter {
 }
 
 impl ResourceLimiter for StoreLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         // A trap past the limit, not `Ok(false)`: a guest whose allocator
         // cannot cope with failed growth would trap anyway, but with an
         // unrelated message. Trapping here names the limit.
@@ -251,22 +236,11 @@ impl ResourceLimiter for StoreLimiter {
         Ok(())
     }
 
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let limit = self.table_elements.limit as usize;
         self.table_elements
             .grow(current, desired, maximum)
-            .map_err(|requested| {
-                LimitExceeded::TableElements {
-                    limit,
-                    requested: requested as usize,
-                }
-                .into()
-            })
+            .map_err(|requested| LimitExceeded::TableElements { limit, requested: requested as usize }.into())
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -297,16 +271,10 @@ pub fn classify(error: &wasmtime::Error, limits: &Limits) -> (ErrorCode, String)
     }
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return match trap {
-            Trap::OutOfFuel => (
-                ErrorCode::FuelExhausted,
-                format!("fuel budget of {} units exhausted", limits.fuel),
-            ),
+            Trap::OutOfFuel => (ErrorCode::FuelExhausted, format!("fuel budget of {} units exhausted", limits.fuel)),
             Trap::Interrupt => (
                 ErrorCode::Timeout,
-                format!(
-                    "run exceeded its timeout of {}",
-                    humantime::format_duration(limits.timeout)
-                ),
+                format!("run exceeded its timeout of {}", humantime::format_duration(limits.timeout)),
             ),
             Trap::StackOverflow => (ErrorCode::StackOverflow, "wasm stack exhausted".to_owned()),
             other => (ErrorCode::Trap, format!("guest trapped: {other}")),
@@ -345,35 +313,25 @@ mod tests {
 
     #[test]
     fn memory_is_counted_across_memories_and_capped() {
-        let limits = Limits {
-            memory_bytes: 4 * PAGE as u64,
-            ..Limits::default()
-        };
+        let limits = Limits { memory_bytes: 4 * PAGE as u64, ..Limits::default() };
         let mut limiter = StoreLimiter::new(&limits);
         // Two memories of two pages each fill the budget exactly.
         assert!(limiter.memory_growing(0, 2 * PAGE, None).unwrap());
         assert!(limiter.memory_growing(0, 2 * PAGE, None).unwrap());
         assert_eq!(limiter.peak_memory_bytes(), 4 * PAGE as u64);
         // One more page in either is refused with a typed error.
-        let err = limiter
-            .memory_growing(2 * PAGE, 3 * PAGE, None)
-            .unwrap_err();
+        let err = limiter.memory_growing(2 * PAGE, 3 * PAGE, None).unwrap_err();
         let exceeded = err.downcast_ref::<LimitExceeded>().unwrap();
         assert_eq!(exceeded.code(), ErrorCode::MemoryLimit);
     }
 
     #[test]
     fn failed_growth_is_not_counted_nor_its_peak() {
-        let limits = Limits {
-            memory_bytes: 4 * PAGE as u64,
-            ..Limits::default()
-        };
+        let limits = Limits { memory_bytes: 4 * PAGE as u64, ..Limits::default() };
         let mut limiter = StoreLimiter::new(&limits);
         assert!(limiter.memory_growing(0, PAGE, None).unwrap());
         assert!(limiter.memory_growing(PAGE, 3 * PAGE, None).unwrap());
-        limiter
-            .memory_grow_failed(wasmtime::format_err!("mmap failed"))
-            .unwrap();
+        limiter.memory_grow_failed(wasmtime::format_err!("mmap failed")).unwrap();
         assert_eq!(limiter.peak_memory_bytes(), PAGE as u64);
         assert!(limiter.memory_growing(PAGE, 4 * PAGE, None).unwrap());
     }
@@ -382,28 +340,18 @@ mod tests {
     fn growth_past_a_declared_maximum_is_refused_softly() {
         let mut limiter = StoreLimiter::new(&Limits::default());
         // memory.grow returns -1, as the wasm spec says; no trap, no count.
-        assert!(
-            !limiter
-                .memory_growing(PAGE, 3 * PAGE, Some(2 * PAGE))
-                .unwrap()
-        );
+        assert!(!limiter.memory_growing(PAGE, 3 * PAGE, Some(2 * PAGE)).unwrap());
         assert_eq!(limiter.peak_memory_bytes(), 0);
         assert!(!limiter.table_growing(1, 3, Some(2)).unwrap());
     }
 
     #[test]
     fn table_elements_are_capped_across_tables() {
-        let limits = Limits {
-            table_elements: 10,
-            ..Limits::default()
-        };
+        let limits = Limits { table_elements: 10, ..Limits::default() };
         let mut limiter = StoreLimiter::new(&limits);
         assert!(limiter.table_growing(0, 6, None).unwrap());
         assert!(limiter.table_growing(0, 4, None).unwrap());
         let err = limiter.table_growing(4, 5, None).unwrap_err();
-        assert_eq!(
-            err.downcast_ref::<LimitExceeded>().unwrap().code(),
-            ErrorCode::MemoryLimit
-        );
+        assert_eq!(err.downcast_ref::<LimitExceeded>().unwrap().code(), ErrorCode::MemoryLimit);
     }
 }

@@ -19,12 +19,13 @@ mod host;
 mod limits;
 
 pub use capture::Tee;
+pub use host::{NodeServices, StateAccess};
 pub use limits::{LimitExceeded, Limits};
 
 use crate::bundle::{Bundle, BundleError};
 use crate::outcome::{ErrorCode, GuestKind, NodeFailure, RunReport, RunStatus};
 use capture::{Capture, EchoThread};
-use host::{LogSink, RunState};
+use host::{LogSink, RunState, Trace};
 use limits::{StoreLimiter, classify};
 use serde_json::value::RawValue;
 use std::path::PathBuf;
@@ -57,10 +58,7 @@ impl EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            fuel_metering: true,
-            max_wasm_stack: Self::DEFAULT_MAX_WASM_STACK,
-        }
+        EngineOptions { fuel_metering: true, max_wasm_stack: Self::DEFAULT_MAX_WASM_STACK }
     }
 }
 
@@ -79,9 +77,7 @@ pub struct Sandbox {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("options", &self.options).finish_non_exhaustive()
     }
 }
 
@@ -101,10 +97,7 @@ enum ProgramPre {
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Program")
-            .field("kind", &self.kind())
-            .field("digest", &self.digest)
-            .finish()
+        f.debug_struct("Program").field("kind", &self.kind()).field("digest", &self.digest).finish()
     }
 }
 
@@ -155,13 +148,15 @@ pub struct Echo {
     pub logs: Tee,
 }
 
+impl Default for Echo {
+    fn default() -> Self {
+        Echo::NONE
+    }
+}
+
 impl Echo {
     /// Capture only; echo nothing.
-    pub const NONE: Echo = Echo {
-        stdout: Tee::None,
-        stderr: Tee::None,
-        logs: Tee::None,
-    };
+    pub const NONE: Echo = Echo { stdout: Tee::None, stderr: Tee::None, logs: Tee::None };
 }
 
 /// One run of a program.
@@ -180,6 +175,8 @@ pub struct RunRequest {
     pub grants: Grants,
     /// What to echo live.
     pub echo: Echo,
+    /// What the `state` and `config` imports answer from.
+    pub services: NodeServices,
 }
 
 impl Default for RunRequest {
@@ -191,6 +188,7 @@ impl Default for RunRequest {
             limits: Limits::default(),
             grants: Grants::default(),
             echo: Echo::NONE,
+            services: NodeServices::default(),
         }
     }
 }
@@ -212,17 +210,11 @@ impl Sandbox {
             .async_stack_size(options.max_wasm_stack.saturating_add(1024 * 1024));
         let engine = Engine::new(&config).map_err(|e| SandboxError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| SandboxError(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
         Node::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Sandbox {
-            engine,
-            linker,
-            options,
-            _ticker: ticker,
-        })
+        Ok(Sandbox { engine, linker, options, _ticker: ticker })
     }
 
     /// The engine options this sandbox was built with.
@@ -234,50 +226,25 @@ impl Sandbox {
     /// pre-instantiates it against the linker.
     pub fn load(&self, bundle: &Bundle) -> Result<Program, BundleError> {
         let path = bundle.path().to_path_buf();
-        let component =
-            Component::new(&self.engine, bundle.bytes()).map_err(|e| BundleError::Invalid {
-                path: path.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        let exports: Vec<String> = component
-            .component_type()
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_owned())
-            .collect();
+        let component = Component::new(&self.engine, bundle.bytes())
+            .map_err(|e| BundleError::Invalid { path: path.clone(), reason: format!("{e:#}") })?;
+        let exports: Vec<String> =
+            component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
         let is_node = exports.iter().any(|e| e == wfrun_host_api::HANDLER_EXPORT);
-        let is_job = exports
-            .iter()
-            .any(|e| e.starts_with(wfrun_host_api::COMMAND_EXPORT_PREFIX));
+        let is_job = exports.iter().any(|e| e.starts_with(wfrun_host_api::COMMAND_EXPORT_PREFIX));
         if !is_node && !is_job {
-            let exports = if exports.is_empty() {
-                "none".to_owned()
-            } else {
-                exports.join(", ")
-            };
+            let exports = if exports.is_empty() { "none".to_owned() } else { exports.join(", ") };
             return Err(BundleError::NoKnownWorld { path, exports });
         }
-        let unlinkable = |e: wasmtime::Error| BundleError::Unlinkable {
-            path: path.clone(),
-            reason: format!("{e:#}"),
-        };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(unlinkable)?;
+        let unlinkable = |e: wasmtime::Error| BundleError::Unlinkable { path: path.clone(), reason: format!("{e:#}") };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(unlinkable)?;
         let pre = if is_node {
             ProgramPre::Node(NodePre::new(instance_pre).map_err(unlinkable)?)
         } else {
             ProgramPre::Job(CommandPre::new(instance_pre).map_err(unlinkable)?)
         };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "guest".to_owned());
-        Ok(Program {
-            pre,
-            digest: bundle.digest(),
-            name,
-        })
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "guest".to_owned());
+        Ok(Program { pre, digest: bundle.digest(), name })
     }
 
     /// Runs `program` once. Every failure the guest can cause, and every
@@ -297,16 +264,8 @@ impl Sandbox {
 
         let limits = &request.limits;
         let echo = (request.echo != Echo::NONE).then(EchoThread::start);
-        let stdout = Capture::new(
-            "stdout",
-            limits.stdio_bytes,
-            EchoThread::echoer(echo.as_ref(), request.echo.stdout),
-        );
-        let stderr = Capture::new(
-            "stderr",
-            limits.stdio_bytes,
-            EchoThread::echoer(echo.as_ref(), request.echo.stderr),
-        );
+        let stdout = Capture::new("stdout", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stdout));
+        let stderr = Capture::new("stderr", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stderr));
         let wasi = match build_wasi(program, request, &stdout, &stderr) {
             Ok(wasi) => wasi,
             Err(message) => {
@@ -321,18 +280,15 @@ impl Sandbox {
             wasi,
             table,
             limiter: StoreLimiter::new(limits),
-            logs: LogSink::new(
-                limits.log_bytes,
-                EchoThread::echoer(echo.as_ref(), request.echo.logs),
-            ),
+            logs: LogSink::new(limits.log_bytes, EchoThread::echoer(echo.as_ref(), request.echo.logs)),
+            services: request.services.clone(),
+            trace: Trace::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         if self.options.fuel_metering {
             // Cannot fail: fuel metering is enabled on this engine.
-            store
-                .set_fuel(limits.fuel)
-                .expect("fuel metering is enabled");
+            store.set_fuel(limits.fuel).expect("fuel metering is enabled");
         }
         let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
         store.set_epoch_deadline(epoch_ticks(timeout));
@@ -342,8 +298,7 @@ impl Sandbox {
         // The epoch deadline stops wasm code; this backstop also stops a
         // guest parked in a host call (a long sleep, a read that never ends).
         let backstop = timeout + EPOCH_TICK * 5;
-        let outcome =
-            tokio::time::timeout(backstop, call(&program.pre, &mut store, &request.input)).await;
+        let outcome = tokio::time::timeout(backstop, call(&program.pre, &mut store, &request.input)).await;
         report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         if self.options.fuel_metering {
@@ -352,7 +307,11 @@ impl Sandbox {
         report.peak_memory_bytes = store.data().limiter.peak_memory_bytes();
         report.stdout = stdout.contents();
         report.stderr = stderr.contents();
-        report.logs = store.into_data().logs.into_lines();
+        // Destructuring drops the rest (the WASI context and its stream
+        // handles) here, before the echo thread is told to finish.
+        let RunState { logs, trace, .. } = store.into_data();
+        report.logs = logs.into_lines();
+        report.trace = trace.into_calls();
         // The store is gone; with the captures dropped too, the echo thread
         // has every chunk and can finish writing them.
         drop((stdout, stderr));
@@ -375,18 +334,11 @@ enum Returned {
     Job(Result<(), ()>),
 }
 
-async fn call(
-    pre: &ProgramPre,
-    store: &mut Store<RunState>,
-    input: &str,
-) -> wasmtime::Result<Returned> {
+async fn call(pre: &ProgramPre, store: &mut Store<RunState>, input: &str) -> wasmtime::Result<Returned> {
     match pre {
         ProgramPre::Node(pre) => {
             let node = pre.instantiate_async(&mut *store).await?;
-            let result = node
-                .wfrun_node_handler()
-                .call_run(&mut *store, input)
-                .await?;
+            let result = node.wfrun_node_handler().call_run(&mut *store, input).await?;
             Ok(Returned::Node(result))
         }
         ProgramPre::Job(pre) => {
@@ -402,10 +354,7 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
     let failure = match outcome {
         Ok(Returned::Node(Ok(output))) => {
             if output.len() as u64 > limits.output_bytes {
-                let e = LimitExceeded::Output {
-                    limit: limits.output_bytes,
-                    size: output.len() as u64,
-                };
+                let e = LimitExceeded::Output { limit: limits.output_bytes, size: output.len() as u64 };
                 Some((e.code(), e.to_string()))
             } else {
                 match RawValue::from_string(output) {
@@ -413,10 +362,7 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
                         report.output = Some(raw);
                         None
                     }
-                    Err(e) => Some((
-                        ErrorCode::NodeError,
-                        format!("node returned output that is not JSON: {e}"),
-                    )),
+                    Err(e) => Some((ErrorCode::NodeError, format!("node returned output that is not JSON: {e}"))),
                 }
             }
         }
@@ -425,11 +371,7 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
             let code = truncate(e.code, MAX_NODE_ERROR_CODE);
             let node_message = truncate(e.message, MAX_NODE_ERROR_MESSAGE);
             let message = format!("node error {code}: {node_message}");
-            report.node_error = Some(NodeFailure {
-                code,
-                message: node_message,
-                retryable: e.retryable,
-            });
+            report.node_error = Some(NodeFailure { code, message: node_message, retryable: e.retryable });
             Some((ErrorCode::NodeError, message))
         }
         Ok(Returned::Job(Ok(()))) => {
@@ -438,10 +380,7 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
         }
         Ok(Returned::Job(Err(()))) => {
             report.exit_code = Some(1);
-            Some((
-                ErrorCode::NodeError,
-                "job returned an error (exit status 1)".to_owned(),
-            ))
+            Some((ErrorCode::NodeError, "job returned an error (exit status 1)".to_owned()))
         }
         Err(e) => match e.downcast_ref::<I32Exit>() {
             // Exiting is how a job ends; a node must return instead.
@@ -455,10 +394,7 @@ fn settle(report: &mut RunReport, outcome: wasmtime::Result<Returned>, limits: &
             }
             Some(I32Exit(code)) => {
                 report.exit_code = Some(*code);
-                Some((
-                    ErrorCode::NodeError,
-                    format!("job exited with status {code}"),
-                ))
+                Some((ErrorCode::NodeError, format!("job exited with status {code}")))
             }
             None => Some(classify(&e, limits)),
         },
@@ -528,11 +464,7 @@ fn build_wasi(
         wasi.env(key, value);
     }
     for dir in &request.grants.dirs {
-        let perms = if dir.writable {
-            FsPerms::ReadWrite
-        } else {
-            FsPerms::ReadOnly
-        };
+        let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
         wasi.preopened_dir(&dir.host, &dir.guest, perms)
             .map_err(|e| format!("cannot grant directory {}: {e:#}", dir.host.display()))?;
     }
@@ -542,9 +474,7 @@ fn build_wasi(
 fn epoch_ticks(timeout: Duration) -> u64 {
     // Round up, plus one tick: the current tick may be nearly over.
     let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-    u64::try_from(ticks)
-        .unwrap_or(u64::MAX / 2)
-        .saturating_add(1)
+    u64::try_from(ticks).unwrap_or(u64::MAX / 2).saturating_add(1)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
@@ -566,10 +496,7 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch thread");
-        EpochTicker {
-            stop,
-            thread: Some(thread),
-        }
+        EpochTicker { stop, thread: Some(thread) }
     }
 }
 

@@ -2,7 +2,7 @@
 //! host's limits and denials. Input: `{"mode": "...", "n": optional number}`.
 
 use std::hint::black_box;
-use wfrun_sdk::{NodeError, Value, json, log};
+use wfrun_sdk::{NodeError, Value, config, json, log, state};
 
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
@@ -89,6 +89,30 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
                 "write": attempt(std::fs::write("/data/out.txt", b"written by guest")),
                 "env": std::env::var("WFRUN_TEST").ok(),
             }))
+        }
+        "secret" => Ok(json!({"secret": format!("{:?}", config::secret("TOKEN"))})),
+        "state-fill" => {
+            // Writes 1 KiB values until the quota says no; reports how far it got.
+            for i in 0.. {
+                if let Err(e) = state::set(&format!("key-{i:05}"), &[7u8; 1024]) {
+                    return Ok(json!({"written": i, "error": format!("{e:?}")}));
+                }
+            }
+            unreachable!()
+        }
+        "state-then-fail" => {
+            let _ = state::set_json("count", &1_000_000u64);
+            Err(NodeError::new("failed-after-write", "this write must not be kept"))
+        }
+        "flaky" => {
+            // Fails retryably until the attempt counter in the granted /data
+            // directory reaches n, then succeeds and says which attempt it was.
+            let attempts = std::fs::read_to_string("/data/attempts").ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) + 1;
+            std::fs::write("/data/attempts", attempts.to_string()).map_err(|e| NodeError::new("no-data-dir", e.to_string()))?;
+            if attempts < n {
+                return Err(NodeError::retryable("flaky", format!("attempt {attempts} fails")));
+            }
+            Ok(json!({"attempt": attempts}))
         }
         other => Err(NodeError::invalid_input(format!("unknown mode {other:?}"))),
     }

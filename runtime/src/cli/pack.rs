@@ -1,0 +1,40 @@
+//! `wfrun pack`: one workflow file and its node components into one bundle.
+
+use crate::outcome::ExitStatus;
+use crate::sandbox::{EngineOptions, Sandbox};
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+
+/// Pack a workflow (workflow.toml and its node components) into one bundle,
+/// itself a valid component.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  wfrun pack examples/workflows/report/workflow.toml -o report.wasm")]
+pub struct PackCommand {
+    /// The workflow definition; component paths in it are relative to it.
+    #[arg(value_name = "WORKFLOW_TOML")]
+    manifest: PathBuf,
+
+    /// Where to write the bundle.
+    #[arg(short, long, value_name = "BUNDLE")]
+    output: PathBuf,
+}
+
+impl PackCommand {
+    /// Validates, packs and writes the bundle (atomically: temp file, rename).
+    pub fn execute(self) -> anyhow::Result<ExitStatus> {
+        let sandbox = Sandbox::new(EngineOptions::default())?;
+        let bytes = match crate::workflow::pack(&sandbox, &self.manifest) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("wfrun: invalid_bundle: {e}");
+                return Ok(ExitStatus::Invalid);
+            }
+        };
+        let temp = self.output.with_extension("wasm.partial");
+        std::fs::write(&temp, &bytes).with_context(|| format!("writing {}", temp.display()))?;
+        std::fs::rename(&temp, &self.output).with_context(|| format!("writing {}", self.output.display()))?;
+        eprintln!("wfrun: packed {} ({} bytes)", self.output.display(), bytes.len());
+        Ok(ExitStatus::Success)
+    }
+}

@@ -1,0 +1,190 @@
+//! `wfrun runs`: the run history, read from the state directory's database.
+
+use super::{GlobalArgs, printable};
+use crate::outcome::ExitStatus;
+use crate::store::{RunRecord, RunState, Store};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+/// Inspect recorded runs: what ran, in which order, how long each node took,
+/// what it cost, and why a run failed.
+#[derive(Debug, Args)]
+pub struct RunsCommand {
+    #[command(subcommand)]
+    command: RunsSubcommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsSubcommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs in this state: pending, running, succeeded, failed, cancelled.
+        #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+        status: Option<RunState>,
+        /// At most this many runs.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run: status transitions, per-node records, error.
+    Show {
+        /// The run id (as printed by `wfrun exec --json` or `runs list`).
+        run_id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Also print each node's execution trace: input and output digests
+        /// and the ordered host calls it made.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// Print a run's captured logs (log lines, stdout, stderr) per node.
+    Logs {
+        /// The run id.
+        run_id: String,
+        /// Only this node's log.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+    },
+}
+
+fn parse_status(text: &str) -> Result<RunState, String> {
+    RunState::parse(text)
+        .ok_or_else(|| format!("{text:?} is not one of pending, running, succeeded, failed, cancelled"))
+}
+
+impl RunsCommand {
+    /// Reads the history and prints it.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        let store = Store::open(&global.state_dir())?;
+        match self.command {
+            RunsSubcommand::List { status, limit, json } => {
+                let runs = store.list_runs(status, limit)?;
+                if json {
+                    println!("{}", serde_json::to_string(&runs)?);
+                } else {
+                    print_list(&runs);
+                }
+            }
+            RunsSubcommand::Show { run_id, json, trace } => {
+                let Some(run) = store.run(&run_id)? else {
+                    eprintln!("wfrun: no run {run_id:?} in {}", store.dir().display());
+                    return Ok(ExitStatus::Invalid);
+                };
+                if json {
+                    println!("{}", serde_json::to_string(&run)?);
+                } else {
+                    print_run(&run, trace);
+                }
+            }
+            RunsSubcommand::Logs { run_id, node } => {
+                if store.run(&run_id)?.is_none() {
+                    eprintln!("wfrun: no run {run_id:?} in {}", store.dir().display());
+                    return Ok(ExitStatus::Invalid);
+                }
+                let dir = store.log_dir(&run_id);
+                let mut files: Vec<_> = match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+                    Err(_) => Vec::new(),
+                };
+                files.sort();
+                let mut shown = 0;
+                for file in files {
+                    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    if node.as_ref().is_some_and(|n| *n != name) {
+                        continue;
+                    }
+                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                    println!("=== {name} ===");
+                    print!("{}", printable_lines(&text));
+                    shown += 1;
+                }
+                if shown == 0 {
+                    match node {
+                        Some(node) => eprintln!("wfrun: run {run_id} has no log for node {node:?}"),
+                        None => eprintln!("wfrun: run {run_id} has no logs"),
+                    }
+                }
+            }
+        }
+        Ok(ExitStatus::Success)
+    }
+}
+
+fn printable_lines(text: &str) -> String {
+    text.lines().map(|line| format!("{}\n", printable(line))).collect()
+}
+
+fn print_list(runs: &[RunRecord]) {
+    println!("{:<36}  {:<16}  {:<9}  {:>10}  {:<16}  CREATED", "RUN ID", "WORKFLOW", "STATUS", "DURATION", "ERROR");
+    for run in runs {
+        let duration = run.duration_ms.map(|ms| format!("{ms:.1} ms")).unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{:<36}  {:<16}  {:<9}  {:>10}  {:<16}  {}",
+            run.run_id,
+            run.workflow,
+            run.status,
+            duration,
+            run.error_code.as_deref().unwrap_or("-"),
+            run.created_at
+        );
+    }
+}
+
+fn print_run(run: &RunRecord, trace: bool) {
+    println!("run        {}", run.run_id);
+    println!("workflow   {} {} ({})", run.workflow, run.version, run.kind);
+    println!("bundle     {} {}", run.bundle_path, run.bundle_digest);
+    println!("status     {}", run.status);
+    if let Some(code) = &run.error_code {
+        let node = run.failed_node.as_ref().map(|n| format!(" in node `{n}`")).unwrap_or_default();
+        println!("error      {code}{node}: {}", printable(run.error_message.as_deref().unwrap_or("")));
+    }
+    if let Some(exit) = run.exit_code {
+        println!("exit code  {exit}");
+    }
+    if let Some(ms) = run.duration_ms {
+        println!(
+            "cost       {ms:.1} ms, {} fuel, {} bytes peak memory",
+            run.fuel_consumed.unwrap_or(0),
+            run.peak_memory_bytes.unwrap_or(0)
+        );
+    }
+    println!("history");
+    for (status, at) in &run.transitions {
+        println!("  {at}  {status}");
+    }
+    println!("nodes (in the order they finished)");
+    println!(
+        "  {:<16}  {:<9}  {:>8}  {:>10}  {:>14}  {:>12}  {:>10}  ERROR",
+        "NODE", "STATUS", "ATTEMPTS", "DURATION", "FUEL", "PEAK MEMORY", "OUTPUT"
+    );
+    for node in &run.nodes {
+        println!(
+            "  {:<16}  {:<9}  {:>8}  {:>10}  {:>14}  {:>12}  {:>10}  {}",
+            node.node,
+            node.status,
+            node.attempts,
+            format!("{:.1} ms", node.duration_ms),
+            node.fuel_consumed,
+            node.peak_memory_bytes,
+            node.output_bytes,
+            node.error_code
+                .map(|c| format!("{c}: {}", printable(node.error_message.as_deref().unwrap_or(""))))
+                .unwrap_or_default()
+        );
+    }
+    if trace {
+        println!("trace");
+        for node in &run.nodes {
+            println!("  {}", node.node);
+            println!("    input   {}", node.input_digest.as_deref().unwrap_or("-"));
+            println!("    output  {}", node.output_digest.as_deref().unwrap_or("-"));
+            for (i, call) in node.trace.iter().enumerate() {
+                println!("    {:>4}  {}", i + 1, serde_json::to_string(call).unwrap_or_default());
+            }
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! SQLite: run history and durable workflow state, under the state directory.
+//!
+//! [`Store`] owns one connection to `<state-dir>/wfrun.db` (WAL journal,
+//! busy timeout), so several `wfrun` processes can record runs at once without
+//! losing or corrupting each other's rows. Tables: `runs` (one row per run),
+//! `run_transitions` (every status change with its time), `node_runs` (one
+//! row per node, with its execution trace as JSON) and `state` (key-value
+//! pairs scoped to a workflow). Per-run log files live beside the database
+//! in `logs/<run-id>/<node>.log`. [`state_dir`] resolves where that is.
+
+use crate::outcome::{ErrorCode, NodeRecord};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state directory could not be created or written.
+    #[error("state directory {}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("run database {}: {source}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+}
+
+/// Resolves the state directory: `flag` if given, else `WFRUN_DIR`, else
+/// `$XDG_STATE_HOME/wfrun`, else `$HOME/.local/state/wfrun`, else `.wfrun`.
+pub fn state_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir.to_path_buf();
+    }
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = env("WFRUN_DIR") {
+        return dir;
+    }
+    if let Some(dir) = env("XDG_STATE_HOME") {
+        return dir.join("wfrun");
+    }
+    if let Some(home) = env("HOME") {
+        return home.join(".local").join("state").join("wfrun");
+    }
+    PathBuf::from(".wfrun")
+}
+
+/// The life of a run: `pending` → `running` → `succeeded` | `failed` | `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Recorded, not started.
+    Pending,
+    /// Started.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished with an error code.
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl RunState {
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored or user-given state.
+    pub fn parse(text: &str) -> Option<RunState> {
+        [RunState::Pending, RunState::Running, RunState::Succeeded, RunState::Failed, RunState::Cancelled]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// What is known when a run starts.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The run id (UUIDv7).
+    pub id: String,
+    /// The workflow name (a plain component's file stem).
+    pub workflow: String,
+    /// The workflow version (`-` for a plain component).
+    pub version: String,
+    /// The bundle path as given.
+    pub bundle_path: String,
+    /// `sha256:<hex>` of the bundle.
+    pub bundle_digest: String,
+    /// `workflow`, `node` or `job`.
+    pub kind: String,
+}
+
+/// How a run ended, as recorded.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    /// `Succeeded` or `Failed` (or `Cancelled`).
+    pub state: RunState,
+    /// Why it failed.
+    pub error_code: Option<ErrorCode>,
+    /// The explanation.
+    pub error_message: Option<String>,
+    /// The node that failed the run.
+    pub failed_node: Option<String>,
+    /// The run's output JSON.
+    pub output: Option<String>,
+    /// A job's exit status.
+    pub exit_code: Option<i32>,
+    /// Wall time of the run.
+    pub duration_ms: f64,
+    /// Fuel over all nodes.
+    pub fuel_consumed: u64,
+    /// Largest linear memory of any node.
+    pub peak_memory_bytes: u64,
+}
+
+/// State writes to apply when a run succeeds: key → value, or `None` to delete.
+pub type StateWrites = BTreeMap<String, Option<Vec<u8>>>;
+
+/// One run as `wfrun runs list/show` present it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// The run id.
+    pub run_id: String,
+    /// The workflow name.
+    pub workflow: String,
+    /// The workflow version.
+    pub version: String,
+    /// `workflow`, `node` or `job`.
+    pub kind: String,
+    /// The bundle path as given.
+    pub bundle_path: String,
+    /// `sha256:<hex>` of the bundle.
+    pub bundle_digest: String,
+    /// The current state.
+    pub status: String,
+    /// Why it failed.
+    pub error_code: Option<String>,
+    /// The explanation.
+    pub error_message: Option<String>,
+    /// The node that failed the run.
+    pub failed_node: Option<String>,
+    /// The run's output JSON text.
+    pub output: Option<String>,
+    /// A job's exit status.
+    pub exit_code: Option<i32>,
+    /// When the run was recorded (RFC 3339).
+    pub created_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// Wall time.
+    pub duration_ms: Option<f64>,
+    /// Fuel over all nodes.
+    pub fuel_consumed: Option<u64>,
+    /// Largest linear memory of any node.
+    pub peak_memory_bytes: Option<u64>,
+    /// Every status change, oldest first: (status, time).
+    pub transitions: Vec<(String, String)>,
+    /// Node records, in the order they were recorded.
+    pub nodes: Vec<NodeRecord>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    version TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    bundle_path TEXT NOT NULL,
+    bundle_digest TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error_code TEXT,
+    error_message TEXT,
+    failed_node TEXT,
+    output TEXT,
+    exit_code INTEGER,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    duration_ms REAL,
+    fuel_consumed INTEGER,
+    peak_memory_bytes INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
+CREATE TABLE IF NOT EXISTS run_transitions (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS node_runs (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    seq INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS state (
+    workflow TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (workflow, key)
+);
+";
+
+/// Now, as RFC 3339 with milliseconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The run history and state database of one state directory.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    db_path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
+        let db_path = dir.join("wfrun.db");
+        let sqlite = |source| StoreError::Sqlite { path: db_path.clone(), source };
+        let conn = Connection::open(&db_path).map_err(sqlite)?;
+        // Several processes share the file: wait for each other's locks
+        // rather than fail, and let readers run beside a writer.
+        conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite)?;
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(Store { dir: dir.to_path_buf(), db_path, conn: Mutex::new(conn) })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.db_path.clone(), source }
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.sqlite(e))?;
+        let value = f(&tx).map_err(|e| self.sqlite(e))?;
+        tx.commit().map_err(|e| self.sqlite(e))?;
+        Ok(value)
+    }
+
+    /// Records a new run as `pending`, then `running`.
+    pub fn begin_run(&self, run: &NewRun) -> Result<(), StoreError> {
+        let at = now();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)",
+                params![run.id, run.workflow, run.version, run.kind, run.bundle_path, run.bundle_digest, at],
+            )?;
+            tx.execute("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)", params![run.id, at])?;
+            tx.execute("INSERT INTO run_transitions VALUES (?1, 1, 'running', ?2)", params![run.id, at])?;
+            Ok(())
+        })
+    }
+
+    /// Records how a run ended, its node records and, for a run that
+    /// succeeded, its state writes: all in one transaction.
+    pub fn finish_run(
+        &self,
+        run_id: &str,
+        workflow: &str,
+        end: &RunEnd,
+        nodes: &[NodeRecord],
+        state: &StateWrites,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5, output = ?6,
+                 exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11
+                 WHERE id = ?1",
+                params![
+                    run_id,
+                    end.state.as_str(),
+                    end.error_code.map(|c| c.as_str()),
+                    end.error_message,
+                    end.failed_node,
+                    end.output,
+                    end.exit_code,
+                    at,
+                    end.duration_ms,
+                    end.fuel_consumed as i64,
+                    end.peak_memory_bytes as i64,
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO run_transitions
+                 SELECT ?1, COALESCE(MAX(seq), -1) + 1, ?2, ?3 FROM run_transitions WHERE run_id = ?1",
+                params![run_id, end.state.as_str(), at],
+            )?;
+            for (seq, node) in nodes.iter().enumerate() {
+                let record = serde_json::to_string(node).expect("node records serialise");
+                tx.execute(
+                    "INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)",
+                    params![run_id, seq as i64, node.node, record],
+                )?;
+            }
+            if end.state == RunState::Succeeded {
+                for (key, value) in state {
+                    match value {
+                        Some(value) => tx.execute(
+                            "INSERT INTO state (workflow, key, value) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (workflow, key) DO UPDATE SET value = excluded.value",
+                            params![workflow, key, value],
+                        )?,
+                        None => {
+                            tx.execute("DELETE FROM state WHERE workflow = ?1 AND key = ?2", params![workflow, key])?
+                        }
+                    };
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs, newest first, optionally only those in `status`.
+    pub fn list_runs(&self, status: Option<RunState>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT id FROM runs WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2")
+            .map_err(|e| self.sqlite(e))?;
+        let ids: Vec<String> = stmt
+            .query_map(params![status.map(|s| s.as_str()), limit as i64], |row| row.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sqlite(e))?;
+        drop(stmt);
+        ids.iter().map(|id| load_run(&conn, id).map_err(|e| self.sqlite(e))).filter_map(|r| r.transpose()).collect()
+    }
+
+    /// One run with its transitions and node records.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        load_run(&conn, run_id).map_err(|e| self.sqlite(e))
+    }
+
+    /// The value of `key` in `workflow`'s state.
+    pub fn state_get(&self, workflow: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        conn.query_row("SELECT value FROM state WHERE workflow = ?1 AND key = ?2", params![workflow, key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Every key of `workflow`'s state with its stored size (key + value).
+    pub fn state_sizes(&self, workflow: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT key, length(key) + length(value) FROM state WHERE workflow = ?1")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![workflow], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sqlite(e))?;
+        Ok(rows)
+    }
+
+    /// The directory holding run `run_id`'s log files.
+    pub fn log_dir(&self, run_id: &str) -> PathBuf {
+        self.dir.join("logs").join(run_id)
+    }
+}
+
+fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<RunRecord>> {
+    let run = conn
+        .query_row(
+            "SELECT id, workflow, version, kind, bundle_path, bundle_digest, status, error_code, error_message,
+                    failed_node, output, exit_code, created_at, finished_at, duration_ms, fuel_consumed, peak_memory_bytes
+             FROM runs WHERE id = ?1",
+            params![run_id],
+            |r| {
+                Ok(RunRecord {
+                    run_id: r.get(0)?,
+                    workflow: r.get(1)?,
+                    version: r.get(2)?,
+                    kind: r.get(3)?,
+                    bundle_path: r.get(4)?,
+                    bundle_digest: r.get(5)?,
+                    status: r.get(6)?,
+                    error_code: r.get(7)?,
+                    error_message: r.get(8)?,
+                    failed_node: r.get(9)?,
+                    output: r.get(10)?,
+                    exit_code: r.get(11)?,
+                    created_at: r.get(12)?,
+                    finished_at: r.get(13)?,
+                    duration_ms: r.get(14)?,
+                    fuel_consumed: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+                    peak_memory_bytes: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+                    transitions: Vec::new(),
+                    nodes: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut run) = run else { return Ok(None) };
+    let mut stmt = conn.prepare("SELECT status, at FROM run_transitions WHERE run_id = ?1 ORDER BY seq")?;
+    run.transitions = stmt.query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare("SELECT record FROM node_runs WHERE run_id = ?1 ORDER BY seq")?;
+    let records: Vec<String> = stmt.query_map(params![run_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    run.nodes = records.iter().filter_map(|text| serde_json::from_str(text).ok()).collect();
+    Ok(Some(run))
+}

@@ -1,0 +1,650 @@
+//! Workflows: the definition, its validation, and the executor.
+//!
+//! [`Workflow::load`] turns a [`Bundle`] into something runnable: a plain
+//! component becomes a one-node workflow (named after its file, its node
+//! called `main`), a workflow bundle is planned (see [`definition`]) and each
+//! of its nested components compiled once. [`Workflow::run`] executes it:
+//! nodes in dependency order, independent ones at the same time up to
+//! `max_parallel`, each node's input built from the workflow input and its
+//! dependencies' outputs, retryable node errors retried with exponential
+//! backoff, and on a failure every node not yet started marked `skipped`.
+//!
+//! Durable state goes through a two-level overlay ([`state`]): a node
+//! attempt's writes are kept only if the attempt succeeds, and the run's
+//! writes reach SQLite only if the whole run succeeds, in the same
+//! transaction that records the run.
+
+mod definition;
+mod state;
+
+pub use definition::{
+    Capabilities, DefinitionError, LimitSpec, NodeDef, Plan, Reference, RetryPolicy, RetrySpec, StateQuota, Trigger,
+    WorkflowDef,
+};
+
+use crate::bundle::{Bundle, BundleError};
+use crate::outcome::{ErrorCode, GuestKind, NodeRecord, RunReport, RunStatus, new_run_id};
+use crate::sandbox::{Echo, Grants, Limits, NodeServices, Program, RunRequest, Sandbox, StateAccess};
+use crate::store::{NewRun, RunEnd, RunState, StateWrites, Store, StoreError, now};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use state::{AttemptState, RunOverlay};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinSet;
+
+/// The node id of a plain component run as a one-node workflow.
+pub const MAIN_NODE: &str = "main";
+
+/// Why a bundle cannot be run as a workflow.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bundle or one of its components is unusable.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The embedded definition does not validate.
+    #[error("{path}: workflow `{name}`: {source}")]
+    Definition {
+        /// The bundle path.
+        path: String,
+        /// The workflow's name.
+        name: String,
+        /// What is wrong.
+        source: Box<DefinitionError>,
+    },
+    /// A workflow node's component is a job, not a node.
+    #[error("{path}: node `{node}` is a command (job), but workflow nodes must export wfrun:node/handler")]
+    NotANode {
+        /// The bundle path.
+        path: String,
+        /// The node.
+        node: String,
+    },
+}
+
+struct Step {
+    program: Program,
+    def: Option<NodeDef>,
+    config: Arc<BTreeMap<String, String>>,
+}
+
+/// A bundle ready to run: its plan and one compiled program per node.
+pub struct Workflow {
+    name: String,
+    version: String,
+    kind: GuestKind,
+    bundle_path: String,
+    digest: String,
+    plan: Plan,
+    steps: BTreeMap<String, Step>,
+    max_parallel: usize,
+    quota: StateQuota,
+}
+
+impl std::fmt::Debug for Workflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflow").field("name", &self.name).field("order", &self.plan.order).finish_non_exhaustive()
+    }
+}
+
+/// Everything the caller decides about one run.
+#[derive(Debug, Clone, Default)]
+pub struct Execution {
+    /// The workflow input (JSON text); for a plain node, its input.
+    pub input: String,
+    /// A plain job's arguments.
+    pub args: Vec<String>,
+    /// Give a plain job this process's stdin.
+    pub inherit_stdin: bool,
+    /// Limits set explicitly by the operator: they override every node's.
+    pub overrides: LimitOverrides,
+    /// Files and environment granted to every node.
+    pub grants: Grants,
+    /// What to echo live.
+    pub echo: Echo,
+    /// Secrets the operator supplies; each reaches only nodes naming it.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Operator-set limits that override the workflow's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    /// Fuel.
+    pub fuel: Option<u64>,
+    /// Memory bytes.
+    pub memory_bytes: Option<u64>,
+    /// Timeout per attempt.
+    pub timeout: Option<std::time::Duration>,
+    /// Output bytes.
+    pub output_bytes: Option<u64>,
+    /// Stdio bytes.
+    pub stdio_bytes: Option<u64>,
+    /// Log bytes.
+    pub log_bytes: Option<u64>,
+}
+
+impl LimitOverrides {
+    /// `limits` with every override applied.
+    pub fn apply(&self, limits: &Limits) -> Limits {
+        let mut limits = limits.clone();
+        limits.fuel = self.fuel.unwrap_or(limits.fuel);
+        limits.memory_bytes = self.memory_bytes.unwrap_or(limits.memory_bytes);
+        limits.timeout = self.timeout.unwrap_or(limits.timeout);
+        limits.output_bytes = self.output_bytes.unwrap_or(limits.output_bytes);
+        limits.stdio_bytes = self.stdio_bytes.unwrap_or(limits.stdio_bytes);
+        limits.log_bytes = self.log_bytes.unwrap_or(limits.log_bytes);
+        limits
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn config_strings(config: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
+    config
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+            )
+        })
+        .collect()
+}
+
+impl Workflow {
+    /// Prepares `bundle` to run: plans a workflow bundle and compiles each
+    /// component once, or wraps a plain component as a one-node workflow.
+    pub fn load(sandbox: &Sandbox, bundle: &Bundle) -> Result<Workflow, LoadError> {
+        let path = bundle.path().display().to_string();
+        let Some(embedded) = bundle.workflow() else {
+            let program = sandbox.load(bundle)?;
+            let name =
+                bundle.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "main".into());
+            let kind = program.kind();
+            let steps = BTreeMap::from([(MAIN_NODE.to_owned(), Step { program, def: None, config: Arc::default() })]);
+            let plan = Plan {
+                order: vec![MAIN_NODE.to_owned()],
+                limits: BTreeMap::from([(MAIN_NODE.to_owned(), Limits::default())]),
+                retries: BTreeMap::new(),
+                outputs: vec![MAIN_NODE.to_owned()],
+            };
+            return Ok(Workflow {
+                name,
+                version: "-".to_owned(),
+                kind,
+                bundle_path: path,
+                digest: bundle.digest(),
+                plan,
+                steps,
+                max_parallel: 1,
+                quota: StateQuota::default(),
+            });
+        };
+        let def = &embedded.definition;
+        let plan = def.plan().map_err(|source| LoadError::Definition {
+            path: path.clone(),
+            name: def.name.clone(),
+            source: Box::new(source),
+        })?;
+        let mut programs: BTreeMap<usize, Program> = BTreeMap::new();
+        let mut steps = BTreeMap::new();
+        for (id, node) in &def.nodes {
+            let index = embedded.components[id];
+            let program = match programs.entry(index) {
+                std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    let bytes = bundle.nested_component(index).expect("checked when the bundle was read");
+                    let component = Bundle::from_bytes(format!("{path}#{id}"), bytes.to_vec())?;
+                    let program = sandbox.load(&component)?;
+                    if program.kind() != GuestKind::Node {
+                        return Err(LoadError::NotANode { path, node: id.clone() });
+                    }
+                    slot.insert(program)
+                }
+            };
+            let step = Step {
+                program: program.clone(),
+                def: Some(node.clone()),
+                config: Arc::new(config_strings(&node.config)),
+            };
+            steps.insert(id.clone(), step);
+        }
+        Ok(Workflow {
+            name: def.name.clone(),
+            version: def.version.clone(),
+            kind: GuestKind::Workflow,
+            bundle_path: path,
+            digest: bundle.digest(),
+            plan,
+            steps,
+            max_parallel: def.max_parallel,
+            quota: def.capabilities.state,
+        })
+    }
+
+    /// The workflow's name (a plain component's file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Workflow, node or job.
+    pub fn kind(&self) -> GuestKind {
+        self.kind
+    }
+
+    /// Node ids in the order they may run.
+    pub fn order(&self) -> &[String] {
+        &self.plan.order
+    }
+
+    /// Runs the workflow once, recording it in `store` if given. Fails only
+    /// if the store does; everything a guest does ends up in the report.
+    pub async fn run(
+        self: &Arc<Self>,
+        sandbox: &Arc<Sandbox>,
+        store: Option<&Arc<Store>>,
+        execution: Execution,
+    ) -> Result<RunReport, StoreError> {
+        let run_id = new_run_id();
+        if let Some(store) = store {
+            store.begin_run(&NewRun {
+                id: run_id.clone(),
+                workflow: self.name.clone(),
+                version: self.version.clone(),
+                bundle_path: self.bundle_path.clone(),
+                bundle_digest: self.digest.clone(),
+                kind: serde_json::to_value(self.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            })?;
+        }
+        let started = Instant::now();
+        let overlay = store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.name.clone(), self.quota)));
+        let (mut report, records) = self.execute(sandbox, store, &run_id, overlay.clone(), &execution).await;
+        report.run_id = run_id.clone();
+        report.kind = Some(self.kind);
+        report.workflow = Some(self.name.clone());
+        report.bundle_digest = Some(self.digest.clone());
+        if self.kind == GuestKind::Workflow {
+            report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            report.fuel_consumed = records.iter().map(|r| r.fuel_consumed).sum();
+            report.peak_memory_bytes = records.iter().map(|r| r.peak_memory_bytes).max().unwrap_or(0);
+        }
+        report.nodes = records;
+        if let Some(store) = store {
+            let writes: StateWrites = overlay.map(|o| o.take_writes()).unwrap_or_default();
+            let end = RunEnd {
+                state: if report.succeeded() { RunState::Succeeded } else { RunState::Failed },
+                error_code: report.error_code,
+                error_message: report.error_message.clone(),
+                failed_node: report.failed_node.clone(),
+                output: report.output.as_ref().map(|o| o.get().to_owned()),
+                exit_code: report.exit_code,
+                duration_ms: report.duration_ms,
+                fuel_consumed: report.fuel_consumed,
+                peak_memory_bytes: report.peak_memory_bytes,
+            };
+            store.finish_run(&run_id, &self.name, &end, &report.nodes, &writes)?;
+        }
+        Ok(report)
+    }
+
+    async fn execute(
+        self: &Arc<Self>,
+        sandbox: &Arc<Sandbox>,
+        store: Option<&Arc<Store>>,
+        run_id: &str,
+        overlay: Option<Arc<RunOverlay>>,
+        execution: &Execution,
+    ) -> (RunReport, Vec<NodeRecord>) {
+        let mut report = RunReport::rejected(ErrorCode::Trap, String::new());
+        // A plain component's input goes through untouched (byte for byte);
+        // a workflow's is parsed once to build each node's input.
+        let workflow_input: Value = if self.kind == GuestKind::Workflow {
+            match serde_json::from_str(&execution.input) {
+                Ok(value) => value,
+                Err(e) => {
+                    report.error_message = Some(format!("workflow input is not valid JSON: {e}"));
+                    report.error_code = Some(ErrorCode::InvalidInput);
+                    return (report, Vec::new());
+                }
+            }
+        } else {
+            Value::Null
+        };
+
+        let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
+        let mut raw_outputs: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
+        let mut records: Vec<NodeRecord> = Vec::new();
+        let mut pending: Vec<String> = self.plan.order.clone();
+        let mut running: JoinSet<(String, NodeRun)> = JoinSet::new();
+        let mut failure: Option<(String, RunReport)> = None;
+        let mut last_report: Option<RunReport> = None;
+
+        loop {
+            while failure.is_none() && running.len() < self.max_parallel {
+                let ready = pending.iter().position(|id| {
+                    let deps = self.steps[id].def.as_ref().map(|d| d.depends_on.as_slice()).unwrap_or(&[]);
+                    deps.iter().all(|d| outputs.contains_key(d))
+                });
+                let Some(position) = ready else { break };
+                let id = pending.remove(position);
+                let input = match self.node_input(&id, &execution.input, &workflow_input, &outputs) {
+                    Ok(input) => input,
+                    Err(message) => {
+                        let mut node_report = RunReport::rejected(ErrorCode::InvalidInput, message);
+                        node_report.kind = Some(GuestKind::Node);
+                        records.push(node_record(&id, 0, None, &node_report, None));
+                        failure = Some((id, node_report));
+                        break;
+                    }
+                };
+                let request = self.request(&id, input, execution);
+                let task = NodeTask {
+                    sandbox: sandbox.clone(),
+                    program: self.steps[&id].program.clone(),
+                    retry: self.plan.retries.get(&id).copied(),
+                    overlay: overlay.clone(),
+                    request,
+                };
+                running.spawn(async move { (id, task.run().await) });
+            }
+            let Some(joined) = running.join_next().await else { break };
+            let (id, run) = joined.expect("node tasks do not panic");
+            records.push(node_record(&id, run.attempts, run.started_at.clone(), &run.report, Some(&run.input_digest)));
+            if let Some(store) = store
+                && let Err(e) = write_node_log(store, run_id, &id, &run.report)
+            {
+                tracing::warn!("cannot write the log of node `{id}` of run {run_id}: {e}");
+            }
+            if run.report.succeeded() {
+                if let Some(output) = &run.report.output {
+                    outputs.insert(id.clone(), serde_json::from_str(output.get()).unwrap_or(Value::Null));
+                    raw_outputs.insert(id.clone(), output.clone());
+                } else {
+                    outputs.insert(id.clone(), Value::Null);
+                }
+                last_report = Some(run.report);
+            } else if failure.is_none() {
+                failure = Some((id, run.report));
+            }
+        }
+        for id in pending {
+            records.push(NodeRecord {
+                node: id,
+                status: "skipped".to_owned(),
+                attempts: 0,
+                started_at: None,
+                duration_ms: 0.0,
+                fuel_consumed: 0,
+                peak_memory_bytes: 0,
+                output_bytes: 0,
+                error_code: None,
+                error_message: None,
+                input_digest: None,
+                output_digest: None,
+                trace: Vec::new(),
+            });
+        }
+
+        if self.kind != GuestKind::Workflow {
+            // A plain component: its one report is the run's report.
+            let single = match failure {
+                Some((_, report)) => report,
+                None => last_report.expect("the main node ran"),
+            };
+            return (single, records);
+        }
+
+        match failure {
+            Some((node, node_report)) => {
+                report.status = RunStatus::Failed;
+                report.error_code = node_report.error_code;
+                report.error_message =
+                    Some(format!("node `{node}` failed: {}", node_report.error_message.unwrap_or_default()));
+                report.node_error = node_report.node_error;
+                report.failed_node = Some(node);
+            }
+            None => {
+                let output = if self.plan.outputs.len() == 1 {
+                    raw_outputs.remove(&self.plan.outputs[0])
+                } else {
+                    let object: serde_json::Map<String, Value> =
+                        self.plan.outputs.iter().map(|id| (id.clone(), outputs[id].clone())).collect();
+                    RawValue::from_string(Value::Object(object).to_string()).ok()
+                };
+                report.status = RunStatus::Succeeded;
+                report.error_code = None;
+                report.error_message = None;
+                report.output = output;
+            }
+        }
+        (report, records)
+    }
+
+    /// Builds node `id`'s input. See `docs/bundle-format.md`.
+    fn node_input(
+        &self,
+        id: &str,
+        raw_input: &str,
+        workflow_input: &Value,
+        outputs: &BTreeMap<String, Value>,
+    ) -> Result<String, String> {
+        let Some(def) = &self.steps[id].def else { return Ok(raw_input.to_owned()) };
+        if !def.inputs.is_empty() {
+            let mut object = serde_json::Map::new();
+            for (key, reference) in &def.inputs {
+                let parsed = Reference::parse(reference).expect("validated at load");
+                let mut value = match parsed.node {
+                    None => workflow_input,
+                    Some(node) => &outputs[node],
+                };
+                for field in &parsed.path {
+                    value = value.get(field).ok_or_else(|| {
+                        format!("node `{id}`: inputs.{key} = {reference:?}: there is no `{field}` in that value")
+                    })?;
+                }
+                object.insert(key.clone(), value.clone());
+            }
+            return Ok(Value::Object(object).to_string());
+        }
+        if def.depends_on.is_empty() {
+            return Ok(workflow_input.to_string());
+        }
+        let mut object = serde_json::Map::new();
+        object.insert("input".to_owned(), workflow_input.clone());
+        for dependency in &def.depends_on {
+            object.insert(dependency.clone(), outputs[dependency].clone());
+        }
+        Ok(Value::Object(object).to_string())
+    }
+
+    fn request(&self, id: &str, input: String, execution: &Execution) -> RunRequest {
+        let step = &self.steps[id];
+        let granted: BTreeSet<&String> = step.def.iter().flat_map(|d| &d.secrets).collect();
+        let secrets = granted.iter().map(|name| ((*name).clone(), execution.secrets.get(*name).cloned())).collect();
+        RunRequest {
+            input,
+            args: execution.args.clone(),
+            inherit_stdin: execution.inherit_stdin && self.kind == GuestKind::Job,
+            limits: execution.overrides.apply(&self.plan.limits[id]),
+            grants: execution.grants.clone(),
+            echo: execution.echo,
+            services: NodeServices {
+                config: Some(step.config.clone()),
+                secrets: Some(Arc::new(secrets)),
+                // Filled per attempt by the node task.
+                state: None,
+            },
+        }
+    }
+}
+
+/// One node's attempts, run as a task.
+struct NodeTask {
+    sandbox: Arc<Sandbox>,
+    program: Program,
+    retry: Option<RetryPolicy>,
+    overlay: Option<Arc<RunOverlay>>,
+    request: RunRequest,
+}
+
+struct NodeRun {
+    attempts: u32,
+    started_at: Option<String>,
+    input_digest: String,
+    report: RunReport,
+}
+
+impl NodeTask {
+    async fn run(mut self) -> NodeRun {
+        let started_at = Some(now());
+        let input_digest = digest(self.request.input.as_bytes());
+        let max_attempts = self.retry.map(|r| r.max_attempts).unwrap_or(1);
+        let (mut duration_ms, mut fuel, mut peak) = (0.0, 0, 0);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let attempt_state = self.overlay.as_ref().map(|overlay| Arc::new(AttemptState::new(overlay.clone())));
+            self.request.services.state = attempt_state.clone().map(|s| s as Arc<dyn StateAccess>);
+            let mut report = self.sandbox.run(&self.program, &self.request).await;
+            duration_ms += report.duration_ms;
+            fuel += report.fuel_consumed;
+            peak = u64::max(peak, report.peak_memory_bytes);
+            let retry = report.node_error.as_ref().is_some_and(|e| e.retryable) && attempt < max_attempts;
+            if report.succeeded() {
+                if let Some(state) = attempt_state {
+                    state.commit();
+                }
+            } else if retry && let Some(policy) = self.retry {
+                tokio::time::sleep(policy.backoff(attempt)).await;
+                continue;
+            }
+            report.duration_ms = duration_ms;
+            report.fuel_consumed = fuel;
+            report.peak_memory_bytes = peak;
+            return NodeRun { attempts: attempt, started_at, input_digest, report };
+        }
+    }
+}
+
+fn node_record(
+    id: &str,
+    attempts: u32,
+    started_at: Option<String>,
+    report: &RunReport,
+    input_digest: Option<&String>,
+) -> NodeRecord {
+    let output = report.output.as_ref().map(|o| o.get());
+    NodeRecord {
+        node: id.to_owned(),
+        status: if report.succeeded() { "succeeded" } else { "failed" }.to_owned(),
+        attempts,
+        started_at,
+        duration_ms: report.duration_ms,
+        fuel_consumed: report.fuel_consumed,
+        peak_memory_bytes: report.peak_memory_bytes,
+        output_bytes: output.map(|o| o.len() as u64).unwrap_or(0),
+        error_code: report.error_code,
+        error_message: report.error_message.clone(),
+        input_digest: input_digest.cloned(),
+        output_digest: output.map(|o| digest(o.as_bytes())),
+        trace: report.trace.clone(),
+    }
+}
+
+/// Why `wfrun pack` cannot make a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The workflow file cannot be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The workflow file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The definition does not parse or validate.
+    #[error("{path}: {source}")]
+    Definition {
+        /// The workflow file.
+        path: String,
+        /// What is wrong.
+        source: DefinitionError,
+    },
+    /// A node's component file is missing, not a component, or not a node.
+    #[error("node `{node}`: {reason}")]
+    Component {
+        /// The node.
+        node: String,
+        /// What is wrong with its component.
+        reason: String,
+    },
+}
+
+/// Packs the workflow defined in `manifest` (a `workflow.toml`) into one
+/// bundle: validates the definition, checks that every component exists and
+/// is a node, and nests each distinct component once.
+pub fn pack(sandbox: &Sandbox, manifest: &std::path::Path) -> Result<Vec<u8>, PackError> {
+    let path = manifest.display().to_string();
+    let text = std::fs::read_to_string(manifest).map_err(|source| PackError::Read { path: path.clone(), source })?;
+    let definition =
+        WorkflowDef::from_toml(&text, &path).map_err(|source| PackError::Definition { path: path.clone(), source })?;
+    definition.plan().map_err(|source| PackError::Definition { path: path.clone(), source })?;
+    let base = manifest.parent().unwrap_or(std::path::Path::new("."));
+    let mut components: Vec<Vec<u8>> = Vec::new();
+    let mut by_digest: BTreeMap<String, usize> = BTreeMap::new();
+    let mut index_of = BTreeMap::new();
+    for (id, node) in &definition.nodes {
+        let file = base.join(&node.component);
+        let error = |reason: String| PackError::Component { node: id.clone(), reason };
+        let bundle = Bundle::read(&file).map_err(|e| error(e.to_string()))?;
+        if bundle.workflow().is_some() {
+            return Err(error(format!("{}: is itself a workflow bundle; nodes must be components", file.display())));
+        }
+        let program = sandbox.load(&bundle).map_err(|e| error(e.to_string()))?;
+        if program.kind() != GuestKind::Node {
+            return Err(error(format!(
+                "{}: is a command (job); workflow nodes must export wfrun:node/handler",
+                file.display()
+            )));
+        }
+        let index = *by_digest.entry(bundle.digest()).or_insert_with(|| {
+            components.push(bundle.bytes().to_vec());
+            components.len() - 1
+        });
+        index_of.insert(id.clone(), index);
+    }
+    let embedded =
+        crate::bundle::EmbeddedWorkflow { format: crate::bundle::WORKFLOW_FORMAT, definition, components: index_of };
+    Ok(crate::bundle::pack(&embedded, &components))
+}
+
+/// Writes one node's captured stdout, stderr and log lines to
+/// `<state-dir>/logs/<run-id>/<node>.log`.
+pub fn write_node_log(store: &Store, run_id: &str, node: &str, report: &RunReport) -> std::io::Result<()> {
+    let dir = store.log_dir(run_id);
+    std::fs::create_dir_all(&dir)?;
+    let mut file = std::fs::File::create(dir.join(format!("{node}.log")))?;
+    for line in &report.logs {
+        writeln!(file, "[{}] {}", line.level, line.message)?;
+    }
+    if !report.stdout.is_empty() {
+        writeln!(file, "--- stdout ---")?;
+        file.write_all(report.stdout.as_bytes())?;
+    }
+    if !report.stderr.is_empty() {
+        writeln!(file, "--- stderr ---")?;
+        file.write_all(report.stderr.as_bytes())?;
+    }
+    Ok(())
+}
