@@ -4,9 +4,10 @@
 //! example guests in `examples/` and the misbehaving ones in `tests/guests/`.
 //! Hostile guests that are easier to state in WAT live in `tests/wat/`.
 //! `exec` drives the real `wfrun` binary; `sandbox` and `hostile` drive the
-//! library.
+//! library; `workflow` does both, for packing, running and run history.
 
 mod exec;
 mod guests;
 mod hostile;
 mod sandbox;
+mod workflow;

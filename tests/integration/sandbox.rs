@@ -4,15 +4,15 @@ use crate::guests::{guest, wat};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use wfrun_runtime::bundle::{Bundle, BundleError};
 use wfrun_runtime::outcome::{ErrorCode, GuestKind, RunReport, RunStatus};
 use wfrun_runtime::sandbox::{DirGrant, EngineOptions, Grants, Limits, Program, RunRequest, Sandbox};
 
 /// One sandbox for the whole test process, as in `wfrun daemon`.
-pub fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new(EngineOptions::default()).unwrap())
+pub fn sandbox() -> &'static Arc<Sandbox> {
+    static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
+    SANDBOX.get_or_init(|| Arc::new(Sandbox::new(EngineOptions::default()).unwrap()))
 }
 
 /// Loads (once) the guest at `path` into the shared sandbox.

@@ -90,6 +90,10 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
                 "env": std::env::var("WFRUN_TEST").ok(),
             }))
         }
+        "nap" => {
+            std::thread::sleep(std::time::Duration::from_millis(n));
+            Ok(json!({"napped_ms": n}))
+        }
         "secret" => Ok(json!({"secret": format!("{:?}", config::secret("TOKEN"))})),
         "state-fill" => {
             // Writes 1 KiB values until the quota says no; reports how far it got.
