@@ -257,10 +257,22 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<(Option<EmbeddedWorkflow>, Vec<Rang
             _ => {}
         }
     }
-    if let Some(workflow) = &workflow
-        && let Some((node, index)) = workflow.components.iter().find(|(_, i)| **i >= nested.len())
-    {
-        return Err(invalid(format!("node `{node}` names component #{index}, but the bundle nests {}", nested.len())));
+    if let Some(workflow) = &workflow {
+        if let Some((node, index)) = workflow.components.iter().find(|(_, i)| **i >= nested.len()) {
+            return Err(invalid(format!(
+                "node `{node}` names component #{index}, but the bundle nests {}",
+                nested.len()
+            )));
+        }
+        let nodes: Vec<&String> = workflow.definition.nodes.keys().collect();
+        let mapped: Vec<&String> = workflow.components.keys().collect();
+        if nodes != mapped {
+            return Err(invalid(format!(
+                "the workflow's nodes ({}) and its component map ({}) do not match",
+                nodes.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+                mapped.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
     }
     Ok((workflow, nested))
 }
@@ -321,6 +333,25 @@ mod tests {
         let embedded =
             EmbeddedWorkflow { format: WORKFLOW_FORMAT, definition, components: [("a".to_owned(), 3)].into() };
         let err = Bundle::from_bytes("w.wasm", pack(&embedded, &[])).unwrap_err();
+        assert!(matches!(err, BundleError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_node_without_a_component_or_a_malformed_section_is_invalid() {
+        let definition = crate::workflow::WorkflowDef::from_toml(
+            "name = \"w\"\nversion = \"1\"\n[nodes.a]\ncomponent = \"a.wasm\"\n[nodes.b]\ncomponent = \"b.wasm\"",
+            "test",
+        )
+        .unwrap();
+        let a = wat::parse_str("(component)").unwrap();
+        let embedded =
+            EmbeddedWorkflow { format: WORKFLOW_FORMAT, definition, components: [("a".to_owned(), 0)].into() };
+        let err = Bundle::from_bytes("w.wasm", pack(&embedded, &[a])).unwrap_err();
+        assert!(matches!(err, BundleError::Invalid { .. }), "{err}");
+
+        let mut garbled = wasm_encoder::Component::new();
+        garbled.section(&wasm_encoder::CustomSection { name: WORKFLOW_SECTION.into(), data: b"{not json".into() });
+        let err = Bundle::from_bytes("g.wasm", garbled.finish()).unwrap_err();
         assert!(matches!(err, BundleError::Invalid { .. }), "{err}");
     }
 
