@@ -10,8 +10,9 @@
 //!    instantiating and calling the same no-op command component: the cost
 //!    of limits, capture and the report.
 //! 3. A CPU-bound guest with fuel metering on vs off: the cost of fuel.
-//! 4. Process-level `wfrun exec hello.wasm` start to exit vs spawning
-//!    `/bin/true`: what a shell script pays per call.
+//! 4. Process-level `wfrun exec hello.wasm` start to exit (run record in
+//!    SQLite included) vs spawning `/bin/true`: what a shell script pays per
+//!    call.
 
 #[path = "../../tests/integration/guests.rs"]
 #[allow(dead_code)]
@@ -124,8 +125,10 @@ fn main() {
 
     // 4. Process-level `wfrun exec`.
     let wfrun = env!("CARGO_BIN_EXE_wfrun");
+    let state = tempfile::tempdir().unwrap();
     let (exec, _) = sample(3, 40, || {
         let status = Command::new(wfrun)
+            .env("WFRUN_DIR", state.path())
             .args(["exec", hello_path.to_str().unwrap(), "--quiet", "--input", r#"{"name":"bench"}"#])
             .stdout(Stdio::null())
             .status()
@@ -137,7 +140,7 @@ fn main() {
     });
     let (exec50, spawn50) = (percentile(&exec, 0.5), percentile(&spawn, 0.5));
     println!(
-        "| `wfrun exec hello.wasm`, start to exit (p50; compiles every time, no cache yet) | {:.1} ms | {:.2} ms (`/bin/true`) | {:.0}× |",
+        "| `wfrun exec hello.wasm`, start to exit, run recorded (p50; compiles every time, no cache yet) | {:.1} ms | {:.2} ms (`/bin/true`) | {:.0}× |",
         millis(exec50),
         millis(spawn50),
         exec50.as_secs_f64() / spawn50.as_secs_f64()
