@@ -230,6 +230,7 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<(Option<EmbeddedWorkflow>, Vec<Rang
     let mut workflow = None;
     let mut nested = Vec::new();
     let mut depth = 0usize;
+    let mut outer_interface = false;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| invalid(e.to_string()))? {
             Payload::ComponentSection { unchecked_range, .. } => {
@@ -240,6 +241,9 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<(Option<EmbeddedWorkflow>, Vec<Rang
             }
             Payload::ModuleSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(_) | Payload::ComponentExportSection(_) if depth == 0 => {
+                outer_interface = true;
+            }
             Payload::CustomSection(section) if depth == 0 && section.name() == WORKFLOW_SECTION => {
                 if workflow.is_some() {
                     return Err(invalid(format!("more than one `{WORKFLOW_SECTION}` section")));
@@ -258,6 +262,9 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<(Option<EmbeddedWorkflow>, Vec<Rang
         }
     }
     if let Some(workflow) = &workflow {
+        if outer_interface {
+            return Err(invalid("a workflow bundle's outer component must have no imports or exports".to_owned()));
+        }
         if let Some((node, index)) = workflow.components.iter().find(|(_, i)| **i >= nested.len()) {
             return Err(invalid(format!(
                 "node `{node}` names component #{index}, but the bundle nests {}",

@@ -101,6 +101,8 @@ pub enum ExitStatus {
     Trap,
     /// 6: the bundle or the input was rejected before the guest ran.
     Invalid,
+    /// 130: the run was cancelled (by Ctrl-C: 128 + SIGINT, as shells do).
+    Cancelled,
     /// A job exited with this status (`std::process::exit(n)` in the guest).
     Job(u8),
 }
@@ -108,6 +110,9 @@ pub enum ExitStatus {
 impl ExitStatus {
     /// The exit status of a finished run.
     pub fn of(report: &RunReport) -> ExitStatus {
+        if report.status == RunStatus::Cancelled {
+            return ExitStatus::Cancelled;
+        }
         match report.error_code {
             None => ExitStatus::Success,
             Some(ErrorCode::NodeError) => match report.exit_code {
@@ -131,6 +136,7 @@ impl ExitStatus {
             ExitStatus::Limit => 4,
             ExitStatus::Trap => 5,
             ExitStatus::Invalid => 6,
+            ExitStatus::Cancelled => 130,
             ExitStatus::Job(code) => code,
         }
     }
@@ -144,6 +150,8 @@ pub enum RunStatus {
     Succeeded,
     /// See the report's `error_code`.
     Failed,
+    /// Stopped on request (Ctrl-C, or `wfrun cancel` later) before it finished.
+    Cancelled,
 }
 
 /// What a bundle runs: one of the two guest worlds, or a workflow of nodes.
@@ -377,6 +385,7 @@ mod tests {
             ExitStatus::Limit,
             ExitStatus::Trap,
             ExitStatus::Invalid,
+            ExitStatus::Cancelled,
         ];
         let mut codes: Vec<u8> = statuses.iter().map(|s| s.code()).collect();
         codes.sort();

@@ -235,16 +235,23 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens the store in `dir` only if one exists there: for commands that
+    /// only read, so that they create nothing.
+    pub fn open_existing(dir: &Path) -> Result<Option<Store>, StoreError> {
+        if dir.join("wfrun.db").exists() { Store::open(dir).map(Some) } else { Ok(None) }
+    }
+
+    /// Opens (creating if needed) the store in `dir`. A directory it creates
+    /// is private to the user (0700): it holds outputs, logs and state.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
+        create_private_dir(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
         let db_path = dir.join("wfrun.db");
         let sqlite = |source| StoreError::Sqlite { path: db_path.clone(), source };
         let conn = Connection::open(&db_path).map_err(sqlite)?;
         // Several processes share the file: wait for each other's locks
         // rather than fail, and let readers run beside a writer.
         conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
+        enable_wal(&conn).map_err(sqlite)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
@@ -375,7 +382,8 @@ impl Store {
     pub fn state_sizes(&self, workflow: &str) -> Result<BTreeMap<String, u64>, StoreError> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn
-            .prepare("SELECT key, length(key) + length(value) FROM state WHERE workflow = ?1")
+            // Bytes, not characters: a TEXT key's length() counts characters.
+            .prepare("SELECT key, length(CAST(key AS BLOB)) + length(value) FROM state WHERE workflow = ?1")
             .map_err(|e| self.sqlite(e))?;
         let rows = stmt
             .query_map(params![workflow], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
@@ -387,6 +395,35 @@ impl Store {
     /// The directory holding run `run_id`'s log files.
     pub fn log_dir(&self, run_id: &str) -> PathBuf {
         self.dir.join("logs").join(run_id)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Switches the database to WAL. The switch needs a moment of exclusive
+/// access, which SQLite does not wait for under its busy timeout, so several
+/// processes opening a new state directory at once retry it.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let mut attempt = 0;
+    loop {
+        let mode = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0));
+        match mode {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if attempt < 200
+                    && matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(10 + attempt));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -6,12 +6,17 @@ use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-/// The `wfrun` binary, with a state directory of this test process's own.
+/// The `wfrun` binary, with a state directory of this test process's own
+/// under `target/` (emptied when the process starts using it).
 pub fn wfrun() -> Command {
-    static STATE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let state = STATE.get_or_init(|| tempfile::tempdir().unwrap());
+    static STATE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let state = STATE.get_or_init(|| {
+        let dir = root().join("target").join("test-state").join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    });
     let mut command = Command::new(env!("CARGO_BIN_EXE_wfrun"));
-    command.current_dir(root()).stdin(Stdio::null()).env("WFRUN_DIR", state.path());
+    command.current_dir(root()).stdin(Stdio::null()).env("WFRUN_DIR", state);
     command
 }
 
@@ -198,10 +203,35 @@ fn a_stalled_reader_cannot_stop_the_deadline() {
     assert_eq!(output.status.code(), Some(4));
 }
 
+/// Ctrl-C stops a busy guest, records the run `cancelled`, and exits 130.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_the_run_and_records_it() {
+    let hostile = guest("hostile");
+    let state = tempfile::tempdir().unwrap();
+    let child = wfrun()
+        .env("WFRUN_DIR", state.path())
+        .args(["exec", "-q", path(&hostile), "--no-fuel", "--timeout", "60s", "--input", r#"{"mode":"loop"}"#])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    let list = wfrun().env("WFRUN_DIR", state.path()).args(["runs", "list", "--json"]).output().unwrap();
+    let runs: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["status"], "cancelled");
+    assert!(runs[0]["duration_ms"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn help_documents_defaults_and_exit_statuses() {
     let help = stdout(&run(&["exec", "--help"]));
-    for expected in ["[default: 128MiB]", "[default: 30s]", "[default: 10000000000]", "Exit status:", "HOST::GUEST"] {
+    for expected in
+        ["[default: 128MiB]", "[default: 30s]", "[default: 10000000000]", "Exit status:", "HOST::GUEST", "130"]
+    {
         assert!(help.contains(expected), "--help lacks {expected:?}");
     }
 }

@@ -250,13 +250,102 @@ async fn independent_nodes_run_at_the_same_time() {
     "#;
     let bundle = pack_toml(dir.path(), "p.wasm", toml).unwrap();
     let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
-    let report = run(&bundle, &store, input(json!({"mode": "nap", "n": 400}))).await;
+    let report = run(&bundle, &store, input(json!({"mode": "nap", "n": 1000}))).await;
     assert_eq!(report.status, RunStatus::Succeeded);
+    // Two one-second naps one after the other would take two seconds.
+    assert!(report.duration_ms < 1800.0, "took {} ms", report.duration_ms);
+    let mut one_at_a_time = input(json!({"mode": "nap", "n": 1000}));
+    one_at_a_time.max_parallel = Some(1);
+    let report = run(&bundle, &store, one_at_a_time).await;
+    assert!(
+        report.duration_ms >= 2000.0,
+        "the operator's --max-parallel 1 was not honoured: {} ms",
+        report.duration_ms
+    );
+}
+
+#[tokio::test]
+async fn cancelling_stops_running_nodes_and_records_the_run_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "name = \"c\"\nversion = \"1\"\n[nodes.spin]\ncomponent = \"@hostile\"\n[nodes.next]\ncomponent = \"@hostile\"\ndepends_on = [\"spin\"]";
+    let bundle = pack_toml(dir.path(), "c.wasm", toml).unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    let mut execution = input(json!({"mode": "loop"}));
+    execution.cancel = Some(cancel.clone());
+    execution.ceilings.fuel = Some(u64::MAX / 2);
+    let trigger = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        cancel.notify_one();
+    });
+    let started = std::time::Instant::now();
+    let report = run(&bundle, &store, execution).await;
+    trigger.await.unwrap();
+    assert_eq!(report.status, RunStatus::Cancelled);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the busy guest was not stopped");
     let record = store.run(&report.run_id).unwrap().unwrap();
-    let start = |i: usize| humantime::parse_rfc3339(record.nodes[i].started_at.as_deref().unwrap()).unwrap();
-    let (first, second) = (start(0).min(start(1)), start(0).max(start(1)));
-    // The second started before the first could have finished its nap.
-    assert!(second.duration_since(first).unwrap().as_millis() < 300, "{first:?} {second:?}");
+    assert_eq!(record.status, "cancelled");
+    let statuses: Vec<(&str, &str)> = record.nodes.iter().map(|n| (n.node.as_str(), n.status.as_str())).collect();
+    assert_eq!(statuses, [("spin", "cancelled"), ("next", "skipped")]);
+}
+
+#[tokio::test]
+async fn a_bundle_cannot_grant_itself_more_than_the_operator_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        "name = \"greedy\"\nversion = \"1\"\n[limits]\nmemory = \"4GiB\"\n[nodes.grow]\ncomponent = \"@hostile\"";
+    let bundle = pack_toml(dir.path(), "g.wasm", toml).unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+    let mut execution = input(json!({"mode": "grow"}));
+    execution.ceilings.memory_bytes = Some(16 * 1024 * 1024);
+    let report = run(&bundle, &store, execution).await;
+    assert_eq!(report.error_code, Some(ErrorCode::MemoryLimit));
+    assert!(report.peak_memory_bytes <= 16 * 1024 * 1024, "{}", report.peak_memory_bytes);
+}
+
+#[tokio::test]
+async fn a_retried_attempts_state_writes_are_dropped() {
+    let (report, store, _dir) = run_flaky(3, 2).await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    let keys: Vec<String> = store.state_sizes("flaky").unwrap().into_keys().collect();
+    assert_eq!(keys, ["attempt-3"], "only the successful attempt's write is kept");
+}
+
+#[tokio::test]
+async fn a_mapping_that_misses_at_run_time_fails_that_node_with_invalid_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+        name = "m"
+        version = "1"
+        [nodes.a]
+        component = "@hostile"
+        [nodes.b]
+        component = "@hostile"
+        depends_on = ["a"]
+        inputs = { mode = "a.no_such_field" }
+    "#;
+    let bundle = pack_toml(dir.path(), "m.wasm", toml).unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+    let report = run(&bundle, &store, input(json!({"mode": "ok"}))).await;
+    assert_eq!(report.error_code, Some(ErrorCode::InvalidInput));
+    assert_eq!(report.failed_node.as_deref(), Some("b"));
+    assert!(report.error_message.unwrap().contains("inputs.mode"));
+    let record = store.run(&report.run_id).unwrap().unwrap();
+    assert_eq!((record.nodes[1].node.as_str(), record.nodes[1].attempts), ("b", 0));
+}
+
+#[tokio::test]
+async fn several_final_nodes_give_an_object_unless_output_names_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        "name = \"o\"\nversion = \"1\"\n[nodes.a]\ncomponent = \"@hostile\"\n[nodes.b]\ncomponent = \"@hostile\"";
+    let bundle = pack_toml(dir.path(), "o.wasm", toml).unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+    let both = output(&run(&bundle, &store, input(json!({"mode": "ok"}))).await);
+    assert_eq!(both, json!({"a": {"ok": true}, "b": {"ok": true}}));
+    let bundle =
+        pack_toml(dir.path(), "o2.wasm", &toml.replace("version = \"1\"", "version = \"1\"\noutput = \"b\"")).unwrap();
+    assert_eq!(output(&run(&bundle, &store, input(json!({"mode": "ok"}))).await), json!({"ok": true}));
 }
 
 #[test]
@@ -337,4 +426,34 @@ fn runs_logs_show_each_nodes_captured_output() {
     assert!(!text.contains("=== format ==="));
     let missing = wfrun().args(["runs", "show", "no-such-run"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(6));
+}
+
+#[test]
+fn runs_list_filters_by_status_and_reading_creates_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("fresh");
+    let list = |status: &str| {
+        let out = wfrun().env("WFRUN_DIR", &dir).args(["runs", "list", "--json", "--status", status]).output().unwrap();
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    };
+    assert!(list("failed").is_empty());
+    assert!(!dir.exists(), "listing runs must not create a state directory");
+    let hostile = guest("hostile");
+    for mode in ["ok", "fail", "ok"] {
+        wfrun()
+            .env("WFRUN_DIR", &dir)
+            .args(["exec", "-q", hostile.to_str().unwrap(), "--input"])
+            .arg(json!({"mode": mode}).to_string())
+            .output()
+            .unwrap();
+    }
+    assert_eq!(list("succeeded").len(), 2);
+    let failed = list("failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["error_code"], "node_error");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
 }

@@ -2,10 +2,10 @@
 
 use super::{GlobalArgs, printable};
 use crate::bundle::Bundle;
-use crate::outcome::{ErrorCode, ExitStatus, GuestKind, RunReport};
+use crate::outcome::{ErrorCode, ExitStatus, GuestKind, RunReport, RunStatus};
 use crate::sandbox::{DirGrant, Echo, EngineOptions, Grants, Limits, Sandbox, Tee};
 use crate::store::Store;
-use crate::workflow::{Execution, LimitOverrides, Workflow};
+use crate::workflow::{Execution, LimitRequest, Workflow};
 use anyhow::Context;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -18,10 +18,12 @@ const AFTER_HELP: &str = "\
 A node exports wfrun:node/handler: it takes JSON input and prints its JSON
 output. A job is any WASI command (a Rust `fn main` built for wasm32-wasip2);
 its arguments follow `--`, and its stdout and stderr stream to the terminal.
-A workflow bundle (wfrun pack) runs its nodes in dependency order; limit flags
-given here override every node's own limits.
+A workflow bundle (wfrun pack) runs its nodes in dependency order. The limit
+flags are the operator's ceilings: a node gets the limits its workflow asks
+for, never more than these (or their defaults). Ctrl-C cancels a run: running
+nodes stop within 10 ms and the run is recorded `cancelled` (exit 130).
 
-Every run is recorded in the state directory: see `wfrun runs`.
+Every run that starts is recorded in the state directory: see `wfrun runs`.
 
 The guest gets nothing it is not granted: no files (--dir), no environment
 (--env), no network, no sockets. Fixed limits besides the flags below: 100
@@ -36,7 +38,8 @@ Exit status:
   4   a limit stopped the run: timeout, fuel_exhausted, memory_limit,
       stack_overflow or output_limit
   5   the guest trapped (a panic, unreachable, an out-of-bounds access)
-  6   the bundle or the input was rejected (invalid_bundle, invalid_input)
+    6   the bundle or the input was rejected (invalid_bundle, invalid_input)
+  130 the run was cancelled (Ctrl-C)
   N   a job that exits with status N passes it through, as `wasmtime run` does
 
 Examples:
@@ -114,6 +117,11 @@ pub struct ExecCommand {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
 
+    /// Workflow nodes running at once, at most, whatever the workflow asks
+    /// for. [default: 4]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
+    max_parallel: Option<u64>,
+
     /// A file of secrets, one NAME=VALUE per line (# for comments). A secret
     /// reaches only the workflow nodes whose definition names it.
     #[arg(long, value_name = "PATH")]
@@ -164,7 +172,18 @@ impl ExecCommand {
         let store = Arc::new(Store::open(&global.state_dir())?);
         let runtime =
             tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-        let report = runtime.block_on(workflow.run(&sandbox, Some(&store), execution))?;
+        let report = runtime.block_on(async {
+            let cancel = execution.cancel.clone().expect("set by execution()");
+            let on_ctrl_c = tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("wfrun: cancelling the run (Ctrl-C)");
+                    cancel.notify_one();
+                }
+            });
+            let report = workflow.run(&sandbox, Some(&store), execution).await;
+            on_ctrl_c.abort();
+            report
+        })?;
         // A guest stopped by the deadline may leave a blocking file operation
         // behind (a read from a FIFO it was granted); do not wait for it.
         runtime.shutdown_timeout(Duration::from_millis(100));
@@ -219,7 +238,7 @@ impl ExecCommand {
             input,
             args: self.args.clone(),
             inherit_stdin: kind == GuestKind::Job,
-            overrides: LimitOverrides {
+            ceilings: LimitRequest {
                 fuel: self.fuel,
                 memory_bytes: self.memory,
                 timeout: self.timeout,
@@ -227,6 +246,8 @@ impl ExecCommand {
                 stdio_bytes: self.max_stdio,
                 log_bytes: self.max_log,
             },
+            max_parallel: self.max_parallel.map(|n| n as usize),
+            cancel: Some(Arc::new(tokio::sync::Notify::new())),
             grants: Grants { dirs: self.dirs.clone(), env: self.env.clone() },
             echo,
             secrets,
@@ -270,6 +291,9 @@ impl ExecCommand {
             if !(code == ErrorCode::NodeError && report.exit_code.is_some()) {
                 eprintln!("wfrun: {code}: {}", printable(message));
             }
+        }
+        if report.status == RunStatus::Cancelled {
+            eprintln!("wfrun: cancelled: run {} was stopped and recorded as cancelled", report.run_id);
         }
         if !self.quiet && report.kind == Some(GuestKind::Workflow) {
             eprintln!(

@@ -1,5 +1,6 @@
 //! `wfrun inspect`: what a bundle holds, without running or compiling it.
 
+use super::printable;
 use crate::bundle::{Bundle, interface};
 use crate::outcome::ExitStatus;
 use crate::workflow::{Capabilities, Trigger};
@@ -134,17 +135,18 @@ fn inspect(bundle: &Bundle) -> Result<Inspection, wasmparser::BinaryReaderError>
 }
 
 fn print_text(i: &Inspection) {
-    println!("bundle     {}", i.path);
+    // Names, paths and keys come from the bundle: escape them for the terminal.
+    println!("bundle     {}", printable(&i.path));
     println!("kind       {}", i.kind);
-    println!("name       {}", i.name);
-    println!("version    {}", i.version);
+    println!("name       {}", printable(&i.name));
+    println!("version    {}", printable(&i.version));
     println!("digest     {}", i.digest);
     println!("size       {} bytes", i.size);
     println!("signature  {}", i.signature);
     println!("nodes (in run order):");
     for node in &i.nodes {
-        println!("  {}  component {}", node.id, node.component);
-        let list = |items: &[String]| if items.is_empty() { "-".to_owned() } else { items.join(", ") };
+        println!("  {}  component {}", printable(&node.id), printable(&node.component));
+        let list = |items: &[String]| if items.is_empty() { "-".to_owned() } else { printable(&items.join(", ")) };
         println!("    depends_on  {}", list(&node.depends_on));
         println!("    imports     {}", list(&node.imports));
         println!("    exports     {}", list(&node.exports));
@@ -157,7 +159,7 @@ fn print_text(i: &Inspection) {
     }
     if i.kind == "workflow" {
         let caps = &i.capabilities;
-        let list = |items: &[String]| if items.is_empty() { "none".to_owned() } else { items.join(", ") };
+        let list = |items: &[String]| if items.is_empty() { "none".to_owned() } else { printable(&items.join(", ")) };
         println!("requested capabilities:");
         println!("  egress   {}", list(&caps.egress));
         println!("  secrets  {}", list(&caps.secrets));

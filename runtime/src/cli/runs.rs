@@ -58,7 +58,19 @@ fn parse_status(text: &str) -> Result<RunState, String> {
 impl RunsCommand {
     /// Reads the history and prints it.
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-        let store = Store::open(&global.state_dir())?;
+        let dir = global.state_dir();
+        // Reading creates nothing: no database means no runs yet.
+        let Some(store) = Store::open_existing(&dir)? else {
+            match self.command {
+                RunsSubcommand::List { json: true, .. } => println!("[]"),
+                RunsSubcommand::List { .. } => eprintln!("wfrun: no runs recorded in {}", dir.display()),
+                RunsSubcommand::Show { run_id, .. } | RunsSubcommand::Logs { run_id, .. } => {
+                    eprintln!("wfrun: no run {run_id:?} in {} (no runs recorded there)", dir.display());
+                    return Ok(ExitStatus::Invalid);
+                }
+            }
+            return Ok(ExitStatus::Success);
+        };
         match self.command {
             RunsSubcommand::List { status, limit, json } => {
                 let runs = store.list_runs(status, limit)?;
@@ -124,7 +136,7 @@ fn print_list(runs: &[RunRecord]) {
         println!(
             "{:<36}  {:<16}  {:<9}  {:>10}  {:<16}  {}",
             run.run_id,
-            run.workflow,
+            printable(&run.workflow),
             run.status,
             duration,
             run.error_code.as_deref().unwrap_or("-"),
@@ -135,8 +147,8 @@ fn print_list(runs: &[RunRecord]) {
 
 fn print_run(run: &RunRecord, trace: bool) {
     println!("run        {}", run.run_id);
-    println!("workflow   {} {} ({})", run.workflow, run.version, run.kind);
-    println!("bundle     {} {}", run.bundle_path, run.bundle_digest);
+    println!("workflow   {} {} ({})", printable(&run.workflow), printable(&run.version), run.kind);
+    println!("bundle     {} {}", printable(&run.bundle_path), run.bundle_digest);
     println!("status     {}", run.status);
     if let Some(code) = &run.error_code {
         let node = run.failed_node.as_ref().map(|n| format!(" in node `{n}`")).unwrap_or_default();
@@ -164,7 +176,7 @@ fn print_run(run: &RunRecord, trace: bool) {
     for node in &run.nodes {
         println!(
             "  {:<16}  {:<9}  {:>8}  {:>10}  {:>14}  {:>12}  {:>10}  {}",
-            node.node,
+            printable(&node.node),
             node.status,
             node.attempts,
             format!("{:.1} ms", node.duration_ms),
@@ -179,11 +191,11 @@ fn print_run(run: &RunRecord, trace: bool) {
     if trace {
         println!("trace");
         for node in &run.nodes {
-            println!("  {}", node.node);
+            println!("  {}", printable(&node.node));
             println!("    input   {}", node.input_digest.as_deref().unwrap_or("-"));
             println!("    output  {}", node.output_digest.as_deref().unwrap_or("-"));
             for (i, call) in node.trace.iter().enumerate() {
-                println!("    {:>4}  {}", i + 1, serde_json::to_string(call).unwrap_or_default());
+                println!("    {:>4}  {}", i + 1, printable(&serde_json::to_string(call).unwrap_or_default()));
             }
         }
     }

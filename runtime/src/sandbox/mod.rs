@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use wfrun_host_api::{Node, NodePre};
@@ -291,8 +291,14 @@ impl Sandbox {
             store.set_fuel(limits.fuel).expect("fuel metering is enabled");
         }
         let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
-        store.set_epoch_deadline(epoch_ticks(timeout));
-        store.epoch_deadline_trap();
+        // Every epoch tick the guest yields to the async runtime, so other
+        // runs make progress and a run whose task is dropped (cancelled)
+        // stops within a tick; past the deadline it traps with `Interrupt`.
+        let deadline = Instant::now() + timeout;
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        store.set_epoch_deadline(1);
 
         let started = Instant::now();
         // The epoch deadline stops wasm code; this backstop also stops a
@@ -469,12 +475,6 @@ fn build_wasi(
             .map_err(|e| format!("cannot grant directory {}: {e:#}", dir.host.display()))?;
     }
     Ok(wasi.build())
-}
-
-fn epoch_ticks(timeout: Duration) -> u64 {
-    // Round up, plus one tick: the current tick may be nearly over.
-    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-    u64::try_from(ticks).unwrap_or(u64::MAX / 2).saturating_add(1)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.

@@ -291,13 +291,58 @@ impl Default for StateQuota {
 pub struct Plan {
     /// Node ids, every node after all of its dependencies; ties by id.
     pub order: Vec<String>,
-    /// Resolved limits per node.
-    pub limits: BTreeMap<String, Limits>,
+    /// The limits each node requests (the workflow's `[limits]`, then the
+    /// node's own); the operator's ceilings cap them when it runs.
+    pub limits: BTreeMap<String, LimitRequest>,
     /// Resolved retry policy per node.
     pub retries: BTreeMap<String, RetryPolicy>,
     /// The nodes whose outputs make up the workflow's output.
     pub outputs: Vec<String>,
 }
+
+/// Limits as a bundle requests them: each `None` means "whatever the
+/// operator allows". [`LimitRequest::grant`] turns a request into the limits a
+/// run gets, capped by the operator's ceilings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitRequest {
+    /// Fuel units.
+    pub fuel: Option<u64>,
+    /// Linear memory bytes.
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock limit per attempt.
+    pub timeout: Option<Duration>,
+    /// Output bytes.
+    pub output_bytes: Option<u64>,
+    /// Captured stdout and stderr bytes, each.
+    pub stdio_bytes: Option<u64>,
+    /// Log bytes.
+    pub log_bytes: Option<u64>,
+}
+
+impl LimitRequest {
+    /// The limits a run gets: each requested value, but never more than
+    /// the operator's ceiling (`ceilings`, each `None` meaning the default
+    /// from [`Limits::default`]). An unrequested value gets the ceiling.
+    pub fn grant(&self, ceilings: &LimitRequest) -> Limits {
+        fn pick<T: Ord + Copy>(request: Option<T>, ceiling: Option<T>, default: T) -> T {
+            let ceiling = ceiling.unwrap_or(default);
+            request.map_or(ceiling, |r| r.min(ceiling))
+        }
+        let d = Limits::default();
+        Limits {
+            fuel: pick(self.fuel, ceilings.fuel, d.fuel),
+            memory_bytes: pick(self.memory_bytes, ceilings.memory_bytes, d.memory_bytes),
+            timeout: pick(self.timeout, ceilings.timeout, d.timeout),
+            output_bytes: pick(self.output_bytes, ceilings.output_bytes, d.output_bytes),
+            stdio_bytes: pick(self.stdio_bytes, ceilings.stdio_bytes, d.stdio_bytes),
+            log_bytes: pick(self.log_bytes, ceilings.log_bytes, d.log_bytes),
+            ..d
+        }
+    }
+}
+
+/// The longest wait a retry policy may ask for.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// A resolved retry policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -317,7 +362,8 @@ impl RetryPolicy {
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = self.multiplier.powi(attempt.saturating_sub(1) as i32);
         let wait = self.initial_backoff.as_secs_f64() * factor;
-        Duration::from_secs_f64(wait.min(self.max_backoff.as_secs_f64()))
+        // Both ends are validated to at most MAX_BACKOFF, so this is finite.
+        Duration::try_from_secs_f64(wait.min(self.max_backoff.as_secs_f64())).unwrap_or(MAX_BACKOFF)
     }
 }
 
@@ -372,7 +418,7 @@ impl WorkflowDef {
             }
         }
         let order = topological_order(&self.nodes)?;
-        let defaults = resolve_limits(&Limits::default(), &self.limits, "limits")?;
+        let defaults = resolve_limits(&LimitRequest::default(), &self.limits, "limits")?;
         let mut limits = BTreeMap::new();
         let mut retries = BTreeMap::new();
         for (id, node) in &self.nodes {
@@ -465,29 +511,30 @@ fn parse_duration(location: &str, text: &str) -> Result<Duration, DefinitionErro
     humantime::parse_duration(text).map_err(|e| bad(location, text, &format!("not a duration like 2s: {e}")))
 }
 
-fn resolve_limits(base: &Limits, spec: &LimitSpec, at: &str) -> Result<Limits, DefinitionError> {
-    let mut limits = base.clone();
+fn resolve_limits(base: &LimitRequest, spec: &LimitSpec, at: &str) -> Result<LimitRequest, DefinitionError> {
+    let mut limits = *base;
     if let Some(fuel) = spec.fuel {
-        limits.fuel = fuel;
+        limits.fuel = Some(fuel);
     }
     if let Some(text) = &spec.memory {
-        limits.memory_bytes = parse_size(&format!("{at}.memory"), text)?;
+        limits.memory_bytes = Some(parse_size(&format!("{at}.memory"), text)?);
     }
     if let Some(text) = &spec.timeout {
         let location = format!("{at}.timeout");
-        limits.timeout = parse_duration(&location, text)?;
-        if limits.timeout.is_zero() || limits.timeout > Limits::MAX_TIMEOUT {
+        let timeout = parse_duration(&location, text)?;
+        if timeout.is_zero() || timeout > Limits::MAX_TIMEOUT {
             return Err(bad(&location, text, "must be between 1ms and 7 days"));
         }
+        limits.timeout = Some(timeout);
     }
     if let Some(text) = &spec.max_output {
-        limits.output_bytes = parse_size(&format!("{at}.max_output"), text)?;
+        limits.output_bytes = Some(parse_size(&format!("{at}.max_output"), text)?);
     }
     if let Some(text) = &spec.max_stdio {
-        limits.stdio_bytes = parse_size(&format!("{at}.max_stdio"), text)?;
+        limits.stdio_bytes = Some(parse_size(&format!("{at}.max_stdio"), text)?);
     }
     if let Some(text) = &spec.max_log {
-        limits.log_bytes = parse_size(&format!("{at}.max_log"), text)?;
+        limits.log_bytes = Some(parse_size(&format!("{at}.max_log"), text)?);
     }
     Ok(limits)
 }
@@ -499,11 +546,19 @@ fn resolve_retry(spec: &RetrySpec, at: &str) -> Result<RetryPolicy, DefinitionEr
     if !(1.0..=100.0).contains(&spec.multiplier) {
         return Err(bad(&format!("{at}.multiplier"), &spec.multiplier.to_string(), "must be 1.0 to 100.0"));
     }
+    let backoff = |field: &str, text: &str| {
+        let location = format!("{at}.{field}");
+        let wait = parse_duration(&location, text)?;
+        if wait > MAX_BACKOFF {
+            return Err(bad(&location, text, "must be at most 1h"));
+        }
+        Ok(wait)
+    };
     Ok(RetryPolicy {
         max_attempts: spec.max_attempts,
-        initial_backoff: parse_duration(&format!("{at}.initial_backoff"), &spec.initial_backoff)?,
+        initial_backoff: backoff("initial_backoff", &spec.initial_backoff)?,
         multiplier: spec.multiplier,
-        max_backoff: parse_duration(&format!("{at}.max_backoff"), &spec.max_backoff)?,
+        max_backoff: backoff("max_backoff", &spec.max_backoff)?,
     })
 }
 
@@ -541,8 +596,9 @@ mod tests {
         let plan = with(GOOD).unwrap();
         assert_eq!(plan.order, ["parse", "total", "format"]);
         assert_eq!(plan.outputs, ["format"]);
-        assert_eq!(plan.limits["total"].timeout, Duration::from_secs(2));
-        assert_eq!(plan.limits["total"].memory_bytes, 32 * 1024 * 1024, "inherits the workflow default");
+        assert_eq!(plan.limits["total"].timeout, Some(Duration::from_secs(2)));
+        assert_eq!(plan.limits["total"].memory_bytes, Some(32 * 1024 * 1024), "inherits the workflow default");
+        assert_eq!(plan.limits["total"].fuel, None, "unrequested: the operator decides");
         assert_eq!(plan.retries["total"].max_attempts, 3);
     }
 
@@ -582,6 +638,23 @@ mod tests {
         );
         let text = GOOD.replace("[nodes.parse]", "[nodes.input]");
         assert!(matches!(with(&text).unwrap_err(), DefinitionError::BadNodeId { .. }));
+    }
+
+    #[test]
+    fn a_bundle_gets_what_it_asks_for_but_never_more_than_the_operator_allows() {
+        let request =
+            LimitRequest { timeout: Some(Duration::from_secs(60)), memory_bytes: Some(1024), ..Default::default() };
+        let defaults = request.grant(&LimitRequest::default());
+        assert_eq!(defaults.timeout, Limits::DEFAULT_TIMEOUT, "capped by the default ceiling");
+        assert_eq!(defaults.memory_bytes, 1024, "asked for less: gets less");
+        assert_eq!(defaults.fuel, Limits::DEFAULT_FUEL, "unrequested: gets the ceiling");
+        let raised = LimitRequest { timeout: Some(Duration::from_secs(120)), ..Default::default() };
+        assert_eq!(request.grant(&raised).timeout, Duration::from_secs(60));
+        let huge_wait =
+            GOOD.replace("retry = { max_attempts = 3 }", "retry = { max_attempts = 3, max_backoff = \"500000years\" }");
+        assert!(
+            matches!(with(&huge_wait).unwrap_err(), DefinitionError::BadValue { location, .. } if location.ends_with("max_backoff"))
+        );
     }
 
     #[test]

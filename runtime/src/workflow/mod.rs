@@ -18,13 +18,13 @@ mod definition;
 mod state;
 
 pub use definition::{
-    Capabilities, DefinitionError, LimitSpec, NodeDef, Plan, Reference, RetryPolicy, RetrySpec, StateQuota, Trigger,
-    WorkflowDef,
+    Capabilities, DefinitionError, LimitRequest, LimitSpec, MAX_BACKOFF, NodeDef, Plan, Reference, RetryPolicy,
+    RetrySpec, StateQuota, Trigger, WorkflowDef,
 };
 
 use crate::bundle::{Bundle, BundleError};
 use crate::outcome::{ErrorCode, GuestKind, NodeRecord, RunReport, RunStatus, new_run_id};
-use crate::sandbox::{Echo, Grants, Limits, NodeServices, Program, RunRequest, Sandbox, StateAccess};
+use crate::sandbox::{Echo, Grants, NodeServices, Program, RunRequest, Sandbox, StateAccess};
 use crate::store::{NewRun, RunEnd, RunState, StateWrites, Store, StoreError, now};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -34,7 +34,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
+
+/// Nodes of one run at the same time, unless the operator says otherwise.
+pub const DEFAULT_MAX_PARALLEL: usize = 4;
+
+/// The most state any workflow may ask for, whatever its quota says.
+pub const STATE_QUOTA_CEILING: StateQuota =
+    StateQuota { max_keys: 100_000, max_value_bytes: 1024 * 1024, max_total_bytes: 64 * 1024 * 1024 };
 
 /// The node id of a plain component run as a one-node workflow.
 pub const MAIN_NODE: &str = "main";
@@ -91,7 +99,7 @@ impl std::fmt::Debug for Workflow {
 }
 
 /// Everything the caller decides about one run.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Execution {
     /// The workflow input (JSON text); for a plain node, its input.
     pub input: String,
@@ -99,44 +107,34 @@ pub struct Execution {
     pub args: Vec<String>,
     /// Give a plain job this process's stdin.
     pub inherit_stdin: bool,
-    /// Limits set explicitly by the operator: they override every node's.
-    pub overrides: LimitOverrides,
+    /// The operator's ceilings: each node gets what it requests, never more
+    /// than these (each `None` meaning the default limit).
+    pub ceilings: LimitRequest,
+    /// Nodes at once, at most, whatever the workflow asks for
+    /// (`None`: [`DEFAULT_MAX_PARALLEL`]).
+    pub max_parallel: Option<usize>,
     /// Files and environment granted to every node.
     pub grants: Grants,
     /// What to echo live.
     pub echo: Echo,
     /// Secrets the operator supplies; each reaches only nodes naming it.
     pub secrets: BTreeMap<String, String>,
+    /// Notified to cancel the run: running nodes are stopped within an epoch
+    /// tick and recorded `cancelled`, the rest `skipped`.
+    pub cancel: Option<Arc<Notify>>,
 }
 
-/// Operator-set limits that override the workflow's own.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LimitOverrides {
-    /// Fuel.
-    pub fuel: Option<u64>,
-    /// Memory bytes.
-    pub memory_bytes: Option<u64>,
-    /// Timeout per attempt.
-    pub timeout: Option<std::time::Duration>,
-    /// Output bytes.
-    pub output_bytes: Option<u64>,
-    /// Stdio bytes.
-    pub stdio_bytes: Option<u64>,
-    /// Log bytes.
-    pub log_bytes: Option<u64>,
-}
-
-impl LimitOverrides {
-    /// `limits` with every override applied.
-    pub fn apply(&self, limits: &Limits) -> Limits {
-        let mut limits = limits.clone();
-        limits.fuel = self.fuel.unwrap_or(limits.fuel);
-        limits.memory_bytes = self.memory_bytes.unwrap_or(limits.memory_bytes);
-        limits.timeout = self.timeout.unwrap_or(limits.timeout);
-        limits.output_bytes = self.output_bytes.unwrap_or(limits.output_bytes);
-        limits.stdio_bytes = self.stdio_bytes.unwrap_or(limits.stdio_bytes);
-        limits.log_bytes = self.log_bytes.unwrap_or(limits.log_bytes);
-        limits
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secret values never reach a log line.
+        f.debug_struct("Execution")
+            .field("input_bytes", &self.input.len())
+            .field("args", &self.args)
+            .field("ceilings", &self.ceilings)
+            .field("max_parallel", &self.max_parallel)
+            .field("grants", &self.grants)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,7 +170,8 @@ impl Workflow {
             let steps = BTreeMap::from([(MAIN_NODE.to_owned(), Step { program, def: None, config: Arc::default() })]);
             let plan = Plan {
                 order: vec![MAIN_NODE.to_owned()],
-                limits: BTreeMap::from([(MAIN_NODE.to_owned(), Limits::default())]),
+                // A plain component asks for nothing: it gets the ceilings.
+                limits: BTreeMap::from([(MAIN_NODE.to_owned(), LimitRequest::default())]),
                 retries: BTreeMap::new(),
                 outputs: vec![MAIN_NODE.to_owned()],
             };
@@ -226,7 +225,11 @@ impl Workflow {
             plan,
             steps,
             max_parallel: def.max_parallel,
-            quota: def.capabilities.state,
+            quota: StateQuota {
+                max_keys: def.capabilities.state.max_keys.min(STATE_QUOTA_CEILING.max_keys),
+                max_value_bytes: def.capabilities.state.max_value_bytes.min(STATE_QUOTA_CEILING.max_value_bytes),
+                max_total_bytes: def.capabilities.state.max_total_bytes.min(STATE_QUOTA_CEILING.max_total_bytes),
+            },
         })
     }
 
@@ -274,7 +277,7 @@ impl Workflow {
         report.kind = Some(self.kind);
         report.workflow = Some(self.name.clone());
         report.bundle_digest = Some(self.digest.clone());
-        if self.kind == GuestKind::Workflow {
+        if self.kind == GuestKind::Workflow || report.status == RunStatus::Cancelled {
             report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
             report.fuel_consumed = records.iter().map(|r| r.fuel_consumed).sum();
             report.peak_memory_bytes = records.iter().map(|r| r.peak_memory_bytes).max().unwrap_or(0);
@@ -283,7 +286,11 @@ impl Workflow {
         if let Some(store) = store {
             let writes: StateWrites = overlay.map(|o| o.take_writes()).unwrap_or_default();
             let end = RunEnd {
-                state: if report.succeeded() { RunState::Succeeded } else { RunState::Failed },
+                state: match report.status {
+                    RunStatus::Succeeded => RunState::Succeeded,
+                    RunStatus::Failed => RunState::Failed,
+                    RunStatus::Cancelled => RunState::Cancelled,
+                },
                 error_code: report.error_code,
                 error_message: report.error_message.clone(),
                 failed_node: report.failed_node.clone(),
@@ -329,9 +336,13 @@ impl Workflow {
         let mut running: JoinSet<(String, NodeRun)> = JoinSet::new();
         let mut failure: Option<(String, RunReport)> = None;
         let mut last_report: Option<RunReport> = None;
+        // Node ids of the tasks still running, by tokio task id.
+        let mut in_flight: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
+        let mut cancelled = false;
+        let max_parallel = self.max_parallel.min(execution.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL)).max(1);
 
         loop {
-            while failure.is_none() && running.len() < self.max_parallel {
+            while failure.is_none() && !cancelled && running.len() < max_parallel {
                 let ready = pending.iter().position(|id| {
                     let deps = self.steps[id].def.as_ref().map(|d| d.depends_on.as_slice()).unwrap_or(&[]);
                     deps.iter().all(|d| outputs.contains_key(d))
@@ -356,10 +367,38 @@ impl Workflow {
                     overlay: overlay.clone(),
                     request,
                 };
-                running.spawn(async move { (id, task.run().await) });
+                let node = id.clone();
+                let handle = running.spawn(async move { (node, task.run().await) });
+                in_flight.insert(handle.id(), id);
             }
-            let Some(joined) = running.join_next().await else { break };
-            let (id, run) = joined.expect("node tasks do not panic");
+            let joined = tokio::select! {
+                joined = running.join_next() => joined,
+                () = notified(execution.cancel.as_ref()), if !cancelled => {
+                    // Dropping a node's task drops its store: the guest stops
+                    // at its next epoch yield (10 ms at most).
+                    cancelled = true;
+                    running.abort_all();
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
+            let (id, run) = match joined {
+                Ok((id, run)) => {
+                    in_flight.retain(|_, node| *node != id);
+                    (id, run)
+                }
+                // Aborted by a cancel: recorded as `cancelled` below.
+                Err(e) if e.is_cancelled() => continue,
+                Err(e) => {
+                    // A panic in the host while running a node: record it as
+                    // a trap of that node rather than taking the process down.
+                    let Some(id) = in_flight.remove(&e.id()) else { continue };
+                    let mut report =
+                        RunReport::rejected(ErrorCode::Trap, format!("host error while running the node: {e}"));
+                    report.kind = Some(GuestKind::Node);
+                    (id, NodeRun { attempts: 1, started_at: None, input_digest: String::new(), report })
+                }
+            };
             records.push(node_record(&id, run.attempts, run.started_at.clone(), &run.report, Some(&run.input_digest)));
             if let Some(store) = store
                 && let Err(e) = write_node_log(store, run_id, &id, &run.report)
@@ -378,10 +417,12 @@ impl Workflow {
                 failure = Some((id, run.report));
             }
         }
-        for id in pending {
+        let unfinished =
+            in_flight.into_values().map(|id| (id, "cancelled")).chain(pending.into_iter().map(|id| (id, "skipped")));
+        for (id, status) in unfinished {
             records.push(NodeRecord {
                 node: id,
-                status: "skipped".to_owned(),
+                status: status.to_owned(),
                 attempts: 0,
                 started_at: None,
                 duration_ms: 0.0,
@@ -396,6 +437,12 @@ impl Workflow {
             });
         }
 
+        if cancelled {
+            report.status = RunStatus::Cancelled;
+            report.error_code = None;
+            report.error_message = Some("the run was cancelled".to_owned());
+            return (report, records);
+        }
         if self.kind != GuestKind::Workflow {
             // A plain component: its one report is the run's report.
             let single = match failure {
@@ -476,7 +523,7 @@ impl Workflow {
             input,
             args: execution.args.clone(),
             inherit_stdin: execution.inherit_stdin && self.kind == GuestKind::Job,
-            limits: execution.overrides.apply(&self.plan.limits[id]),
+            limits: self.plan.limits[id].grant(&execution.ceilings),
             grants: execution.grants.clone(),
             echo: execution.echo,
             services: NodeServices {
@@ -486,6 +533,14 @@ impl Workflow {
                 state: None,
             },
         }
+    }
+}
+
+/// Resolves when `cancel` is notified; never, without one.
+async fn notified(cancel: Option<&Arc<Notify>>) {
+    match cancel {
+        Some(cancel) => cancel.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,12 +1,17 @@
-//! Durable state as nodes see it: SQLite under two overlays.
+//! Durable state as nodes see it: SQLite under a per-run overlay.
 //!
-//! [`RunOverlay`] holds the writes of one workflow run; they reach SQLite
-//! only when the run succeeds (the store applies them in the transaction that
-//! records the run). [`AttemptState`] holds one node attempt's writes on top
-//! of that and merges them into the run's only if the attempt succeeds, so a
-//! failed or retried attempt leaves no trace. Reads see attempt, then run,
-//! then SQLite. Quotas are checked against that combined view on every
-//! write.
+//! [`RunOverlay`] holds one workflow run's writes in layers: the writes of
+//! node attempts that succeeded (`committed`), and one pending layer per
+//! attempt still running. An [`AttemptState`] reads its own pending layer,
+//! then the committed writes, then SQLite. When the attempt succeeds its
+//! layer joins the committed writes; when it fails or is dropped, the layer
+//! is discarded, so a failed or retried attempt leaves no trace. The run's
+//! committed writes reach SQLite only if the whole run succeeds, in the
+//! transaction that records the run.
+//!
+//! Quotas are checked on every write against SQLite plus *every* layer,
+//! including other attempts' pending writes, so nodes running side by side
+//! cannot together go past the quota when they all succeed.
 
 use super::StateQuota;
 use crate::sandbox::StateAccess;
@@ -18,58 +23,69 @@ use wfrun_host_api::state::StateError;
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
 
+#[derive(Debug, Default)]
+struct Layers {
+    committed: StateWrites,
+    pending: BTreeMap<u64, StateWrites>,
+    next_attempt: u64,
+}
+
 /// One run's pending state writes.
 #[derive(Debug)]
 pub struct RunOverlay {
     store: Arc<Store>,
     workflow: String,
     quota: StateQuota,
-    writes: Mutex<StateWrites>,
+    layers: Mutex<Layers>,
 }
 
 impl RunOverlay {
     /// An empty overlay over `workflow`'s state in `store`.
     pub fn new(store: Arc<Store>, workflow: String, quota: StateQuota) -> Self {
-        RunOverlay { store, workflow, quota, writes: Mutex::default() }
+        RunOverlay { store, workflow, quota, layers: Mutex::default() }
     }
 
     /// The writes to commit if the run succeeds.
     pub fn take_writes(&self) -> StateWrites {
-        std::mem::take(&mut self.writes.lock().unwrap())
+        std::mem::take(&mut self.layers.lock().unwrap().committed)
     }
 }
 
-/// One node attempt's view of state.
+/// One node attempt's view of state. Dropping it without [`commit`](Self::commit)
+/// discards its writes.
 #[derive(Debug)]
 pub struct AttemptState {
     run: Arc<RunOverlay>,
-    writes: Mutex<StateWrites>,
+    id: u64,
 }
 
 impl AttemptState {
     /// A fresh attempt over `run`.
     pub fn new(run: Arc<RunOverlay>) -> Self {
-        AttemptState { run, writes: Mutex::default() }
+        let id = {
+            let mut layers = run.layers.lock().unwrap();
+            let id = layers.next_attempt;
+            layers.next_attempt += 1;
+            layers.pending.insert(id, StateWrites::new());
+            id
+        };
+        AttemptState { run, id }
     }
 
     /// Keeps this attempt's writes: the attempt succeeded.
     pub fn commit(&self) {
-        let writes = std::mem::take(&mut *self.writes.lock().unwrap());
-        self.run.writes.lock().unwrap().extend(writes);
-    }
-
-    /// Every key with its size (key + value) as this attempt would see it.
-    fn sizes(&self) -> wasmtime::Result<BTreeMap<String, u64>> {
-        let mut sizes = self.run.store.state_sizes(&self.run.workflow)?;
-        for layer in [&*self.run.writes.lock().unwrap(), &*self.writes.lock().unwrap()] {
-            for (key, value) in layer {
-                match value {
-                    Some(value) => sizes.insert(key.clone(), (key.len() + value.len()) as u64),
-                    None => sizes.remove(key),
-                };
-            }
+        let mut layers = self.run.layers.lock().unwrap();
+        if let Some(writes) = layers.pending.remove(&self.id) {
+            layers.committed.extend(writes);
         }
-        Ok(sizes)
+    }
+}
+
+impl Drop for AttemptState {
+    fn drop(&mut self) {
+        if let Ok(mut layers) = self.run.layers.lock() {
+            layers.pending.remove(&self.id);
+        }
     }
 }
 
@@ -83,13 +99,24 @@ fn check_key(key: &str) -> Result<(), StateError> {
     Ok(())
 }
 
+fn apply(sizes: &mut BTreeMap<String, u64>, writes: &StateWrites) {
+    for (key, value) in writes {
+        match value {
+            Some(value) => sizes.insert(key.clone(), (key.len() + value.len()) as u64),
+            None => sizes.remove(key),
+        };
+    }
+}
+
 impl StateAccess for AttemptState {
     fn get(&self, key: &str) -> wasmtime::Result<Result<Option<Vec<u8>>, StateError>> {
         if let Err(e) = check_key(key) {
             return Ok(Err(e));
         }
-        for layer in [&*self.writes.lock().unwrap(), &*self.run.writes.lock().unwrap()] {
-            if let Some(value) = layer.get(key) {
+        {
+            let layers = self.run.layers.lock().unwrap();
+            let own = layers.pending.get(&self.id);
+            if let Some(value) = own.and_then(|w| w.get(key)).or_else(|| layers.committed.get(key)) {
                 return Ok(Ok(value.clone()));
             }
         }
@@ -108,7 +135,17 @@ impl StateAccess for AttemptState {
                 quota.max_value_bytes
             ))));
         }
-        let mut sizes = self.sizes()?;
+        let mut sizes = self.run.store.state_sizes(&self.run.workflow)?;
+        let mut layers = self.run.layers.lock().unwrap();
+        apply(&mut sizes, &layers.committed);
+        for (id, writes) in &layers.pending {
+            if *id != self.id {
+                apply(&mut sizes, writes);
+            }
+        }
+        if let Some(own) = layers.pending.get(&self.id) {
+            apply(&mut sizes, own);
+        }
         sizes.insert(key.to_owned(), (key.len() + value.len()) as u64);
         if sizes.len() as u64 > quota.max_keys {
             return Ok(Err(StateError::QuotaExceeded(format!("max_keys: the limit is {} keys", quota.max_keys))));
@@ -120,7 +157,7 @@ impl StateAccess for AttemptState {
                 quota.max_total_bytes
             ))));
         }
-        self.writes.lock().unwrap().insert(key.to_owned(), Some(value));
+        layers.pending.entry(self.id).or_default().insert(key.to_owned(), Some(value));
         Ok(Ok(()))
     }
 
@@ -128,12 +165,18 @@ impl StateAccess for AttemptState {
         if let Err(e) = check_key(key) {
             return Ok(Err(e));
         }
-        self.writes.lock().unwrap().insert(key.to_owned(), None);
+        self.run.layers.lock().unwrap().pending.entry(self.id).or_default().insert(key.to_owned(), None);
         Ok(Ok(()))
     }
 
     fn list_keys(&self, prefix: &str) -> wasmtime::Result<Result<Vec<String>, StateError>> {
+        let mut sizes = self.run.store.state_sizes(&self.run.workflow)?;
+        let layers = self.run.layers.lock().unwrap();
+        apply(&mut sizes, &layers.committed);
+        if let Some(own) = layers.pending.get(&self.id) {
+            apply(&mut sizes, own);
+        }
         // BTreeMap keys come out in byte order.
-        Ok(Ok(self.sizes()?.into_keys().filter(|k| k.starts_with(prefix)).collect()))
+        Ok(Ok(sizes.into_keys().filter(|k| k.starts_with(prefix)).collect()))
     }
 }

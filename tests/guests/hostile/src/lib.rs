@@ -113,6 +113,8 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
             // directory reaches n, then succeeds and says which attempt it was.
             let attempts = std::fs::read_to_string("/data/attempts").ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) + 1;
             std::fs::write("/data/attempts", attempts.to_string()).map_err(|e| NodeError::new("no-data-dir", e.to_string()))?;
+            // Each attempt leaves a mark in state; only a successful one may keep it.
+            let _ = state::set(&format!("attempt-{attempts}"), b"x");
             if attempts < n {
                 return Err(NodeError::retryable("flaky", format!("attempt {attempts} fails")));
             }
