@@ -8,7 +8,7 @@
 //! pairs scoped to a workflow). Per-run log files live beside the database
 //! in `logs/<run-id>/<node>.log`. [`state_dir`] resolves where that is.
 
-use crate::outcome::{ErrorCode, NodeRecord};
+use crate::outcome::{NodeRecord, RunReport, RunStatus};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -107,29 +107,6 @@ pub struct NewRun {
     pub bundle_digest: String,
     /// `workflow`, `node` or `job`.
     pub kind: String,
-}
-
-/// How a run ended, as recorded.
-#[derive(Debug, Clone)]
-pub struct RunEnd {
-    /// `Succeeded` or `Failed` (or `Cancelled`).
-    pub state: RunState,
-    /// Why it failed.
-    pub error_code: Option<ErrorCode>,
-    /// The explanation.
-    pub error_message: Option<String>,
-    /// The node that failed the run.
-    pub failed_node: Option<String>,
-    /// The run's output JSON.
-    pub output: Option<String>,
-    /// A job's exit status.
-    pub exit_code: Option<i32>,
-    /// Wall time of the run.
-    pub duration_ms: f64,
-    /// Fuel over all nodes.
-    pub fuel_consumed: u64,
-    /// Largest linear memory of any node.
-    pub peak_memory_bytes: u64,
 }
 
 /// State writes to apply when a run succeeds: key → value, or `None` to delete.
@@ -290,17 +267,17 @@ impl Store {
         })
     }
 
-    /// Records how a run ended, its node records and, for a run that
-    /// succeeded, its state writes: all in one transaction.
-    pub fn finish_run(
-        &self,
-        run_id: &str,
-        workflow: &str,
-        end: &RunEnd,
-        nodes: &[NodeRecord],
-        state: &StateWrites,
-    ) -> Result<(), StoreError> {
+    /// Records how run `report.run_id` ended, its node records and, for a
+    /// run that succeeded, its state writes to `workflow`: all in one
+    /// transaction.
+    pub fn finish_run(&self, workflow: &str, report: &RunReport, state: &StateWrites) -> Result<(), StoreError> {
         let at = now();
+        let end = match report.status {
+            RunStatus::Succeeded => RunState::Succeeded,
+            RunStatus::Failed => RunState::Failed,
+            RunStatus::Cancelled => RunState::Cancelled,
+        };
+        let run_id = &report.run_id;
         self.write(|tx| {
             tx.execute(
                 "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5, output = ?6,
@@ -308,31 +285,31 @@ impl Store {
                  WHERE id = ?1",
                 params![
                     run_id,
-                    end.state.as_str(),
-                    end.error_code.map(|c| c.as_str()),
-                    end.error_message,
-                    end.failed_node,
-                    end.output,
-                    end.exit_code,
+                    end.as_str(),
+                    report.error_code.map(|c| c.as_str()),
+                    report.error_message,
+                    report.failed_node,
+                    report.output.as_ref().map(|o| o.get()),
+                    report.exit_code,
                     at,
-                    end.duration_ms,
-                    end.fuel_consumed as i64,
-                    end.peak_memory_bytes as i64,
+                    report.duration_ms,
+                    report.fuel_consumed as i64,
+                    report.peak_memory_bytes as i64,
                 ],
             )?;
             tx.execute(
                 "INSERT INTO run_transitions
                  SELECT ?1, COALESCE(MAX(seq), -1) + 1, ?2, ?3 FROM run_transitions WHERE run_id = ?1",
-                params![run_id, end.state.as_str(), at],
+                params![run_id, end.as_str(), at],
             )?;
-            for (seq, node) in nodes.iter().enumerate() {
+            for (seq, node) in report.nodes.iter().enumerate() {
                 let record = serde_json::to_string(node).expect("node records serialise");
                 tx.execute(
                     "INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)",
                     params![run_id, seq as i64, node.node, record],
                 )?;
             }
-            if end.state == RunState::Succeeded {
+            if end == RunState::Succeeded {
                 for (key, value) in state {
                     match value {
                         Some(value) => tx.execute(

@@ -25,7 +25,7 @@ pub use definition::{
 use crate::bundle::{Bundle, BundleError};
 use crate::outcome::{ErrorCode, GuestKind, NodeRecord, RunReport, RunStatus, new_run_id};
 use crate::sandbox::{Echo, Grants, NodeServices, Program, RunRequest, Sandbox, StateAccess};
-use crate::store::{NewRun, RunEnd, RunState, StateWrites, Store, StoreError, now};
+use crate::store::{NewRun, StateWrites, Store, StoreError, now};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -285,22 +285,7 @@ impl Workflow {
         report.nodes = records;
         if let Some(store) = store {
             let writes: StateWrites = overlay.map(|o| o.take_writes()).unwrap_or_default();
-            let end = RunEnd {
-                state: match report.status {
-                    RunStatus::Succeeded => RunState::Succeeded,
-                    RunStatus::Failed => RunState::Failed,
-                    RunStatus::Cancelled => RunState::Cancelled,
-                },
-                error_code: report.error_code,
-                error_message: report.error_message.clone(),
-                failed_node: report.failed_node.clone(),
-                output: report.output.as_ref().map(|o| o.get().to_owned()),
-                exit_code: report.exit_code,
-                duration_ms: report.duration_ms,
-                fuel_consumed: report.fuel_consumed,
-                peak_memory_bytes: report.peak_memory_bytes,
-            };
-            store.finish_run(&run_id, &self.name, &end, &report.nodes, &writes)?;
+            store.finish_run(&self.name, &report, &writes)?;
         }
         Ok(report)
     }
