@@ -9,11 +9,16 @@
 //! can be checked without compiling (the file exists, is Wasm, is a
 //! component, and a workflow section parses) and finds the nested
 //! components. Each failure is a [`BundleError`] naming the file and the
-//! reason. `docs/bundle-format.md` specifies the layout.
+//! reason. A bundle may carry a signature as its last section, or beside it
+//! in `BUNDLE.sig` ([`signature`]). `docs/bundle-format.md` specifies the
+//! layout.
+
+pub mod signature;
 
 use crate::workflow::WorkflowDef;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use signature::{SIGNATURE_SECTION, SignatureError, SignatureRecord, TrustPolicy};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -108,6 +113,15 @@ pub enum BundleError {
         /// The component's export names, comma-separated (or `none`).
         exports: String,
     },
+    /// The signature section is malformed, duplicated or misplaced, or the
+    /// signature does not verify or is not trusted.
+    #[error("{}: {error}", path.display())]
+    Signature {
+        /// The bundle path as given.
+        path: PathBuf,
+        /// What is wrong, with its stable code.
+        error: SignatureError,
+    },
     /// The component imports something wfrun does not offer.
     #[error("{}: cannot be linked: {reason}", path.display())]
     Unlinkable {
@@ -126,6 +140,8 @@ pub struct Bundle {
     digest: String,
     workflow: Option<EmbeddedWorkflow>,
     nested: Vec<Range<usize>>,
+    /// The embedded signature and how many leading bytes it signs.
+    signature: Option<(SignatureRecord, usize)>,
 }
 
 /// The `\0asm` magic every Wasm binary starts with.
@@ -154,8 +170,8 @@ impl Bundle {
             return Err(BundleError::CoreModule { path });
         }
         let digest = hex::encode(Sha256::digest(&bytes));
-        let (workflow, nested) = scan(&path, &bytes)?;
-        Ok(Bundle { path, bytes, digest, workflow, nested })
+        let Scan { workflow, nested, signature } = scan(&path, &bytes)?;
+        Ok(Bundle { path, bytes, digest, workflow, nested, signature })
     }
 
     /// The embedded workflow, if this is a workflow bundle.
@@ -171,6 +187,31 @@ impl Bundle {
     /// How many components the bundle nests at its top level.
     pub fn nested_count(&self) -> usize {
         self.nested.len()
+    }
+
+    /// Whether the bundle carries an embedded signature.
+    pub fn is_signed(&self) -> bool {
+        self.signature.is_some()
+    }
+
+    /// Checks the bundle's signature: the embedded one, else `detached`
+    /// (the content of `BUNDLE.sig`, over the whole file). A signature that
+    /// is present must verify, whatever the policy; an unsigned bundle passes
+    /// only when the policy requires no signature. Returns the signer's key
+    /// id, or `None` for an unsigned bundle.
+    pub fn verify(
+        &self,
+        detached: Option<&SignatureRecord>,
+        policy: &TrustPolicy,
+    ) -> Result<Option<String>, BundleError> {
+        let error = |error| BundleError::Signature { path: self.path.clone(), error };
+        let checked = match (&self.signature, detached) {
+            (Some((record, signed_len)), _) => signature::verify(record, &self.bytes[..*signed_len], policy),
+            (None, Some(record)) => signature::verify(record, &self.bytes, policy),
+            (None, None) if policy.requires_signature() => Err(SignatureError::Missing),
+            (None, None) => return Ok(None),
+        };
+        checked.map(Some).map_err(error)
     }
 
     /// The path the bundle was read from.
@@ -223,16 +264,44 @@ pub fn interface(component: &[u8]) -> Result<Interface, wasmparser::BinaryReader
     Ok(interface)
 }
 
-/// Finds the workflow section and the top-level nested components.
-fn scan(path: &Path, bytes: &[u8]) -> Result<(Option<EmbeddedWorkflow>, Vec<Range<usize>>), BundleError> {
+/// What [`scan`] finds at a bundle's top level.
+struct Scan {
+    workflow: Option<EmbeddedWorkflow>,
+    nested: Vec<Range<usize>>,
+    signature: Option<(SignatureRecord, usize)>,
+}
+
+/// Finds the workflow section, the top-level nested components and the
+/// signature section (which must come last, once).
+fn scan(path: &Path, bytes: &[u8]) -> Result<Scan, BundleError> {
     use wasmparser::{Parser, Payload};
     let invalid = |reason: String| BundleError::Invalid { path: path.to_path_buf(), reason };
+    let signature_error = |error| BundleError::Signature { path: path.to_path_buf(), error };
     let mut workflow = None;
     let mut nested = Vec::new();
     let mut depth = 0usize;
     let mut outer_interface = false;
+    let mut signature: Option<(SignatureRecord, usize)> = None;
     for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| invalid(e.to_string()))? {
+        let payload = payload.map_err(|e| invalid(e.to_string()))?;
+        if depth == 0 && signature.is_some() && !matches!(payload, Payload::End(_)) {
+            // Something follows the signature: a second one, or a section
+            // the signature does not cover.
+            let is_signature = matches!(&payload, Payload::CustomSection(s) if s.name() == SIGNATURE_SECTION);
+            return Err(signature_error(if is_signature {
+                SignatureError::Duplicated
+            } else {
+                SignatureError::Misplaced
+            }));
+        }
+        match payload {
+            Payload::CustomSection(section) if depth == 0 && section.name() == SIGNATURE_SECTION => {
+                let record = signature::parse_record(section.data()).map_err(signature_error)?;
+                let range = section.range();
+                // The section's header: its id byte and its LEB128 size.
+                let size_len = leb128_len(range.end - range.start);
+                signature = Some((record, range.start as usize - 1 - size_len));
+            }
             Payload::ComponentSection { unchecked_range, .. } => {
                 if depth == 0 {
                     nested.push(unchecked_range.start as usize..unchecked_range.end as usize);
@@ -281,7 +350,16 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<(Option<EmbeddedWorkflow>, Vec<Rang
             )));
         }
     }
-    Ok((workflow, nested))
+    Ok(Scan { workflow, nested, signature })
+}
+
+fn leb128_len(mut value: u64) -> usize {
+    let mut len = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        len += 1;
+    }
+    len
 }
 
 #[cfg(test)]
