@@ -10,4 +10,5 @@ mod exec;
 mod guests;
 mod hostile;
 mod sandbox;
+mod signing;
 mod workflow;

@@ -127,6 +127,16 @@ pub struct ExecCommand {
     #[arg(long, value_name = "PATH")]
     secrets_file: Option<PathBuf>,
 
+    /// Trust this public key (a .pub file or `ed25519:<hex>`): the bundle
+    /// must then carry a valid signature by one of the trusted keys.
+    /// Repeatable. An invalid signature is refused with or without it.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
+
+    /// Refuse unsigned bundles (needs --trust).
+    #[arg(long, requires = "trust")]
+    require_signed: bool,
+
     /// Print one JSON object describing the run on stdout (the guest's stdout
     /// is then captured into it, not echoed).
     #[arg(long)]
@@ -150,6 +160,20 @@ impl ExecCommand {
             Ok(bundle) => bundle,
             Err(e) => return Ok(RunReport::rejected(ErrorCode::InvalidBundle, e.to_string())),
         };
+        // Signatures before anything is compiled: a tampered bundle never
+        // reaches the compiler, let alone runs.
+        let policy = match super::sign::trust_policy(&self.trust) {
+            Ok(policy) => policy,
+            Err(message) => return Ok(RunReport::rejected(ErrorCode::InvalidInput, message)),
+        };
+        let checked = super::sign::read_detached(&self.bundle)
+            .map_err(|e| e.to_string())
+            .and_then(|detached| bundle.verify(detached.as_ref(), &policy).map_err(|e| e.to_string()));
+        if let Err(message) = checked {
+            let mut report = RunReport::rejected(ErrorCode::InvalidBundle, message);
+            report.bundle_digest = Some(bundle.digest());
+            return Ok(report);
+        }
         let max_wasm_stack = usize::try_from(self.max_stack).context("--max-stack is too large")?;
         let sandbox = Arc::new(Sandbox::new(EngineOptions { fuel_metering: !self.no_fuel, max_wasm_stack })?);
         let workflow = match Workflow::load(&sandbox, &bundle) {

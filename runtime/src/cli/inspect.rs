@@ -29,7 +29,7 @@ struct Inspection {
     version: String,
     digest: String,
     size: usize,
-    signature: &'static str,
+    signature: String,
     nodes: Vec<NodeInfo>,
     capabilities: Capabilities,
     triggers: Vec<Trigger>,
@@ -92,7 +92,15 @@ fn inspect(bundle: &Bundle) -> Result<Inspection, wasmparser::BinaryReaderError>
         version: "-".to_owned(),
         digest: bundle.digest(),
         size: bundle.bytes().len(),
-        signature: "unsigned (bundle signing is not implemented yet)",
+        signature: match bundle
+            .verify(super::sign::read_detached(bundle.path()).ok().flatten().as_ref(), &Default::default())
+        {
+            Ok(Some(key_id)) => {
+                format!("signed by key {key_id} (valid; trust not checked: use `wfrun verify --trust`)")
+            }
+            Ok(None) => "unsigned".to_owned(),
+            Err(e) => e.to_string(),
+        },
         nodes: Vec::new(),
         capabilities: Capabilities::default(),
         triggers: Vec::new(),

@@ -10,6 +10,7 @@ mod exec;
 mod inspect;
 mod pack;
 mod runs;
+mod sign;
 
 use crate::outcome::ExitStatus;
 use clap::{Args, Parser, Subcommand};
@@ -49,6 +50,9 @@ enum Command {
     Pack(pack::PackCommand),
     Inspect(inspect::InspectCommand),
     Runs(runs::RunsCommand),
+    Keygen(sign::KeygenCommand),
+    Sign(sign::SignCommand),
+    Verify(sign::VerifyCommand),
 }
 
 /// Runs the `wfrun` command line and returns its exit status.
@@ -60,6 +64,9 @@ pub fn main() -> ExitCode {
         Command::Pack(command) => command.execute(),
         Command::Inspect(command) => command.execute(),
         Command::Runs(command) => command.execute(&cli.global),
+        Command::Keygen(command) => command.execute(),
+        Command::Sign(command) => command.execute(),
+        Command::Verify(command) => command.execute(),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

@@ -1,0 +1,190 @@
+//! `wfrun keygen`, `wfrun sign` and `wfrun verify`: bundle signatures.
+
+use crate::bundle::Bundle;
+use crate::bundle::signature::{self, PublicKey, SecretKey, TrustPolicy};
+use crate::outcome::ExitStatus;
+use anyhow::Context;
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Make a signing key pair: DIR/wfrun.key (private, mode 0600) and
+/// DIR/wfrun.pub (give this to whoever runs your bundles).
+#[derive(Debug, Args)]
+pub struct KeygenCommand {
+    /// Directory to write the key pair into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+impl KeygenCommand {
+    /// Writes a fresh key pair; never overwrites one.
+    pub fn execute(self) -> anyhow::Result<ExitStatus> {
+        let (secret_path, public_path) = (self.out.join("wfrun.key"), self.out.join("wfrun.pub"));
+        for path in [&secret_path, &public_path] {
+            if path.exists() {
+                eprintln!("wfrun: {} exists; refusing to overwrite a key", path.display());
+                return Ok(ExitStatus::Invalid);
+            }
+        }
+        std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
+        let key = SecretKey::generate().map_err(anyhow::Error::msg)?;
+        write_private(&secret_path, &format!("{}\n", key.to_text()))?;
+        std::fs::write(&public_path, format!("{}\n", key.public().to_text()))
+            .with_context(|| format!("writing {}", public_path.display()))?;
+        println!("key id {}", key.public().key_id());
+        eprintln!("wfrun: wrote {} (keep it secret) and {}", secret_path.display(), public_path.display());
+        Ok(ExitStatus::Success)
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Sign a bundle: embed the signature as its last section (default), or write
+/// BUNDLE.sig beside it with --detached.
+#[derive(Debug, Args)]
+pub struct SignCommand {
+    /// The bundle to sign (rewritten in place unless --detached).
+    #[arg(value_name = "BUNDLE")]
+    bundle: PathBuf,
+
+    /// The secret key file from `wfrun keygen`.
+    #[arg(long, value_name = "KEY")]
+    key: PathBuf,
+
+    /// Write the signature to BUNDLE.sig instead of into the bundle.
+    #[arg(long)]
+    detached: bool,
+}
+
+impl SignCommand {
+    /// Signs and writes atomically (temp file, rename).
+    pub fn execute(self) -> anyhow::Result<ExitStatus> {
+        let key = match SecretKey::load(&self.key) {
+            Ok(key) => key,
+            Err(e) => {
+                eprintln!("wfrun: invalid_input: {e}");
+                return Ok(ExitStatus::Invalid);
+            }
+        };
+        let bundle = match Bundle::read(&self.bundle) {
+            Ok(bundle) => bundle,
+            Err(e) => {
+                eprintln!("wfrun: invalid_bundle: {e}");
+                return Ok(ExitStatus::Invalid);
+            }
+        };
+        if bundle.is_signed() {
+            eprintln!("wfrun: invalid_bundle: {}: is already signed; sign the unsigned bundle", self.bundle.display());
+            return Ok(ExitStatus::Invalid);
+        }
+        let record = key.sign(bundle.bytes());
+        if self.detached {
+            let path = detached_path(&self.bundle);
+            write_atomically(&path, &serde_json::to_vec_pretty(&record)?)?;
+            eprintln!("wfrun: wrote {} (key {})", path.display(), record.key_id);
+        } else {
+            write_atomically(&self.bundle, &signature::embed(bundle.bytes(), &record))?;
+            eprintln!("wfrun: signed {} (key {})", self.bundle.display(), record.key_id);
+        }
+        Ok(ExitStatus::Success)
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temp = path.with_extension("partial");
+    std::fs::write(&temp, bytes).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Where a bundle's detached signature lives: `BUNDLE.sig`.
+pub fn detached_path(bundle: &Path) -> PathBuf {
+    let mut name = bundle.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+/// Reads `BUNDLE.sig` if there is one.
+pub fn read_detached(bundle: &Path) -> Result<Option<signature::SignatureRecord>, String> {
+    let path = detached_path(bundle);
+    match std::fs::read(&path) {
+        Ok(bytes) => signature::parse_record(&bytes).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Parses `--trust` values into a policy, or says which one is unusable.
+pub fn trust_policy(keys: &[String]) -> Result<TrustPolicy, String> {
+    let trusted =
+        keys.iter().map(|k| PublicKey::load(k).map_err(|e| format!("--trust {k}: {e}"))).collect::<Result<_, _>>()?;
+    Ok(TrustPolicy { trusted })
+}
+
+/// Verify a bundle's signature against trusted keys. Exits 0 only for a
+/// valid signature by a trusted key.
+#[derive(Debug, Args)]
+#[command(after_help = "Failure codes: signature_missing, signature_malformed, signature_duplicated,\n\
+signature_misplaced, signature_invalid, signature_untrusted (exit status 6).")]
+pub struct VerifyCommand {
+    /// The bundle (its BUNDLE.sig is used when it has no embedded signature).
+    #[arg(value_name = "BUNDLE")]
+    bundle: PathBuf,
+
+    /// A trusted public key: a .pub file or `ed25519:<hex>`. Repeatable; at
+    /// least one.
+    #[arg(long, value_name = "PUBKEY", required = true)]
+    trust: Vec<String>,
+
+    /// Print one JSON object: {"valid", "key_id", "error_code", "message"}.
+    #[arg(long)]
+    json: bool,
+}
+
+impl VerifyCommand {
+    /// Checks the signature and says why not, if not.
+    pub fn execute(self) -> anyhow::Result<ExitStatus> {
+        let result = self.check();
+        let (valid, key_id, code, message) = match &result {
+            Ok(key_id) => (true, Some(key_id.clone()), None, format!("valid signature by trusted key {key_id}")),
+            Err((code, message)) => (false, None, Some(code.clone()), message.clone()),
+        };
+        if self.json {
+            let json = serde_json::json!({"valid": valid, "key_id": key_id, "error_code": code, "message": message});
+            println!("{json}");
+        } else if valid {
+            println!("{}: {message}", self.bundle.display());
+        } else {
+            eprintln!("wfrun: {}", super::printable(&message));
+        }
+        Ok(if valid { ExitStatus::Success } else { ExitStatus::Invalid })
+    }
+
+    fn check(&self) -> Result<String, (String, String)> {
+        let policy = trust_policy(&self.trust).map_err(|e| ("invalid_input".to_owned(), e))?;
+        let bundle = Bundle::read(&self.bundle).map_err(|e| (error_code(&e), e.to_string()))?;
+        let detached = read_detached(&self.bundle).map_err(|e| ("signature_malformed".to_owned(), e))?;
+        match bundle.verify(detached.as_ref(), &policy) {
+            Ok(Some(key_id)) => Ok(key_id),
+            Ok(None) => unreachable!("a non-empty trust policy requires a signature"),
+            Err(e) => Err((error_code(&e), e.to_string())),
+        }
+    }
+}
+
+/// The stable code of a bundle error: the signature code, or `invalid_bundle`.
+pub fn error_code(error: &crate::bundle::BundleError) -> String {
+    match error {
+        crate::bundle::BundleError::Signature { error, .. } => error.code().to_owned(),
+        _ => "invalid_bundle".to_owned(),
+    }
+}
