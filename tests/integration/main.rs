@@ -6,6 +6,7 @@
 //! `exec` drives the real `wfrun` binary; `sandbox` and `hostile` drive the
 //! library; `workflow` does both, for packing, running and run history.
 
+mod cache;
 mod exec;
 mod guests;
 mod hostile;

@@ -137,6 +137,12 @@ pub struct ExecCommand {
     #[arg(long, requires = "trust")]
     require_signed: bool,
 
+    /// Compile every component now instead of loading it from the
+    /// compiled-artifact cache in the state directory (which is neither
+    /// read nor written).
+    #[arg(long)]
+    no_cache: bool,
+
     /// Print one JSON object describing the run on stdout (the guest's stdout
     /// is then captured into it, not echoed).
     #[arg(long)]
@@ -175,7 +181,9 @@ impl ExecCommand {
             return Ok(report);
         }
         let max_wasm_stack = usize::try_from(self.max_stack).context("--max-stack is too large")?;
-        let sandbox = Arc::new(Sandbox::new(EngineOptions { fuel_metering: !self.no_fuel, max_wasm_stack })?);
+        let cache_dir = (!self.no_cache).then(|| global.state_dir().join("cache"));
+        let sandbox =
+            Arc::new(Sandbox::new(EngineOptions { fuel_metering: !self.no_fuel, max_wasm_stack, cache_dir })?);
         let workflow = match Workflow::load(&sandbox, &bundle) {
             Ok(workflow) => Arc::new(workflow),
             Err(e) => {

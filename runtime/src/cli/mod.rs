@@ -6,6 +6,7 @@
 //! here. [`main`] parses, dispatches, prints the error chain of an internal
 //! failure and returns the documented exit status.
 
+mod cache;
 mod exec;
 mod inspect;
 mod pack;
@@ -53,6 +54,7 @@ enum Command {
     Keygen(sign::KeygenCommand),
     Sign(sign::SignCommand),
     Verify(sign::VerifyCommand),
+    Cache(cache::CacheCommand),
 }
 
 /// Runs the `wfrun` command line and returns its exit status.
@@ -67,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Keygen(command) => command.execute(),
         Command::Sign(command) => command.execute(),
         Command::Verify(command) => command.execute(),
+        Command::Cache(command) => command.execute(&cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

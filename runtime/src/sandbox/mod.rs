@@ -14,10 +14,12 @@
 //! environment variables, no sockets, no name lookups. [`Grants`] adds
 //! directories and variables explicitly.
 
+pub mod cache;
 mod capture;
 mod host;
 mod limits;
 
+pub use cache::Origin;
 pub use capture::Tee;
 pub use host::{NodeServices, StateAccess};
 pub use limits::{LimitExceeded, Limits};
@@ -49,6 +51,9 @@ pub struct EngineOptions {
     pub fuel_metering: bool,
     /// The most native stack wasm code may use before `stack_overflow`.
     pub max_wasm_stack: usize,
+    /// Keep compiled components here and load them instead of compiling
+    /// again (see [`cache`]); `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl EngineOptions {
@@ -58,7 +63,7 @@ impl EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { fuel_metering: true, max_wasm_stack: Self::DEFAULT_MAX_WASM_STACK }
+        EngineOptions { fuel_metering: true, max_wasm_stack: Self::DEFAULT_MAX_WASM_STACK, cache_dir: None }
     }
 }
 
@@ -72,6 +77,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<RunState>,
     options: EngineOptions,
+    cache: Option<cache::ArtifactCache>,
     _ticker: EpochTicker,
 }
 
@@ -87,6 +93,7 @@ pub struct Program {
     pre: ProgramPre,
     digest: String,
     name: String,
+    origin: Origin,
 }
 
 #[derive(Clone)]
@@ -113,6 +120,11 @@ impl Program {
     /// `sha256:<hex>` of the bundle it was loaded from.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Whether it was compiled now or loaded from the artifact cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 }
 
@@ -214,7 +226,8 @@ impl Sandbox {
         Node::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Sandbox { engine, linker, options, _ticker: ticker })
+        let cache = options.cache_dir.as_deref().map(|dir| cache::ArtifactCache::new(dir, &engine));
+        Ok(Sandbox { engine, linker, options, cache, _ticker: ticker })
     }
 
     /// The engine options this sandbox was built with.
@@ -226,8 +239,12 @@ impl Sandbox {
     /// pre-instantiates it against the linker.
     pub fn load(&self, bundle: &Bundle) -> Result<Program, BundleError> {
         let path = bundle.path().to_path_buf();
-        let component = Component::new(&self.engine, bundle.bytes())
-            .map_err(|e| BundleError::Invalid { path: path.clone(), reason: format!("{e:#}") })?;
+        let compiled = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, bundle.bytes()),
+            None => Component::new(&self.engine, bundle.bytes()).map(|c| (c, Origin::Compiled)),
+        };
+        let (component, origin) =
+            compiled.map_err(|e| BundleError::Invalid { path: path.clone(), reason: format!("{e:#}") })?;
         let exports: Vec<String> =
             component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
         let is_node = exports.iter().any(|e| e == wfrun_host_api::HANDLER_EXPORT);
@@ -244,7 +261,7 @@ impl Sandbox {
             ProgramPre::Job(CommandPre::new(instance_pre).map_err(unlinkable)?)
         };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "guest".to_owned());
-        Ok(Program { pre, digest: bundle.digest(), name })
+        Ok(Program { pre, digest: bundle.digest(), name, origin })
     }
 
     /// Runs `program` once. Every failure the guest can cause, and every
