@@ -11,8 +11,13 @@
 //!    of limits, capture and the report.
 //! 3. A CPU-bound guest with fuel metering on vs off: the cost of fuel.
 //! 4. Process-level `wfrun exec hello.wasm` start to exit (run record in
-//!    SQLite included) vs spawning `/bin/true`: what a shell script pays per
-//!    call.
+//!    SQLite included), compiling every time (`--no-cache`) vs loading from
+//!    the artifact cache.
+//! 5. Warm `wfrun exec` vs `wasmtime run` (wasmtime-cli 48, which caches
+//!    compiled code too) on the same command component, when `WASMTIME`
+//!    names its binary (`scripts/bench.sh` installs it).
+//! 6. First load (compile) vs cached load of the largest guest fixture.
+//! 7. Sign and verify a 10 MiB bundle vs SHA-256 of the same bytes.
 
 #[path = "../../tests/integration/guests.rs"]
 #[allow(dead_code)]
@@ -123,28 +128,117 @@ fn main() {
         on50.as_secs_f64() / off50.as_secs_f64()
     );
 
-    // 4. Process-level `wfrun exec`.
+    // 4. Process-level `wfrun exec`, compiling vs cached.
     let wfrun = env!("CARGO_BIN_EXE_wfrun");
     let state = tempfile::tempdir().unwrap();
-    let (exec, _) = sample(3, 40, || {
+    let exec = |extra: &[&str], path: &std::path::Path, args: &[&str]| {
         let status = Command::new(wfrun)
             .env("WFRUN_DIR", state.path())
-            .args(["exec", hello_path.to_str().unwrap(), "--quiet", "--input", r#"{"name":"bench"}"#])
+            .arg("exec")
+            .args(extra)
+            .arg(path)
+            .args(["--quiet"])
+            .args(args)
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success());
-    });
-    let (spawn, _) = sample(3, 40, || {
-        assert!(Command::new("/bin/true").status().unwrap().success());
-    });
-    let (exec50, spawn50) = (percentile(&exec, 0.5), percentile(&spawn, 0.5));
+    };
+    let hello_input = ["--input", r#"{"name":"bench"}"#];
+    let (compiling, _) = sample(3, 30, || exec(&["--no-cache"], &hello_path, &hello_input));
+    let (cached, _) = sample(3, 30, || exec(&[], &hello_path, &hello_input));
+    let (compiling50, cached50) = (percentile(&compiling, 0.5), percentile(&cached, 0.5));
     println!(
-        "| `wfrun exec hello.wasm`, start to exit, run recorded (p50; compiles every time, no cache yet) | {:.1} ms | {:.2} ms (`/bin/true`) | {:.0}× |",
-        millis(exec50),
-        millis(spawn50),
-        exec50.as_secs_f64() / spawn50.as_secs_f64()
+        "| `wfrun exec hello.wasm`, start to exit, run recorded (p50), cached vs `--no-cache` | {:.2} ms | {:.1} ms | {:.2}× |",
+        millis(cached50),
+        millis(compiling50),
+        cached50.as_secs_f64() / compiling50.as_secs_f64()
     );
+
+    // 5. Warm `wfrun exec` vs `wasmtime run` on the same command component.
+    let job_path = guests::guest("hello-job");
+    match std::env::var_os("WASMTIME") {
+        Some(wasmtime) => {
+            let (ours, _) = sample(3, 40, || exec(&[], &job_path, &["--", "bench"]));
+            let (theirs, _) = sample(3, 40, || {
+                let status = Command::new(&wasmtime)
+                    .arg("run")
+                    .arg(&job_path)
+                    .arg("bench")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            });
+            let (ours50, theirs50) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
+            println!(
+                "| warm `wfrun exec hello-job.wasm` vs `wasmtime run` (p50, run recorded on our side) | {:.2} ms | {:.2} ms | {:.2}× |",
+                millis(ours50),
+                millis(theirs50),
+                ours50.as_secs_f64() / theirs50.as_secs_f64()
+            );
+        }
+        None => println!("| warm `wfrun exec` vs `wasmtime run` | skipped: set WASMTIME or run scripts/bench.sh | | |"),
+    }
+
+    // 6. Compile vs cached load of the largest fixture.
+    let cpu_bytes = std::fs::read(&cpu_path).unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cached_sandbox =
+        Sandbox::new(EngineOptions { cache_dir: Some(cache_dir.path().join("c")), ..EngineOptions::default() })
+            .unwrap();
+    let bundle = Bundle::from_bytes("cpu.wasm", cpu_bytes.clone()).unwrap();
+    let (compile, _) = sample(1, 10, || {
+        let fresh = Sandbox::new(EngineOptions::default()).unwrap();
+        fresh.load(&bundle).unwrap();
+    });
+    cached_sandbox.load(&bundle).unwrap();
+    let (load, _) = sample(2, 20, || {
+        assert_eq!(cached_sandbox.load(&bundle).unwrap().origin(), wfrun_runtime::sandbox::Origin::Cached);
+    });
+    let (compile50, load50) = (percentile(&compile, 0.5), percentile(&load, 0.5));
+    println!(
+        "| load of `cpu.wasm` ({} KiB): cached vs compiled (p50) | {:.2} ms | {:.1} ms | {:.3}× |",
+        cpu_bytes.len() / 1024,
+        millis(load50),
+        millis(compile50),
+        load50.as_secs_f64() / compile50.as_secs_f64()
+    );
+
+    // 7. Sign and verify 10 MiB.
+    use wfrun_runtime::bundle::signature::{self, SecretKey, TrustPolicy};
+    let mut big = wasm_encoder::Component::new();
+    let filler: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    big.section(&wasm_encoder::CustomSection { name: "filler".into(), data: filler.into() });
+    let big = big.finish();
+    let key = SecretKey::from_seed([9; 32]);
+    let policy = TrustPolicy { trusted: vec![key.public()] };
+    let mut signed = Vec::new();
+    let (sign_times, _) = sample(2, 15, || {
+        let bundle = Bundle::from_bytes("big.wasm", big.clone()).unwrap();
+        signed = signature::embed(bundle.bytes(), &key.sign(bundle.bytes()));
+    });
+    let (verify_times, _) = sample(2, 15, || {
+        let bundle = Bundle::from_bytes("big.wasm", signed.clone()).unwrap();
+        bundle.verify(None, &policy).unwrap();
+    });
+    let (hash_times, _) = sample(2, 15, || {
+        std::hint::black_box(sha2::Digest::finalize(sha2::Digest::chain_update(
+            <sha2::Sha256 as sha2::Digest>::new(),
+            &big,
+        )));
+    });
+    let hash50 = percentile(&hash_times, 0.5);
+    for (what, times) in [("sign", &sign_times), ("verify", &verify_times)] {
+        let t50 = percentile(times, 0.5);
+        println!(
+            "| {what} a 10 MiB bundle (read, parse, hash, ed25519) (p50) | {:.1} ms | {:.1} ms (SHA-256 alone) | {:.2}× |",
+            millis(t50),
+            millis(hash50),
+            t50.as_secs_f64() / hash50.as_secs_f64()
+        );
+    }
 }
 
 /// Bare wasmtime: default engine, empty linker, a fresh store per call.
