@@ -23,6 +23,10 @@
 #[allow(dead_code)]
 mod guests;
 
+/// The `cpu` guest's work, built natively as the baseline.
+#[path = "../../tests/guests/cpu/src/work.rs"]
+mod native;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wfrun_runtime::bundle::Bundle;
@@ -119,13 +123,22 @@ fn main() {
         let report = runtime.block_on(unmetered.run(&unmetered_cpu, &request));
         assert_eq!(report.status, RunStatus::Succeeded);
     });
-    let (on50, off50) = (percentile(&on, 0.5), percentile(&off, 0.5));
+    let (native_times, _) = sample(2, 15, || {
+        std::hint::black_box(native::work(std::hint::black_box(3)));
+    });
+    let (on50, off50, native50) = (percentile(&on, 0.5), percentile(&off, 0.5), percentile(&native_times, 0.5));
     println!(
         "| CPU-bound node (sieve, sort, hash map, recursion), fuel on vs off (p50) | {:.1} ms ({:.2} G fuel/s) | {:.1} ms | {:.2}× |",
         millis(on50),
         fuel_used as f64 / on50.as_secs_f64() / 1e9,
         millis(off50),
         on50.as_secs_f64() / off50.as_secs_f64()
+    );
+    println!(
+        "| same work: wasm without fuel vs native (p50; includes instantiation and JSON) | {:.1} ms | {:.1} ms (native) | {:.2}× |",
+        millis(off50),
+        millis(native50),
+        off50.as_secs_f64() / native50.as_secs_f64()
     );
 
     // 4. Process-level `wfrun exec`, compiling vs cached.
