@@ -202,8 +202,12 @@ impl ExecCommand {
             }
         };
         let store = Arc::new(Store::open(&global.state_dir())?);
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+        // Worker threads only where nodes can run side by side.
+        let runtime = match workflow.kind() {
+            GuestKind::Workflow => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        }
+        .context("starting the async runtime")?;
         let report = runtime.block_on(async {
             let cancel = execution.cancel.clone().expect("set by execution()");
             let on_ctrl_c = tokio::spawn(async move {
