@@ -4,10 +4,13 @@
 //! inside wasmtime with fuel, memory and wall-clock limits and no ambient
 //! authority. The layers, each in its own module:
 //!
-//! - [`bundle`]: bundle files, checked to be components;
+//! - [`bundle`]: bundle files (components or workflow bundles), signatures;
 //! - [`sandbox`]: the engine, limits, captured output and the host side of
 //!   the guest contract; loads bundles into programs and runs them;
 //! - [`outcome`]: the stable error codes and the run report;
+//! - [`workflow`]: workflow definitions, packing and the executor;
+//! - [`store`]: SQLite run history and durable state;
+//! - [`files`]: files and directories private to the user;
 //! - [`cli`]: the `wfrun` commands, each only parsing flags and calling the
 //!   library.
 //!
@@ -17,6 +20,7 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod files;
 pub mod outcome;
 pub mod sandbox;
 pub mod store;

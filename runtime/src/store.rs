@@ -8,6 +8,7 @@
 //! pairs scoped to a workflow). Per-run log files live beside the database
 //! in `logs/<run-id>/<node>.log`. [`state_dir`] resolves where that is.
 
+use crate::files::create_private_dir;
 use crate::outcome::{NodeRecord, RunReport, RunStatus};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -373,14 +374,6 @@ impl Store {
     pub fn log_dir(&self, run_id: &str) -> PathBuf {
         self.dir.join("logs").join(run_id)
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 /// Switches the database to WAL. The switch needs a moment of exclusive

@@ -39,11 +39,8 @@ impl KeygenCommand {
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file =
+        crate::files::create_private_file(path, true).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

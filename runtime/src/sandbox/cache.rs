@@ -17,6 +17,7 @@
 //! - an entry that is truncated, corrupt or made by an incompatible engine
 //!   is removed and the component compiled again; it is never executed.
 
+use crate::files::{create_private_dir, create_private_file};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -91,11 +92,7 @@ impl ArtifactCache {
         let artifact = compiled.serialize()?;
         create_private_dir(&self.dir)?;
         let temp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temp)?;
+        let mut file = create_private_file(&temp, false)?;
         file.write_all(MAGIC)?;
         file.write_all(&Sha256::digest(&artifact))?;
         file.write_all(&artifact)?;
@@ -149,14 +146,6 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
     // wasmtime itself rejects artifacts from an incompatible engine or
     // version, and the entry's name already binds both.
     unsafe { Component::deserialize(engine, artifact) }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 #[cfg(test)]
