@@ -34,9 +34,6 @@ pub use generated::exports::wfrun::node::handler::NodeError;
 pub use generated::wfrun::node::{config, log, state};
 pub use generated::{Node, NodeIndices, NodePre};
 
-/// The WIT package version this crate binds, as it appears in export names.
-pub const PACKAGE_VERSION: &str = "0.1.0";
-
 /// The name under which a node component exports its handler interface.
 pub const HANDLER_EXPORT: &str = "wfrun:node/handler@0.1.0";
 

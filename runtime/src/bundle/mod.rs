@@ -184,11 +184,6 @@ impl Bundle {
         self.nested.get(index).map(|range| &self.bytes[range.clone()])
     }
 
-    /// How many components the bundle nests at its top level.
-    pub fn nested_count(&self) -> usize {
-        self.nested.len()
-    }
-
     /// Whether the bundle carries an embedded signature.
     pub fn is_signed(&self) -> bool {
         self.signature.is_some()

@@ -172,13 +172,18 @@ impl ExecCommand {
             Ok(policy) => policy,
             Err(message) => return Ok(RunReport::rejected(ErrorCode::InvalidInput, message)),
         };
+        // Refused after the bundle was read: the report names its digest.
+        let rejected = |code, message: String, kind: Option<GuestKind>| {
+            let mut report = RunReport::rejected(code, message);
+            report.kind = kind;
+            report.bundle_digest = Some(bundle.digest());
+            Ok(report)
+        };
         let checked = super::sign::read_detached(&self.bundle)
             .map_err(|e| e.to_string())
             .and_then(|detached| bundle.verify(detached.as_ref(), &policy).map_err(|e| e.to_string()));
         if let Err(message) = checked {
-            let mut report = RunReport::rejected(ErrorCode::InvalidBundle, message);
-            report.bundle_digest = Some(bundle.digest());
-            return Ok(report);
+            return rejected(ErrorCode::InvalidBundle, message, None);
         }
         let max_wasm_stack = usize::try_from(self.max_stack).context("--max-stack is too large")?;
         let cache_dir = (!self.no_cache).then(|| global.state_dir().join("cache"));
@@ -186,20 +191,11 @@ impl ExecCommand {
             Arc::new(Sandbox::new(EngineOptions { fuel_metering: !self.no_fuel, max_wasm_stack, cache_dir })?);
         let workflow = match Workflow::load(&sandbox, &bundle) {
             Ok(workflow) => Arc::new(workflow),
-            Err(e) => {
-                let mut report = RunReport::rejected(ErrorCode::InvalidBundle, e.to_string());
-                report.bundle_digest = Some(bundle.digest());
-                return Ok(report);
-            }
+            Err(e) => return rejected(ErrorCode::InvalidBundle, e.to_string(), None),
         };
         let execution = match self.execution(workflow.kind()) {
             Ok(execution) => execution,
-            Err(message) => {
-                let mut report = RunReport::rejected(ErrorCode::InvalidInput, message);
-                report.kind = Some(workflow.kind());
-                report.bundle_digest = Some(bundle.digest());
-                return Ok(report);
-            }
+            Err(message) => return rejected(ErrorCode::InvalidInput, message, Some(workflow.kind())),
         };
         let store = Arc::new(Store::open(&global.state_dir())?);
         // Worker threads only where nodes can run side by side.

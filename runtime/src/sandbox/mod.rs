@@ -230,11 +230,6 @@ impl Sandbox {
         Ok(Sandbox { engine, linker, options, cache, _ticker: ticker })
     }
 
-    /// The engine options this sandbox was built with.
-    pub fn options(&self) -> &EngineOptions {
-        &self.options
-    }
-
     /// Compiles `bundle`, decides whether it is a node or a job, and
     /// pre-instantiates it against the linker.
     pub fn load(&self, bundle: &Bundle) -> Result<Program, BundleError> {

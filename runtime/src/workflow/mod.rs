@@ -243,11 +243,6 @@ impl Workflow {
         self.kind
     }
 
-    /// Node ids in the order they may run.
-    pub fn order(&self) -> &[String] {
-        &self.plan.order
-    }
-
     /// Runs the workflow once, recording it in `store` if given. Fails only
     /// if the store does; everything a guest does ends up in the report.
     pub async fn run(

@@ -9,9 +9,10 @@
 //! committed writes reach SQLite only if the whole run succeeds, in the
 //! transaction that records the run.
 //!
-//! Quotas are checked on every write against SQLite plus *every* layer,
-//! including other attempts' pending writes, so nodes running side by side
-//! cannot together go past the quota when they all succeed.
+//! Quotas are checked on every write against the stored sizes plus *every*
+//! layer, including other attempts' pending writes, so nodes running side by
+//! side cannot together go past the quota when they all succeed. The stored
+//! sizes are read from SQLite once per run, not once per write.
 
 use super::StateQuota;
 use crate::sandbox::StateAccess;
@@ -25,6 +26,8 @@ pub const MAX_KEY_BYTES: usize = 512;
 
 #[derive(Debug, Default)]
 struct Layers {
+    /// Key → size (key + value) as stored when the run first needed them.
+    stored: Option<BTreeMap<String, u64>>,
     committed: StateWrites,
     pending: BTreeMap<u64, StateWrites>,
     next_attempt: u64,
@@ -57,6 +60,33 @@ impl RunOverlay {
 pub struct AttemptState {
     run: Arc<RunOverlay>,
     id: u64,
+}
+
+impl RunOverlay {
+    /// Every key with its size as this attempt would see it: stored, then
+    /// committed, then pending layers (`all_pending`: every attempt's, for
+    /// quota checks; else only `attempt`'s own).
+    fn sizes(
+        &self,
+        attempt: u64,
+        all_pending: bool,
+    ) -> wasmtime::Result<(std::sync::MutexGuard<'_, Layers>, BTreeMap<String, u64>)> {
+        let mut layers = self.layers.lock().unwrap();
+        if layers.stored.is_none() {
+            layers.stored = Some(self.store.state_sizes(&self.workflow)?);
+        }
+        let mut sizes = layers.stored.clone().unwrap_or_default();
+        apply(&mut sizes, &layers.committed);
+        for (id, writes) in &layers.pending {
+            if all_pending && *id != attempt {
+                apply(&mut sizes, writes);
+            }
+        }
+        if let Some(own) = layers.pending.get(&attempt) {
+            apply(&mut sizes, own);
+        }
+        Ok((layers, sizes))
+    }
 }
 
 impl AttemptState {
@@ -135,17 +165,7 @@ impl StateAccess for AttemptState {
                 quota.max_value_bytes
             ))));
         }
-        let mut sizes = self.run.store.state_sizes(&self.run.workflow)?;
-        let mut layers = self.run.layers.lock().unwrap();
-        apply(&mut sizes, &layers.committed);
-        for (id, writes) in &layers.pending {
-            if *id != self.id {
-                apply(&mut sizes, writes);
-            }
-        }
-        if let Some(own) = layers.pending.get(&self.id) {
-            apply(&mut sizes, own);
-        }
+        let (mut layers, mut sizes) = self.run.sizes(self.id, true)?;
         sizes.insert(key.to_owned(), (key.len() + value.len()) as u64);
         if sizes.len() as u64 > quota.max_keys {
             return Ok(Err(StateError::QuotaExceeded(format!("max_keys: the limit is {} keys", quota.max_keys))));
@@ -170,12 +190,8 @@ impl StateAccess for AttemptState {
     }
 
     fn list_keys(&self, prefix: &str) -> wasmtime::Result<Result<Vec<String>, StateError>> {
-        let mut sizes = self.run.store.state_sizes(&self.run.workflow)?;
-        let layers = self.run.layers.lock().unwrap();
-        apply(&mut sizes, &layers.committed);
-        if let Some(own) = layers.pending.get(&self.id) {
-            apply(&mut sizes, own);
-        }
+        let (layers, sizes) = self.run.sizes(self.id, false)?;
+        drop(layers);
         // BTreeMap keys come out in byte order.
         Ok(Ok(sizes.into_keys().filter(|k| k.starts_with(prefix)).collect()))
     }
