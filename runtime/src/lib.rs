@@ -7,6 +7,7 @@
 //! - [`bundle`]: bundle files (components or workflow bundles), signatures;
 //! - [`sandbox`]: the engine, limits, captured output and the host side of
 //!   the guest contract; loads bundles into programs and runs them;
+//! - [`egress`]: the HTTP and socket egress policy and its enforcement;
 //! - [`outcome`]: the stable error codes and the run report;
 //! - [`workflow`]: workflow definitions, packing and the executor;
 //! - [`store`]: SQLite run history and durable state;
@@ -20,6 +21,7 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod egress;
 pub mod files;
 pub mod outcome;
 pub mod sandbox;

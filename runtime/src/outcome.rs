@@ -5,6 +5,7 @@
 //! never change meaning. [`ExitStatus`] maps an outcome onto the `wfrun`
 //! process's exit status.
 
+pub use crate::egress::PolicyViolation;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -277,6 +278,9 @@ pub struct NodeRecord {
     pub output_digest: Option<String>,
     /// The host calls of the last attempt, in order.
     pub trace: Vec<HostCall>,
+    /// Egress the node's attempts asked for and were refused.
+    #[serde(default)]
+    pub policy_violations: Vec<PolicyViolation>,
 }
 
 /// Everything known about one finished run. This is what `wfrun exec --json`
@@ -318,6 +322,11 @@ pub struct RunReport {
     /// The host calls the guest made, in order (plain components; a
     /// workflow's are per node).
     pub trace: Vec<HostCall>,
+    /// Requests and connections the egress policy refused (for a workflow,
+    /// every node's, each naming its node).
+    pub policy_violations: Vec<PolicyViolation>,
+    /// Requested egress rules the operator did not grant.
+    pub egress_not_granted: Vec<String>,
     /// For a workflow: the node that failed the run.
     pub failed_node: Option<String>,
     /// For a workflow: one record per node, in the order they finished
@@ -346,6 +355,8 @@ impl RunReport {
             stderr: String::new(),
             logs: Vec::new(),
             trace: Vec::new(),
+            policy_violations: Vec::new(),
+            egress_not_granted: Vec::new(),
             workflow: None,
             failed_node: None,
             nodes: Vec::new(),

@@ -9,7 +9,7 @@
 //! in `logs/<run-id>/<node>.log`. [`state_dir`] resolves where that is.
 
 use crate::files::create_private_dir;
-use crate::outcome::{NodeRecord, RunReport, RunStatus};
+use crate::outcome::{NodeRecord, PolicyViolation, RunReport, RunStatus};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -150,6 +150,8 @@ pub struct RunRecord {
     pub fuel_consumed: Option<u64>,
     /// Largest linear memory of any node.
     pub peak_memory_bytes: Option<u64>,
+    /// Requests and connections the egress policy refused.
+    pub policy_violations: Vec<PolicyViolation>,
     /// Every status change, oldest first: (status, time).
     pub transitions: Vec<(String, String)>,
     /// Node records, in the order they were recorded.
@@ -174,7 +176,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT,
     duration_ms REAL,
     fuel_consumed INTEGER,
-    peak_memory_bytes INTEGER
+    peak_memory_bytes INTEGER,
+    policy_violations TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
 CREATE TABLE IF NOT EXISTS run_transitions (
@@ -233,6 +236,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        migrate(&conn).map_err(sqlite)?;
         Ok(Store { dir: dir.to_path_buf(), db_path, conn: Mutex::new(conn) })
     }
 
@@ -282,7 +286,8 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5, output = ?6,
-                 exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11
+                 exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11,
+                 policy_violations = ?12
                  WHERE id = ?1",
                 params![
                     run_id,
@@ -296,6 +301,8 @@ impl Store {
                     report.duration_ms,
                     report.fuel_consumed as i64,
                     report.peak_memory_bytes as i64,
+                    (!report.policy_violations.is_empty())
+                        .then(|| serde_json::to_string(&report.policy_violations).expect("violations serialise")),
                 ],
             )?;
             tx.execute(
@@ -397,11 +404,34 @@ fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Brings a database made by an older wfrun up to [`SCHEMA`]: columns added
+/// since, with their empty values. Idempotent, and safe beside other
+/// processes doing the same.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_column = |conn: &Connection, column: &str| -> rusqlite::Result<bool> {
+        let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?;
+        stmt.exists(params![column])
+    };
+    if has_column(conn, "policy_violations")? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let added = (|| {
+        if !has_column(conn, "policy_violations")? {
+            conn.execute_batch("ALTER TABLE runs ADD COLUMN policy_violations TEXT")?;
+        }
+        Ok(())
+    })();
+    conn.execute_batch(if added.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+    added
+}
+
 fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<RunRecord>> {
     let run = conn
         .query_row(
             "SELECT id, workflow, version, kind, bundle_path, bundle_digest, status, error_code, error_message,
-                    failed_node, output, exit_code, created_at, finished_at, duration_ms, fuel_consumed, peak_memory_bytes
+                    failed_node, output, exit_code, created_at, finished_at, duration_ms, fuel_consumed, peak_memory_bytes,
+                    policy_violations
              FROM runs WHERE id = ?1",
             params![run_id],
             |r| {
@@ -423,6 +453,10 @@ fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<RunRecor
                     duration_ms: r.get(14)?,
                     fuel_consumed: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
                     peak_memory_bytes: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+                    policy_violations: r
+                        .get::<_, Option<String>>(17)?
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or_default(),
                     transitions: Vec::new(),
                     nodes: Vec::new(),
                 })

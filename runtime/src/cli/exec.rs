@@ -2,6 +2,7 @@
 
 use super::{GlobalArgs, printable};
 use crate::bundle::Bundle;
+use crate::egress::{EgressPolicy, PolicyFile, Rule};
 use crate::outcome::{ErrorCode, ExitStatus, GuestKind, RunReport, RunStatus};
 use crate::sandbox::{DirGrant, Echo, EngineOptions, Grants, Limits, Sandbox, Tee};
 use crate::store::Store;
@@ -26,7 +27,13 @@ nodes stop within 10 ms and the run is recorded `cancelled` (exit 130).
 Every run that starts is recorded in the state directory: see `wfrun runs`.
 
 The guest gets nothing it is not granted: no files (--dir), no environment
-(--env), no network, no sockets. Fixed limits besides the flags below: 100
+(--env), no network (--allow-host, --policy). An egress rule is
+scheme://host[:port]: `https://api.example.com`, `https://*.example.com`
+(subdomains only), `http://127.0.0.1:8080`, `https://10.0.0.0/8:*`,
+`tcp://192.0.2.7:5432` (sockets). Loopback, private, link-local and metadata
+addresses need a rule naming the IP or CIDR, even when a name resolves to
+them. A workflow gets only what both its capabilities.egress and the operator
+allow; refused requests are listed in the run's policy_violations. Fixed limits besides the flags below: 100
 core instances, 100 tables, 16 memories, 100,000 table elements in all, and
 10,000 open host resources.
 
@@ -38,7 +45,7 @@ Exit status:
   4   a limit stopped the run: timeout, fuel_exhausted, memory_limit,
       stack_overflow or output_limit
   5   the guest trapped (a panic, unreachable, an out-of-bounds access)
-    6   the bundle or the input was rejected (invalid_bundle, invalid_input)
+  6   the bundle or the input was rejected (invalid_bundle, invalid_input)
   130 the run was cancelled (Ctrl-C)
   N   a job that exits with status N passes it through, as `wasmtime run` does
 
@@ -46,7 +53,9 @@ Examples:
   wfrun exec hello.wasm --input '{\"name\":\"Ada\"}'
   echo '{\"values\":[3,1,2]}' | wfrun exec stats.wasm --json
   wfrun exec job.wasm --dir ./data::/data:rw --env MODE=fast -- --verbose file.txt
-  wfrun exec untrusted.wasm --memory 16MiB --timeout 500ms --fuel 100000000";
+  wfrun exec untrusted.wasm --memory 16MiB --timeout 500ms --fuel 100000000
+  wfrun exec fetch.wasm --allow-host https://api.github.com --input '{\"url\":\"https://api.github.com/zen\"}'
+  wfrun exec report.wasm --policy policy.toml";
 
 /// Run a bundle once (a node, a job or a workflow) under limits, record it,
 /// and report what happened.
@@ -112,6 +121,17 @@ pub struct ExecCommand {
     /// A bare DIR is granted at the same path. Repeatable.
     #[arg(long = "dir", value_name = "HOST::GUEST[:rw]", value_parser = parse_dir)]
     dirs: Vec<DirGrant>,
+
+    /// Allow HTTP requests (or sockets, with tcp:// and udp://) matching
+    /// RULE: scheme://host[:port]. Repeatable; adds to --policy's rules.
+    #[arg(long = "allow-host", value_name = "RULE", value_parser = parse_rule)]
+    allow_hosts: Vec<Rule>,
+
+    /// Read the egress grant from a policy file: an [egress] table with
+    /// `allow = [RULES]` and optional max_response_body, connect_timeout,
+    /// first_byte_timeout and max_concurrent_requests. See docs/security.md.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 
     /// Set an environment variable for the guest: KEY=VALUE. Repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -250,6 +270,7 @@ impl ExecCommand {
                 return Err(format!("--dir {}: no such directory on the host", dir.host.display()));
             }
         }
+        let egress = self.egress()?;
         let secrets = match &self.secrets_file {
             Some(path) => read_secrets(path)?,
             None => BTreeMap::new(),
@@ -280,10 +301,21 @@ impl ExecCommand {
             },
             max_parallel: self.max_parallel.map(|n| n as usize),
             cancel: Some(Arc::new(tokio::sync::Notify::new())),
-            grants: Grants { dirs: self.dirs.clone(), env: self.env.clone() },
+            grants: Grants { dirs: self.dirs.clone(), env: self.env.clone(), egress: Some(Arc::new(egress)) },
             echo,
             secrets,
         })
+    }
+
+    /// The operator's egress grant: the policy file's, plus --allow-host.
+    fn egress(&self) -> Result<EgressPolicy, String> {
+        let policy = match &self.policy {
+            Some(path) => PolicyFile::read(path).map_err(|e| e.to_string())?,
+            None => EgressPolicy::deny_all(),
+        };
+        let mut rules = policy.operator_rules().to_vec();
+        rules.extend(self.allow_hosts.iter().cloned());
+        Ok(EgressPolicy::new(rules, policy.limits))
     }
 
     fn input(&self) -> Result<String, String> {
@@ -318,6 +350,13 @@ impl ExecCommand {
         if let Some(output) = &report.output {
             println!("{}", output.get());
         }
+        if !report.egress_not_granted.is_empty() {
+            eprintln!(
+                "wfrun: the bundle requests egress the operator did not grant: {}",
+                printable(&report.egress_not_granted.join(", "))
+            );
+        }
+
         if let (Some(code), Some(message)) = (report.error_code, &report.error_message) {
             // A job's own exit status speaks for itself, as with `wasmtime run`.
             if !(code == ErrorCode::NodeError && report.exit_code.is_some()) {
@@ -355,6 +394,10 @@ fn read_secrets(path: &std::path::Path) -> Result<BTreeMap<String, String>, Stri
         secrets.insert(name.trim().to_owned(), value.to_owned());
     }
     Ok(secrets)
+}
+
+fn parse_rule(text: &str) -> Result<Rule, String> {
+    Rule::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

@@ -164,6 +164,19 @@ fn print_run(run: &RunRecord, trace: bool) {
             run.peak_memory_bytes.unwrap_or(0)
         );
     }
+    if !run.policy_violations.is_empty() {
+        println!("egress refused ({})", run.policy_violations.len());
+        for violation in &run.policy_violations {
+            let node = violation.node.as_ref().map(|n| format!("node `{}`: ", printable(n))).unwrap_or_default();
+            let rule_set = serde_json::to_value(violation.rule_set).ok();
+            println!(
+                "  {node}{} [{}] {}",
+                printable(&violation.target),
+                rule_set.as_ref().and_then(|v| v.as_str()).unwrap_or("-"),
+                printable(&violation.reason)
+            );
+        }
+    }
     println!("history");
     for (status, at) in &run.transitions {
         println!("  {at}  {status}");

@@ -9,12 +9,14 @@
 //! recorded in the run's trace (keys and outcomes, never values).
 
 use super::capture::Echoer;
+use crate::egress::client::EgressHooks;
 use super::limits::{LimitExceeded, StoreLimiter};
 use crate::outcome::{HostCall, LogLine};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wfrun_host_api::{config, log, state};
 
 /// What each log line costs against the log cap on top of its message, so
@@ -132,11 +134,19 @@ pub struct RunState {
     pub(super) logs: LogSink,
     pub(super) services: NodeServices,
     pub(super) trace: Trace,
+    pub(super) http: WasiHttpCtx,
+    pub(super) egress: EgressHooks,
 }
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for RunState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
     }
 }
 

@@ -11,8 +11,8 @@
 //! never the host.
 //!
 //! A guest starts with no ambient authority: no preopened directories, no
-//! environment variables, no sockets, no name lookups. [`Grants`] adds
-//! directories and variables explicitly.
+//! environment variables, no sockets, no name lookups, no HTTP. [`Grants`]
+//! adds directories, variables and an egress policy explicitly.
 
 pub mod cache;
 mod capture;
@@ -25,6 +25,8 @@ pub use host::{NodeServices, StateAccess};
 pub use limits::{LimitExceeded, Limits};
 
 use crate::bundle::{Bundle, BundleError};
+use crate::egress::client::EgressHooks;
+use crate::egress::{EgressPolicy, EgressRun, rule::Scheme};
 use crate::outcome::{ErrorCode, GuestKind, NodeFailure, RunReport, RunStatus};
 use capture::{Capture, EchoThread};
 use host::{LogSink, RunState, Trace};
@@ -140,12 +142,14 @@ pub struct DirGrant {
 }
 
 /// What the guest may touch beyond its own memory. Empty by default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Grants {
     /// Preopened directories.
     pub dirs: Vec<DirGrant>,
     /// Environment variables.
     pub env: Vec<(String, String)>,
+    /// Where HTTP requests and sockets may go; `None` refuses everything.
+    pub egress: Option<Arc<EgressPolicy>>,
 }
 
 /// Where a run's stdout, stderr and log lines are echoed as they arrive.
@@ -223,6 +227,8 @@ impl Sandbox {
         let engine = Engine::new(&config).map_err(|e| SandboxError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError(format!("{e:#}")))?;
         Node::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone());
@@ -278,7 +284,11 @@ impl Sandbox {
         let echo = (request.echo != Echo::NONE).then(EchoThread::start);
         let stdout = Capture::new("stdout", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stdout));
         let stderr = Capture::new("stderr", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stderr));
-        let wasi = match build_wasi(program, request, &stdout, &stderr) {
+        let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
+        let deadline = Instant::now() + timeout;
+        let policy = request.grants.egress.clone().unwrap_or_else(|| Arc::new(EgressPolicy::deny_all()));
+        let egress = EgressRun::new(policy, deadline);
+        let wasi = match build_wasi(program, request, &egress, &stdout, &stderr) {
             Ok(wasi) => wasi,
             Err(message) => {
                 report.error_code = Some(ErrorCode::InvalidInput);
@@ -295,6 +305,8 @@ impl Sandbox {
             logs: LogSink::new(limits.log_bytes, EchoThread::echoer(echo.as_ref(), request.echo.logs)),
             services: request.services.clone(),
             trace: Trace::default(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            egress: EgressHooks(egress.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -302,11 +314,9 @@ impl Sandbox {
             // Cannot fail: fuel metering is enabled on this engine.
             store.set_fuel(limits.fuel).expect("fuel metering is enabled");
         }
-        let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
         // Every epoch tick the guest yields to the async runtime, so other
         // runs make progress and a run whose task is dropped (cancelled)
         // stops within a tick; past the deadline it traps with `Interrupt`.
-        let deadline = Instant::now() + timeout;
         store.epoch_deadline_callback(move |_| {
             Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
         });
@@ -330,6 +340,7 @@ impl Sandbox {
         let RunState { logs, trace, .. } = store.into_data();
         report.logs = logs.into_lines();
         report.trace = trace.into_calls();
+        report.policy_violations = egress.violations();
         // The store is gone; with the captures dropped too, the echo thread
         // has every chunk and can finish writing them.
         drop((stdout, stderr));
@@ -460,17 +471,23 @@ fn truncate(mut text: String, max: usize) -> String {
 fn build_wasi(
     program: &Program,
     request: &RunRequest,
+    egress: &Arc<EgressRun>,
     stdout: &Capture,
     stderr: &Capture,
 ) -> Result<wasmtime_wasi::WasiCtx, String> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdout(stdout.clone()).stderr(stderr.clone());
-    // No network of any kind: these are wasmtime-wasi's defaults too, but the
-    // sandbox states them rather than inheriting whatever a default becomes.
-    wasi.allow_tcp(false)
-        .allow_udp(false)
+    // Sockets only where a `tcp://` or `udp://` rule grants them, and only to
+    // the addresses it names; never name lookups (socket rules name
+    // addresses). HTTP goes through wasi:http and its own checks.
+    let check = egress.clone();
+    wasi.allow_tcp(egress.policy().allows_any(Scheme::Tcp))
+        .allow_udp(egress.policy().allows_any(Scheme::Udp))
         .allow_ip_name_lookup(false)
-        .socket_addr_check(|_, _| Box::pin(async { false }));
+        .socket_addr_check(move |addr, use_| {
+            let allowed = check.check_socket(addr, use_);
+            Box::pin(async move { allowed })
+        });
     if program.kind() == GuestKind::Job {
         if request.inherit_stdin {
             wasi.stdin(wasmtime_wasi::cli::stdin());

@@ -240,7 +240,8 @@ pub enum Trigger {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
-    /// Egress rules `scheme://host[:port]` (enforced once egress lands).
+    /// Egress rules `scheme://host[:port]` the workflow asks for; the
+    /// operator's grant narrowed to these is what its nodes get.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
     /// The state quota.
@@ -388,6 +389,11 @@ impl WorkflowDef {
         }
         if self.max_parallel == 0 {
             return Err(bad("max_parallel", "0", "must be at least 1"));
+        }
+        for (index, rule) in self.capabilities.egress.iter().enumerate() {
+            if let Err(e) = crate::egress::Rule::parse(rule) {
+                return Err(bad(&format!("capabilities.egress[{index}]"), rule, &e.to_string()));
+            }
         }
         let declared: BTreeSet<&str> = self.capabilities.secrets.iter().map(String::as_str).collect();
         for (id, node) in &self.nodes {

@@ -23,6 +23,7 @@ pub use definition::{
 };
 
 use crate::bundle::{Bundle, BundleError};
+use crate::egress::{EgressPolicy, PolicyViolation, Rule};
 use crate::outcome::{ErrorCode, GuestKind, NodeRecord, RunReport, RunStatus, new_run_id};
 use crate::sandbox::{Echo, Grants, NodeServices, Program, RunRequest, Sandbox, StateAccess};
 use crate::store::{NewRun, StateWrites, Store, StoreError, now};
@@ -90,6 +91,8 @@ pub struct Workflow {
     steps: BTreeMap<String, Step>,
     max_parallel: usize,
     quota: StateQuota,
+    /// The egress a workflow requests; `None` for a plain component.
+    egress_request: Option<Vec<Rule>>,
 }
 
 impl std::fmt::Debug for Workflow {
@@ -185,6 +188,7 @@ impl Workflow {
                 steps,
                 max_parallel: 1,
                 quota: StateQuota::default(),
+                egress_request: None,
             });
         };
         let def = &embedded.definition;
@@ -230,6 +234,8 @@ impl Workflow {
                 max_value_bytes: def.capabilities.state.max_value_bytes.min(STATE_QUOTA_CEILING.max_value_bytes),
                 max_total_bytes: def.capabilities.state.max_total_bytes.min(STATE_QUOTA_CEILING.max_total_bytes),
             },
+            // Every rule parsed when plan() validated the definition.
+            egress_request: Some(def.capabilities.egress.iter().filter_map(|rule| Rule::parse(rule).ok()).collect()),
         })
     }
 
@@ -277,6 +283,14 @@ impl Workflow {
             report.fuel_consumed = records.iter().map(|r| r.fuel_consumed).sum();
             report.peak_memory_bytes = records.iter().map(|r| r.peak_memory_bytes).max().unwrap_or(0);
         }
+        let workflow = self.kind == GuestKind::Workflow;
+        report.policy_violations = records
+            .iter()
+            .flat_map(|r| {
+                r.policy_violations.iter().map(|v| PolicyViolation { node: workflow.then(|| r.node.clone()), ..v.clone() })
+            })
+            .collect();
+        report.egress_not_granted = self.egress(&execution).not_granted().iter().map(|r| r.to_string()).collect();
         report.nodes = records;
         if let Some(store) = store {
             let writes: StateWrites = overlay.map(|o| o.take_writes()).unwrap_or_default();
@@ -414,6 +428,7 @@ impl Workflow {
                 input_digest: None,
                 output_digest: None,
                 trace: Vec::new(),
+                policy_violations: Vec::new(),
             });
         }
 
@@ -495,6 +510,14 @@ impl Workflow {
         Ok(Value::Object(object).to_string())
     }
 
+    /// The egress policy the nodes get: the operator's grant, narrowed to
+    /// what a workflow requests (a plain component requests nothing
+    /// declaratively and gets the grant as it is).
+    fn egress(&self, execution: &Execution) -> Arc<EgressPolicy> {
+        let granted = execution.grants.egress.as_deref().cloned().unwrap_or_else(EgressPolicy::deny_all);
+        Arc::new(granted.with_requested(self.egress_request.clone()))
+    }
+
     fn request(&self, id: &str, input: String, execution: &Execution) -> RunRequest {
         let step = &self.steps[id];
         let granted: BTreeSet<&String> = step.def.iter().flat_map(|d| &d.secrets).collect();
@@ -504,7 +527,7 @@ impl Workflow {
             args: execution.args.clone(),
             inherit_stdin: execution.inherit_stdin && self.kind == GuestKind::Job,
             limits: self.plan.limits[id].grant(&execution.ceilings),
-            grants: execution.grants.clone(),
+            grants: Grants { egress: Some(self.egress(execution)), ..execution.grants.clone() },
             echo: execution.echo,
             services: NodeServices {
                 config: Some(step.config.clone()),
@@ -546,6 +569,7 @@ impl NodeTask {
         let input_digest = digest(self.request.input.as_bytes());
         let max_attempts = self.retry.map(|r| r.max_attempts).unwrap_or(1);
         let (mut duration_ms, mut fuel, mut peak) = (0.0, 0, 0);
+        let mut violations = Vec::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -555,6 +579,7 @@ impl NodeTask {
             duration_ms += report.duration_ms;
             fuel += report.fuel_consumed;
             peak = u64::max(peak, report.peak_memory_bytes);
+            violations.append(&mut report.policy_violations);
             let retry = report.node_error.as_ref().is_some_and(|e| e.retryable) && attempt < max_attempts;
             if report.succeeded() {
                 if let Some(state) = attempt_state {
@@ -567,6 +592,7 @@ impl NodeTask {
             report.duration_ms = duration_ms;
             report.fuel_consumed = fuel;
             report.peak_memory_bytes = peak;
+            report.policy_violations = violations;
             return NodeRun { attempts: attempt, started_at, input_digest, report };
         }
     }
@@ -594,6 +620,7 @@ fn node_record(
         input_digest: input_digest.cloned(),
         output_digest: output.map(|o| digest(o.as_bytes())),
         trace: report.trace.clone(),
+        policy_violations: report.policy_violations.clone(),
     }
 }
 
