@@ -17,7 +17,7 @@ fi
 cargo build --release --locked --target wasm32-wasip2 --manifest-path "$here/Cargo.toml" --target-dir "$here/target"
 mkdir -p "$here/dist"
 out="$here/target/wasm32-wasip2/release"
-for guest in hello stats hello-job counter parse aggregate format; do
+for guest in hello stats hello-job counter parse aggregate format fetch; do
   cp "$out/$guest.wasm" "$here/dist/"
 done
 

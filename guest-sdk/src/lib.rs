@@ -25,7 +25,8 @@
 //! `wfrun exec target/wasm32-wasip2/release/my_node.wasm --input '{"name":"x"}'`.
 //!
 //! The host interfaces are wrapped in documented modules: [`log`], [`state`]
-//! and [`config`]. The generated WIT bindings live in the hidden `wit` module;
+//! and [`config`], and outgoing HTTP (where the operator grants egress) in
+//! [`http`]. The generated WIT bindings live in the hidden `wit` module;
 //! node authors should not need them.
 
 #![warn(missing_docs)]
@@ -44,6 +45,8 @@ pub mod wit {
         default_bindings_module: "wfrun_sdk::wit",
     });
 }
+
+pub mod http;
 
 pub use serde_json::{Value, json};
 

@@ -4,9 +4,11 @@
 //! example guests in `examples/` and the misbehaving ones in `tests/guests/`.
 //! Hostile guests that are easier to state in WAT live in `tests/wat/`.
 //! `exec` drives the real `wfrun` binary; `sandbox` and `hostile` drive the
-//! library; `workflow` does both, for packing, running and run history.
+//! library; `workflow` does both, for packing, running and run history;
+//! `egress` runs the `fetch` example against HTTP servers on 127.0.0.1.
 
 mod cache;
+mod egress;
 mod exec;
 mod guests;
 mod hostile;

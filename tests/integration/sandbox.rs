@@ -104,6 +104,7 @@ async fn granted_directories_are_read_only_unless_rw() {
     let grant = |writable| Grants {
         dirs: vec![DirGrant { host: dir.path().to_path_buf(), guest: "/data".into(), writable }],
         env: vec![("WFRUN_TEST".into(), "granted".into())],
+        ..Grants::default()
     };
     let run = |grants: Grants| async move {
         let request = RunRequest { input: json!({"mode": "files"}).to_string(), grants, ..RunRequest::default() };
@@ -126,7 +127,7 @@ async fn granted_directories_are_read_only_unless_rw() {
 async fn a_missing_granted_directory_is_invalid_input() {
     let grants = Grants {
         dirs: vec![DirGrant { host: "/no/such/dir/anywhere".into(), guest: "/data".into(), writable: false }],
-        env: vec![],
+        ..Grants::default()
     };
     let request = RunRequest { input: json!({"mode": "files"}).to_string(), grants, ..RunRequest::default() };
     let report = sandbox().run(&program(&guest("hostile")), &request).await;

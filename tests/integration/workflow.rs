@@ -140,7 +140,10 @@ async fn run_flaky(max_attempts: u32, fails: u64) -> (RunReport, Arc<Store>, tem
     let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
     let execution = Execution {
         input: json!({"mode": "flaky", "n": fails + 1, "then": "ok"}).to_string(),
-        grants: Grants { dirs: vec![DirGrant { host: data, guest: "/data".into(), writable: true }], env: vec![] },
+        grants: Grants {
+            dirs: vec![DirGrant { host: data, guest: "/data".into(), writable: true }],
+            ..Grants::default()
+        },
         ..Execution::default()
     };
     (run(&bundle, &store, execution).await, store, dir)

@@ -343,18 +343,18 @@ impl ExecCommand {
     }
 
     fn print(&self, report: &RunReport) -> anyhow::Result<()> {
+        if !report.egress_not_granted.is_empty() {
+            eprintln!(
+                "wfrun: the bundle requests egress the operator did not grant: {}",
+                printable(&report.egress_not_granted.join(", "))
+            );
+        }
         if self.json {
             println!("{}", serde_json::to_string(report)?);
             return Ok(());
         }
         if let Some(output) = &report.output {
             println!("{}", output.get());
-        }
-        if !report.egress_not_granted.is_empty() {
-            eprintln!(
-                "wfrun: the bundle requests egress the operator did not grant: {}",
-                printable(&report.egress_not_granted.join(", "))
-            );
         }
 
         if let (Some(code), Some(message)) = (report.error_code, &report.error_message) {

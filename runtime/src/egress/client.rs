@@ -213,7 +213,8 @@ impl EgressRun {
 
         // The request line carries the path only; scheme and host were for us.
         let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
-        *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
+        *request.uri_mut() =
+            http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
         let first_byte_timeout = options
             .and_then(|o| o.first_byte_timeout)
             .unwrap_or(limits.first_byte_timeout)
@@ -236,7 +237,8 @@ impl EgressRun {
         }
         let run = self.clone();
         let response = response.map(|incoming| {
-            LimitedBody { incoming, seen: 0, max, exceeded: false, target: target.to_string(), run, _permit: permit }.boxed_unsync()
+            LimitedBody { incoming, seen: 0, max, exceeded: false, target: target.to_string(), run, _permit: permit }
+                .boxed_unsync()
         });
         let io: SendIo = Box::new(async move { driver.await.unwrap_or(Ok(())) });
         Ok((response, io))

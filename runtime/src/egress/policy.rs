@@ -117,7 +117,8 @@ impl EgressPolicy {
     /// Checks a target's scheme, host and port, before anything is resolved
     /// or connected.
     pub fn check_target(&self, target: &Target) -> Result<(), PolicyViolation> {
-        let refuse = |rule_set, reason: String| PolicyViolation { rule_set, target: target.to_string(), reason, node: None };
+        let refuse =
+            |rule_set, reason: String| PolicyViolation { rule_set, target: target.to_string(), reason, node: None };
         if !self.operator.iter().any(|r| r.matches(target)) {
             let reason = if self.operator.is_empty() {
                 "no egress is granted (grant it with --allow-host RULE or --policy FILE)".to_owned()
@@ -129,7 +130,8 @@ impl EgressPolicy {
         if let Some(requested) = &self.requested
             && !requested.iter().any(|r| r.matches(target))
         {
-            let reason = format!("the bundle's capabilities.egress does not request it (requested: {})", list(requested));
+            let reason =
+                format!("the bundle's capabilities.egress does not request it (requested: {})", list(requested));
             return Err(refuse(RuleSet::Bundle, reason));
         }
         if let Host::Ip(ip) = target.host {
@@ -297,12 +299,15 @@ impl EgressSection {
         }
         let duration = |key: &str, text: &Option<String>, default: Duration| match text {
             None => Ok(default),
-            Some(text) => humantime::parse_duration(text)
-                .map_err(|e| invalid(format!("egress.{key} {text:?}: {e}")))
-                .and_then(|d| if d.is_zero() { Err(invalid(format!("egress.{key} must be above zero"))) } else { Ok(d) }),
+            Some(text) => {
+                humantime::parse_duration(text).map_err(|e| invalid(format!("egress.{key} {text:?}: {e}"))).and_then(
+                    |d| if d.is_zero() { Err(invalid(format!("egress.{key} must be above zero"))) } else { Ok(d) },
+                )
+            }
         };
         limits.connect_timeout = duration("connect_timeout", &self.connect_timeout, limits.connect_timeout)?;
-        limits.first_byte_timeout = duration("first_byte_timeout", &self.first_byte_timeout, limits.first_byte_timeout)?;
+        limits.first_byte_timeout =
+            duration("first_byte_timeout", &self.first_byte_timeout, limits.first_byte_timeout)?;
         if let Some(n) = self.max_concurrent_requests {
             if !(1..=1024).contains(&n) {
                 return Err(invalid(format!("egress.max_concurrent_requests {n} is outside 1..=1024")));
@@ -370,7 +375,8 @@ mod tests {
         let local = target(Scheme::Http, "localhost:8080");
         assert!(any.check_target(&local).is_ok(), "the name passes; its addresses are checked after lookup");
         assert!(any.check_address(&local, Ipv4Addr::LOCALHOST.into()).is_err());
-        let named = EgressPolicy::new(rules(&["http://localhost:8080", "http://127.0.0.1:8080"]), HttpLimits::default());
+        let named =
+            EgressPolicy::new(rules(&["http://localhost:8080", "http://127.0.0.1:8080"]), HttpLimits::default());
         assert!(named.check_address(&local, Ipv4Addr::LOCALHOST.into()).is_ok());
         assert!(named.check_address(&local, "10.0.0.1".parse().unwrap()).is_err());
         // A rule for another port does not open the address on this one.
@@ -404,8 +410,9 @@ mod tests {
     fn policy_files_reject_unknown_keys_and_bad_values() {
         let parse = |text: &str| toml::from_str::<PolicyFile>(text).map_err(|e| e.to_string());
         assert!(parse("[egress]\nalow = []").unwrap_err().contains("alow"));
-        let file = parse("[egress]\nallow = [\"https://x.org\"]\nmax_response_body = \"1MiB\"\nconnect_timeout = \"2s\"")
-            .unwrap();
+        let file =
+            parse("[egress]\nallow = [\"https://x.org\"]\nmax_response_body = \"1MiB\"\nconnect_timeout = \"2s\"")
+                .unwrap();
         let policy = file.egress.into_policy().unwrap();
         assert_eq!(policy.limits.max_response_bytes, 1024 * 1024);
         assert_eq!(policy.limits.connect_timeout, Duration::from_secs(2));

@@ -267,9 +267,10 @@ pub fn parse_ip(text: &str) -> Result<Option<IpAddr>, String> {
     let last = text.trim_end_matches('.').rsplit('.').next().unwrap_or("");
     let numeric = !last.is_empty()
         && (last.bytes().all(|b| b.is_ascii_digit())
-            || last.strip_prefix("0x").or_else(|| last.strip_prefix("0X")).is_some_and(|hex| {
-                hex.bytes().all(|b| b.is_ascii_hexdigit())
-            }));
+            || last
+                .strip_prefix("0x")
+                .or_else(|| last.strip_prefix("0X"))
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())));
     if numeric {
         return Err(format!(
             "{text:?} is not a canonical IP address (write IPv4 as four decimal numbers, e.g. {})",

@@ -9,8 +9,8 @@
 //! recorded in the run's trace (keys and outcomes, never values).
 
 use super::capture::Echoer;
-use crate::egress::client::EgressHooks;
 use super::limits::{LimitExceeded, StoreLimiter};
+use crate::egress::client::EgressHooks;
 use crate::outcome::{HostCall, LogLine};
 use std::collections::BTreeMap;
 use std::sync::Arc;

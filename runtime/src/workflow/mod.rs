@@ -287,7 +287,9 @@ impl Workflow {
         report.policy_violations = records
             .iter()
             .flat_map(|r| {
-                r.policy_violations.iter().map(|v| PolicyViolation { node: workflow.then(|| r.node.clone()), ..v.clone() })
+                r.policy_violations
+                    .iter()
+                    .map(|v| PolicyViolation { node: workflow.then(|| r.node.clone()), ..v.clone() })
             })
             .collect();
         report.egress_not_granted = self.egress(&execution).not_granted().iter().map(|r| r.to_string()).collect();
