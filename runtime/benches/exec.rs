@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wfrun_runtime::bundle::Bundle;
 use wfrun_runtime::outcome::RunStatus;
-use wfrun_runtime::sandbox::{EngineOptions, Limits, RunRequest, Sandbox};
+use wfrun_runtime::sandbox::{EngineOptions, Limits, PoolingOptions, RunRequest, Sandbox};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -85,6 +85,27 @@ fn main() {
         times.len() as f64 / total.as_secs_f64()
     );
 
+    // 1b. The same with the pooling allocator (for long-lived hosts).
+    let pooled = Sandbox::new(EngineOptions {
+        pooling: Some(PoolingOptions { concurrent_runs: 4, max_memory_bytes: Limits::DEFAULT_MEMORY_BYTES }),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let pooled_hello = pooled.load(&Bundle::read(&hello_path).unwrap()).unwrap();
+    let request = RunRequest { input: r#"{"name":"bench"}"#.to_owned(), ..RunRequest::default() };
+    let (pooled_times, pooled_total) = sample(200, 5000, || {
+        let report = runtime.block_on(pooled.run(&pooled_hello, &request));
+        assert_eq!(report.status, RunStatus::Succeeded);
+    });
+    println!(
+        "| in-process `hello`, pooling allocator vs on demand (p50) | {:.1} µs ({:.0} runs/s) | {:.1} µs | {:.2}× |",
+        micros(percentile(&pooled_times, 0.5)),
+        pooled_times.len() as f64 / pooled_total.as_secs_f64(),
+        micros(percentile(&times, 0.5)),
+        percentile(&pooled_times, 0.5).as_secs_f64() / percentile(&times, 0.5).as_secs_f64()
+    );
+    drop(pooled);
+
     // 2. Sandbox vs bare wasmtime on a no-op command.
     let noop = guests::wat("noop-job");
     let program = sandbox.load(&Bundle::from_bytes("noop-job.wasm", noop.clone()).unwrap()).unwrap();
@@ -123,6 +144,12 @@ fn main() {
         let report = runtime.block_on(unmetered.run(&unmetered_cpu, &request));
         assert_eq!(report.status, RunStatus::Succeeded);
     });
+    let no_epochs = Sandbox::new(EngineOptions { epoch_interruption: false, ..EngineOptions::default() }).unwrap();
+    let no_epochs_cpu = no_epochs.load(&cpu_bundle).unwrap();
+    let (epochs_off, _) = sample(2, 15, || {
+        let report = runtime.block_on(no_epochs.run(&no_epochs_cpu, &request));
+        assert_eq!(report.status, RunStatus::Succeeded);
+    });
     let (native_times, _) = sample(2, 15, || {
         std::hint::black_box(native::work(std::hint::black_box(3)));
     });
@@ -133,6 +160,13 @@ fn main() {
         fuel_used as f64 / on50.as_secs_f64() / 1e9,
         millis(off50),
         on50.as_secs_f64() / off50.as_secs_f64()
+    );
+    let epochs_off50 = percentile(&epochs_off, 0.5);
+    println!(
+        "| same node, epoch deadline on vs off (both metering fuel; p50) | {:.1} ms | {:.1} ms | {:.2}× |",
+        millis(on50),
+        millis(epochs_off50),
+        on50.as_secs_f64() / epochs_off50.as_secs_f64()
     );
     println!(
         "| same work: wasm without fuel vs native (p50; includes instantiation and JSON) | {:.1} ms | {:.1} ms (native) | {:.2}× |",

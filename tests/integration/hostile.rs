@@ -203,3 +203,66 @@ async fn one_sandbox_survives_every_hostile_guest_in_turn() {
     let report = run_node("hello", json!({"name": "after the storm"}), small()).await;
     assert_eq!(report.output.unwrap().get(), r#"{"greeting":"Hello, after the storm!"}"#);
 }
+
+/// The pooling allocator (for long-lived hosts) changes where memories,
+/// tables and instances come from, not what a run may have: every hostile
+/// guest still ends with the limiter's own code, and the pool's slots come
+/// back for the next run.
+#[tokio::test]
+async fn the_pooling_allocator_keeps_every_limit_and_code() {
+    use wfrun_runtime::bundle::Bundle;
+    use wfrun_runtime::sandbox::PoolingOptions;
+    let pooled = Sandbox::new(EngineOptions {
+        pooling: Some(PoolingOptions { concurrent_runs: 2, max_memory_bytes: small().memory_bytes }),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let node = |name: &str| pooled.load(&Bundle::read(&guest(name)).unwrap()).unwrap();
+    let hostile = node("hostile");
+    for (mode, code) in [
+        ("loop", ErrorCode::FuelExhausted),
+        ("grow", ErrorCode::MemoryLimit),
+        ("recurse", ErrorCode::StackOverflow),
+        ("log", ErrorCode::OutputLimit),
+        ("panic", ErrorCode::Trap),
+    ] {
+        let request = RunRequest { input: json!({"mode": mode}).to_string(), limits: small(), ..RunRequest::default() };
+        assert_failed(&pooled.run(&hostile, &request).await, code);
+    }
+    // What is statically larger than the pools (a memory or table whose
+    // declared minimum is larger than a slot, more core instances than a
+    // run may have) can never run under these ceilings: the pool refuses it
+    // when it is loaded, before any run, naming the size.
+    for job in ["memory-bomb-job", "table-bomb-job", "instance-bomb-job", "memory-count-bomb-job"] {
+        let error =
+            pooled.load(&Bundle::from_bytes(format!("{job}.wat"), crate::guests::wat(job)).unwrap()).unwrap_err();
+        let error = error.to_string();
+        assert!(
+            error.contains("exceeds the limit") || error.contains("exceeds the configured maximum"),
+            "{job}: {error}"
+        );
+    }
+    for (job, code) in [
+        ("table-total-bomb-job", ErrorCode::MemoryLimit),
+        ("grow-job", ErrorCode::MemoryLimit),
+        ("unreachable-job", ErrorCode::Trap),
+    ] {
+        let program = match pooled.load(&Bundle::from_bytes(format!("{job}.wat"), crate::guests::wat(job)).unwrap()) {
+            Ok(program) => program,
+            Err(e) => panic!("{job} does not load on the pooled sandbox: {e}"),
+        };
+        let report = pooled.run(&program, &RunRequest { limits: small(), ..RunRequest::default() }).await;
+        assert_failed(&report, code);
+    }
+    // Many more runs than slots: each run gives its slots back.
+    let hello = node("hello");
+    for i in 0..20 {
+        let request = RunRequest {
+            input: json!({"name": format!("run {i}")}).to_string(),
+            limits: small(),
+            ..RunRequest::default()
+        };
+        let report = pooled.run(&hello, &request).await;
+        assert_eq!(report.status, RunStatus::Succeeded, "run {i}: {:?}", report.error_message);
+    }
+}

@@ -207,8 +207,14 @@ impl ExecCommand {
         }
         let max_wasm_stack = usize::try_from(self.max_stack).context("--max-stack is too large")?;
         let cache_dir = (!self.no_cache).then(|| global.state_dir().join("cache"));
-        let sandbox =
-            Arc::new(Sandbox::new(EngineOptions { fuel_metering: !self.no_fuel, max_wasm_stack, cache_dir })?);
+        // On-demand allocation, not the pooling allocator: reserving pools
+        // costs more at startup than one run saves (docs/performance.md).
+        let sandbox = Arc::new(Sandbox::new(EngineOptions {
+            fuel_metering: !self.no_fuel,
+            max_wasm_stack,
+            cache_dir,
+            ..EngineOptions::default()
+        })?);
         let workflow = match Workflow::load(&sandbox, &bundle) {
             Ok(workflow) => Arc::new(workflow),
             Err(e) => return rejected(ErrorCode::InvalidBundle, e.to_string(), None),

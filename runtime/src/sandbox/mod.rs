@@ -56,6 +56,28 @@ pub struct EngineOptions {
     /// Keep compiled components here and load them instead of compiling
     /// again (see [`cache`]); `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Stop running wasm code at the run's deadline (an epoch check in every
+    /// loop and function entry, and a yield every 10 ms). Off, `--timeout`
+    /// only stops a guest waiting in a host call and fuel is the only bound
+    /// on CPU: for measuring the check's cost and for embedders who meter
+    /// fuel alone.
+    pub epoch_interruption: bool,
+    /// Take instances, memories, tables and fiber stacks from pools
+    /// reserved up front instead of mapping them per run; `None` allocates
+    /// on demand. See [`PoolingOptions`].
+    pub pooling: Option<PoolingOptions>,
+}
+
+/// How large the pooling allocator's pools are. Each run's own limits are
+/// still enforced by the store limiter; the pools must only be large enough
+/// never to refuse what a run's limits allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolingOptions {
+    /// Runs that may be instantiated at once.
+    pub concurrent_runs: u32,
+    /// The largest linear memory any run may be granted (the operator's
+    /// memory ceiling); each memory slot reserves this much address space.
+    pub max_memory_bytes: u64,
 }
 
 impl EngineOptions {
@@ -65,7 +87,13 @@ impl EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { fuel_metering: true, max_wasm_stack: Self::DEFAULT_MAX_WASM_STACK, cache_dir: None }
+        EngineOptions {
+            fuel_metering: true,
+            max_wasm_stack: Self::DEFAULT_MAX_WASM_STACK,
+            cache_dir: None,
+            epoch_interruption: true,
+            pooling: None,
+        }
     }
 }
 
@@ -80,7 +108,7 @@ pub struct Sandbox {
     linker: Linker<RunState>,
     options: EngineOptions,
     cache: Option<cache::ArtifactCache>,
-    _ticker: EpochTicker,
+    _ticker: Option<EpochTicker>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -215,7 +243,7 @@ impl Sandbox {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
-            .epoch_interruption(true)
+            .epoch_interruption(options.epoch_interruption)
             .consume_fuel(options.fuel_metering)
             // Components do not need the GC proposal, and wasmtime reports a
             // GC heap that hits the limiter as an untyped out-of-memory.
@@ -224,6 +252,9 @@ impl Sandbox {
             // Async runs execute on a separate fiber stack, which must hold
             // the wasm stack plus the host frames beneath it.
             .async_stack_size(options.max_wasm_stack.saturating_add(1024 * 1024));
+        if let Some(pooling) = options.pooling {
+            config.allocation_strategy(pooling_config(pooling));
+        }
         let engine = Engine::new(&config).map_err(|e| SandboxError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
@@ -231,7 +262,7 @@ impl Sandbox {
             .map_err(|e| SandboxError(format!("{e:#}")))?;
         Node::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
-        let ticker = EpochTicker::start(engine.clone());
+        let ticker = options.epoch_interruption.then(|| EpochTicker::start(engine.clone()));
         let cache = options.cache_dir.as_deref().map(|dir| cache::ArtifactCache::new(dir, &engine));
         Ok(Sandbox { engine, linker, options, cache, _ticker: ticker })
     }
@@ -317,10 +348,12 @@ impl Sandbox {
         // Every epoch tick the guest yields to the async runtime, so other
         // runs make progress and a run whose task is dropped (cancelled)
         // stops within a tick; past the deadline it traps with `Interrupt`.
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
-        });
-        store.set_epoch_deadline(1);
+        if self.options.epoch_interruption {
+            store.epoch_deadline_callback(move |_| {
+                Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+            });
+            store.set_epoch_deadline(1);
+        }
 
         let started = Instant::now();
         // The epoch deadline stops wasm code; this backstop also stops a
@@ -355,6 +388,34 @@ impl Sandbox {
         settle(&mut report, outcome, limits);
         report
     }
+}
+
+/// The pools, sized so that they never refuse what [`Limits`] allow: the
+/// per-run counts of [`Limits::default`] times the concurrent runs, memory
+/// slots as large as the memory ceiling, one table slot as large as the
+/// table-element limit.
+fn pooling_config(options: PoolingOptions) -> wasmtime::InstanceAllocationStrategy {
+    let limits = Limits::default();
+    let runs = options.concurrent_runs.max(1);
+    let per_run = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(runs)
+        .total_stacks(runs)
+        .total_core_instances(runs.saturating_mul(per_run(limits.instances)))
+        .total_memories(runs.saturating_mul(per_run(limits.memories)))
+        .total_tables(runs.saturating_mul(per_run(limits.tables)))
+        .max_core_instances_per_component(per_run(limits.instances))
+        .max_memories_per_component(per_run(limits.memories))
+        .max_tables_per_component(per_run(limits.tables))
+        .max_memories_per_module(per_run(limits.memories))
+        .max_tables_per_module(per_run(limits.tables))
+        .table_elements(limits.table_elements)
+        .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX))
+        // Reuse a slot's pages instead of unmapping them: the next run's
+        // memory starts from the copy-on-write image either way.
+        .linear_memory_keep_resident(64 * 1024)
+        .table_keep_resident(16 * 1024);
+    wasmtime::InstanceAllocationStrategy::Pooling(pool)
 }
 
 /// What a guest call returned, before it is judged.
