@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds every example guest into examples/dist/<name>.wasm, and packs each
-# workflow in examples/workflows/<name>/ into examples/dist/<name>.wasm.
+# Builds every example guest into examples/dist/<name>.wasm (the Rust ones
+# with cargo, python-hello and js-hello with examples/build-polyglot.sh, which
+# installs its toolchains into examples/.toolchains/ on first use), and packs
+# each workflow in examples/workflows/<name>/ into examples/dist/<name>.wasm.
 #
 # Usage: examples/build.sh
 # Needs the wasm32-wasip2 target; installs it with rustup when missing.
@@ -20,6 +22,9 @@ out="$here/target/wasm32-wasip2/release"
 for guest in hello stats hello-job counter parse aggregate format fetch; do
   cp "$out/$guest.wasm" "$here/dist/"
 done
+
+# The Python and JavaScript nodes (the `mixed` workflow packs the Python one).
+"$here/build-polyglot.sh"
 
 for workflow in "$here"/workflows/*/workflow.toml; do
   name="$(basename "$(dirname "$workflow")")"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs the main examples: builds the example
 # guests (installing the wasm32-wasip2 target if missing) and wfrun, then runs
-# the `hello` node, the `hello-job` command and the `report` workflow, and
+# the `hello` node (in Rust, Python and JavaScript), the `hello-job` command
+# and the `report` workflow, and
 # shows the recorded runs. State and history go to a fresh temporary
 # directory unless WFRUN_DIR is set.
 #
@@ -16,6 +17,10 @@ wfrun() { cargo run --quiet --release --locked --bin wfrun -- "$@"; }
 
 echo "\$ wfrun exec examples/dist/hello.wasm --input '{\"name\":\"$name\"}'" >&2
 wfrun exec examples/dist/hello.wasm --input "{\"name\":\"$name\"}"
+for lang in python js; do
+  echo "\$ wfrun exec examples/dist/$lang-hello.wasm --input '{\"name\":\"$name\"}'" >&2
+  wfrun exec "examples/dist/$lang-hello.wasm" --input "{\"name\":\"$name\"}"
+done
 echo "\$ wfrun exec examples/dist/hello-job.wasm -- $name" >&2
 wfrun exec examples/dist/hello-job.wasm -- "$name"
 echo "\$ wfrun exec examples/dist/report.wasm --input '{\"csv\": ...}'" >&2

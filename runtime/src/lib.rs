@@ -12,6 +12,8 @@
 //! - [`workflow`]: workflow definitions, packing and the executor;
 //! - [`store`]: SQLite run history and durable state;
 //! - [`files`]: files and directories private to the user;
+//! - [`daemon`]: the long-lived runner: jobs, triggers, control plane,
+//!   supervision, shutdown and recovery;
 //! - [`cli`]: the `wfrun` commands, each only parsing flags and calling the
 //!   library.
 //!
@@ -21,6 +23,7 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod daemon;
 pub mod egress;
 pub mod files;
 pub mod outcome;

@@ -34,11 +34,14 @@ pub enum ErrorCode {
     InvalidBundle,
     /// The input (JSON, a granted directory, an argument) is not usable.
     InvalidInput,
+    /// wfrun stopped before the run finished (a crash, kill -9, power loss);
+    /// set when the daemon next starts.
+    Interrupted,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::Timeout,
         ErrorCode::FuelExhausted,
         ErrorCode::MemoryLimit,
@@ -48,6 +51,7 @@ impl ErrorCode {
         ErrorCode::NodeError,
         ErrorCode::InvalidBundle,
         ErrorCode::InvalidInput,
+        ErrorCode::Interrupted,
     ];
 
     /// The code as it is written in JSON and run records.
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::NodeError => "node_error",
             ErrorCode::InvalidBundle => "invalid_bundle",
             ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::Interrupted => "interrupted",
         }
     }
 

@@ -108,6 +108,8 @@ pub struct NewRun {
     pub bundle_digest: String,
     /// `workflow`, `node` or `job`.
     pub kind: String,
+    /// The daemon job that started it, if any.
+    pub job: Option<String>,
 }
 
 /// State writes to apply when a run succeeds: key → value, or `None` to delete.
@@ -177,7 +179,9 @@ CREATE TABLE IF NOT EXISTS runs (
     duration_ms REAL,
     fuel_consumed INTEGER,
     peak_memory_bytes INTEGER,
-    policy_violations TEXT
+    policy_violations TEXT,
+    owner_pid INTEGER,
+    job TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
 CREATE TABLE IF NOT EXISTS run_transitions (
@@ -193,6 +197,18 @@ CREATE TABLE IF NOT EXISTS node_runs (
     node TEXT NOT NULL,
     record TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    source TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    paused_reason TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    last_run_at TEXT,
+    last_run_id TEXT,
+    last_status TEXT,
+    created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS state (
     workflow TEXT NOT NULL,
@@ -262,9 +278,19 @@ impl Store {
         let at = now();
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)",
-                params![run.id, run.workflow, run.version, run.kind, run.bundle_path, run.bundle_digest, at],
+                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid, job)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9)",
+                params![
+                    run.id,
+                    run.workflow,
+                    run.version,
+                    run.kind,
+                    run.bundle_path,
+                    run.bundle_digest,
+                    at,
+                    std::process::id(),
+                    run.job
+                ],
             )?;
             tx.execute("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)", params![run.id, at])?;
             tx.execute("INSERT INTO run_transitions VALUES (?1, 1, 'running', ?2)", params![run.id, at])?;
@@ -335,6 +361,115 @@ impl Store {
         })
     }
 
+    /// Marks every run left `running` by a process that is gone (a crash, a
+    /// kill -9) as `failed` with error code `interrupted`. Runs of processes
+    /// still alive (another `wfrun exec`) are left alone. Returns the ids.
+    pub fn recover_interrupted(&self) -> Result<Vec<String>, StoreError> {
+        let at = now();
+        self.write(|tx| {
+            let mut stmt = tx.prepare("SELECT id, owner_pid FROM runs WHERE status = 'running'")?;
+            let running: Vec<(String, Option<u32>)> =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            drop(stmt);
+            let mut recovered = Vec::new();
+            for (id, pid) in running {
+                if pid.is_some_and(|pid| pid != std::process::id() && process_alive(pid)) {
+                    continue;
+                }
+                tx.execute(
+                    "UPDATE runs SET status = 'failed', error_code = 'interrupted', finished_at = ?2,
+                     error_message = 'wfrun stopped before the run finished (a crash, a kill or a power loss)'
+                     WHERE id = ?1",
+                    params![id, at],
+                )?;
+                tx.execute(
+                    "INSERT INTO run_transitions
+                     SELECT ?1, COALESCE(MAX(seq), -1) + 1, 'failed', ?2 FROM run_transitions WHERE run_id = ?1",
+                    params![id, at],
+                )?;
+                recovered.push(id);
+            }
+            Ok(recovered)
+        })
+    }
+
+    /// Stores (or replaces) job `name`'s definition, keeping its run state.
+    pub fn put_job(&self, name: &str, spec: &str, source: &str) -> Result<(), StoreError> {
+        let at = now();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO jobs (name, spec, source, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, source = excluded.source",
+                params![name, spec, source, at],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes job `name`; false if there was none.
+    pub fn remove_job(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM jobs WHERE name = ?1", params![name])? > 0))
+    }
+
+    /// Pauses (with a reason) or resumes job `name`; false if there is none.
+    /// Resuming clears the failure count.
+    pub fn set_job_paused(&self, name: &str, paused: bool, reason: Option<&str>) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let changed = if paused {
+                tx.execute("UPDATE jobs SET paused = 1, paused_reason = ?2 WHERE name = ?1", params![name, reason])?
+            } else {
+                tx.execute(
+                    "UPDATE jobs SET paused = 0, paused_reason = NULL, consecutive_failures = 0 WHERE name = ?1",
+                    params![name],
+                )?
+            };
+            Ok(changed > 0)
+        })
+    }
+
+    /// Records how a job's run ended; returns its consecutive failures.
+    pub fn record_job_run(&self, name: &str, run_id: &str, status: &str) -> Result<u32, StoreError> {
+        let at = now();
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET last_run_at = ?2, last_run_id = ?3, last_status = ?4,
+                 consecutive_failures = CASE WHEN ?4 = 'succeeded' THEN 0 ELSE consecutive_failures + 1 END
+                 WHERE name = ?1",
+                params![name, at, run_id, status],
+            )?;
+            tx.query_row("SELECT consecutive_failures FROM jobs WHERE name = ?1", params![name], |r| r.get(0))
+                .optional()
+                .map(|n| n.unwrap_or(0))
+        })
+    }
+
+    /// Every job, by name.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, spec, source, paused, paused_reason, consecutive_failures, last_run_at, last_run_id,
+                        last_status, created_at FROM jobs ORDER BY name",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        stmt.query_map([], |r| {
+            Ok(JobRecord {
+                name: r.get(0)?,
+                spec: r.get(1)?,
+                source: r.get(2)?,
+                paused: r.get::<_, i64>(3)? != 0,
+                paused_reason: r.get(4)?,
+                consecutive_failures: r.get(5)?,
+                last_run_at: r.get(6)?,
+                last_run_id: r.get(7)?,
+                last_status: r.get(8)?,
+                created_at: r.get(9)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.sqlite(e))
+    }
+
     /// Runs, newest first, optionally only those in `status`.
     pub fn list_runs(&self, status: Option<RunState>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
         let conn = self.conn.lock().unwrap();
@@ -383,6 +518,37 @@ impl Store {
     }
 }
 
+/// A job as stored: its definition (JSON) and its run state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRecord {
+    /// The job's name.
+    pub name: String,
+    /// The definition, as JSON.
+    pub spec: String,
+    /// `config` (declared in the config file) or `cli` (added at run time).
+    pub source: String,
+    /// Whether triggers are held.
+    pub paused: bool,
+    /// Why, when the daemon paused it.
+    pub paused_reason: Option<String>,
+    /// Failed runs since the last success.
+    pub consecutive_failures: u32,
+    /// When its last run ended.
+    pub last_run_at: Option<String>,
+    /// Its last run.
+    pub last_run_id: Option<String>,
+    /// How its last run ended.
+    pub last_status: Option<String>,
+    /// When it was first stored.
+    pub created_at: String,
+}
+
+/// Whether process `pid` exists (Linux: `/proc/<pid>`). Elsewhere every
+/// process counts as gone, which at worst marks a live `exec` run interrupted.
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// Switches the database to WAL. The switch needs a moment of exclusive
 /// access, which SQLite does not wait for under its busy timeout, so several
 /// processes opening a new state directory at once retry it.
@@ -404,21 +570,30 @@ fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-/// Brings a database made by an older wfrun up to [`SCHEMA`]: columns added
-/// since, with their empty values. Idempotent, and safe beside other
-/// processes doing the same.
+/// Columns added to `runs` since the first schema, with their types. Older
+/// databases get them (empty) when opened.
+const ADDED_RUN_COLUMNS: [(&str, &str); 3] = [("policy_violations", "TEXT"), ("owner_pid", "INTEGER"), ("job", "TEXT")];
+
+/// Brings a database made by an older wfrun up to [`SCHEMA`]. Idempotent,
+/// and safe beside other processes doing the same.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_column = |conn: &Connection, column: &str| -> rusqlite::Result<bool> {
+    let missing = |conn: &Connection| -> rusqlite::Result<Vec<(&str, &str)>> {
         let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?;
-        stmt.exists(params![column])
+        let mut missing = Vec::new();
+        for (column, kind) in ADDED_RUN_COLUMNS {
+            if !stmt.exists(params![column])? {
+                missing.push((column, kind));
+            }
+        }
+        Ok(missing)
     };
-    if has_column(conn, "policy_violations")? {
+    if missing(conn)?.is_empty() {
         return Ok(());
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let added = (|| {
-        if !has_column(conn, "policy_violations")? {
-            conn.execute_batch("ALTER TABLE runs ADD COLUMN policy_violations TEXT")?;
+        for (column, kind) in missing(conn)? {
+            conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} {kind}"))?;
         }
         Ok(())
     })();

@@ -217,7 +217,7 @@ async fn the_pooling_allocator_keeps_every_limit_and_code() {
         ..EngineOptions::default()
     })
     .unwrap();
-    let node = |name: &str| pooled.load(&Bundle::read(&guest(name)).unwrap()).unwrap();
+    let node = |name: &str| pooled.load(&Bundle::read(guest(name)).unwrap()).unwrap();
     let hostile = node("hostile");
     for (mode, code) in [
         ("loop", ErrorCode::FuelExhausted),

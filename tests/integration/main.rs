@@ -5,13 +5,17 @@
 //! Hostile guests that are easier to state in WAT live in `tests/wat/`.
 //! `exec` drives the real `wfrun` binary; `sandbox` and `hostile` drive the
 //! library; `workflow` does both, for packing, running and run history;
-//! `egress` runs the `fetch` example against HTTP servers on 127.0.0.1.
+//! `egress` runs the `fetch` example against HTTP servers on 127.0.0.1;
+//! `daemon` drives `wfrun daemon` as a process; `polyglot` runs the Python
+//! and JavaScript nodes (built with their own toolchains on first use).
 
 mod cache;
+mod daemon;
 mod egress;
 mod exec;
 mod guests;
 mod hostile;
+mod polyglot;
 mod sandbox;
 mod signing;
 mod workflow;

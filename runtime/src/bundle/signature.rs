@@ -17,7 +17,7 @@
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The custom section holding an embedded signature.
 pub const SIGNATURE_SECTION: &str = "wfrun:signature";
@@ -252,6 +252,33 @@ pub fn verify(record: &SignatureRecord, signed_bytes: &[u8], policy: &TrustPolic
         return Err(SignatureError::Untrusted { key_id: record.key_id.clone() });
     }
     Ok(record.key_id.clone())
+}
+
+/// Where a bundle's detached signature lives: `BUNDLE.sig`.
+pub fn detached_path(bundle: &Path) -> PathBuf {
+    let mut name = bundle.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+/// Reads `BUNDLE.sig` if there is one.
+pub fn read_detached(bundle: &Path) -> Result<Option<SignatureRecord>, String> {
+    let path = detached_path(bundle);
+    match std::fs::read(&path) {
+        Ok(bytes) => parse_record(&bytes).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Parses trusted keys (`--trust` values: key files or `ed25519:<hex>`)
+/// into a policy, or says which one is unusable.
+pub fn trust_policy(keys: &[String]) -> Result<TrustPolicy, String> {
+    let trusted = keys
+        .iter()
+        .map(|k| PublicKey::load(k).map_err(|e| format!("trusted key {k}: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(TrustPolicy { trusted })
 }
 
 #[cfg(test)]

@@ -310,6 +310,8 @@ impl ExecCommand {
             grants: Grants { dirs: self.dirs.clone(), env: self.env.clone(), egress: Some(Arc::new(egress)) },
             echo,
             secrets,
+            run_id: None,
+            job: None,
         })
     }
 
@@ -406,7 +408,7 @@ fn parse_rule(text: &str) -> Result<Rule, String> {
     Rule::parse(text).map_err(|e| e.to_string())
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     text.parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|e| format!("{text:?} is not a size like 64MiB, 512KiB or 1048576: {e}"))

@@ -7,6 +7,7 @@
 //! failure and returns the documented exit status.
 
 mod cache;
+mod daemon;
 mod exec;
 mod inspect;
 mod pack;
@@ -55,6 +56,11 @@ enum Command {
     Sign(sign::SignCommand),
     Verify(sign::VerifyCommand),
     Cache(cache::CacheCommand),
+    Daemon(daemon::DaemonCommand),
+    Status(daemon::StatusCommand),
+    Jobs(daemon::JobsCommand),
+    Trigger(daemon::TriggerCommand),
+    Cancel(daemon::CancelCommand),
 }
 
 /// Runs the `wfrun` command line and returns its exit status.
@@ -63,13 +69,18 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Exec(command) => command.execute(&cli.global),
-        Command::Pack(command) => command.execute(),
+        Command::Pack(command) => command.execute(&cli.global),
         Command::Inspect(command) => command.execute(),
         Command::Runs(command) => command.execute(&cli.global),
         Command::Keygen(command) => command.execute(),
         Command::Sign(command) => command.execute(),
         Command::Verify(command) => command.execute(),
         Command::Cache(command) => command.execute(&cli.global),
+        Command::Daemon(command) => command.execute(&cli.global),
+        Command::Status(command) => command.execute(&cli.global),
+        Command::Jobs(command) => command.execute(&cli.global),
+        Command::Trigger(command) => command.execute(&cli.global),
+        Command::Cancel(command) => command.execute(&cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

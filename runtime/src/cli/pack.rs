@@ -1,5 +1,6 @@
 //! `wfrun pack`: one workflow file and its node components into one bundle.
 
+use super::GlobalArgs;
 use crate::outcome::ExitStatus;
 use crate::sandbox::{EngineOptions, Sandbox};
 use anyhow::Context;
@@ -22,8 +23,12 @@ pub struct PackCommand {
 
 impl PackCommand {
     /// Validates, packs and writes the bundle (atomically: temp file, rename).
-    pub fn execute(self) -> anyhow::Result<ExitStatus> {
-        let sandbox = Sandbox::new(EngineOptions::default())?;
+    /// Checking that each node links means compiling it; the compiled
+    /// components go into the state directory's cache, so the bundle's first
+    /// `wfrun exec` with default engine settings does not compile them again.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        let cache_dir = Some(global.state_dir().join("cache"));
+        let sandbox = Sandbox::new(EngineOptions { cache_dir, ..EngineOptions::default() })?;
         let bytes = match crate::workflow::pack(&sandbox, &self.manifest) {
             Ok(bytes) => bytes,
             Err(e) => {

@@ -1,7 +1,7 @@
 //! `wfrun keygen`, `wfrun sign` and `wfrun verify`: bundle signatures.
 
 use crate::bundle::Bundle;
-use crate::bundle::signature::{self, PublicKey, SecretKey, TrustPolicy};
+use crate::bundle::signature::{self, SecretKey};
 use crate::outcome::ExitStatus;
 use anyhow::Context;
 use clap::Args;
@@ -103,29 +103,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where a bundle's detached signature lives: `BUNDLE.sig`.
-pub fn detached_path(bundle: &Path) -> PathBuf {
-    let mut name = bundle.as_os_str().to_owned();
-    name.push(".sig");
-    PathBuf::from(name)
-}
-
-/// Reads `BUNDLE.sig` if there is one.
-pub fn read_detached(bundle: &Path) -> Result<Option<signature::SignatureRecord>, String> {
-    let path = detached_path(bundle);
-    match std::fs::read(&path) {
-        Ok(bytes) => signature::parse_record(&bytes).map(Some).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-/// Parses `--trust` values into a policy, or says which one is unusable.
-pub fn trust_policy(keys: &[String]) -> Result<TrustPolicy, String> {
-    let trusted =
-        keys.iter().map(|k| PublicKey::load(k).map_err(|e| format!("--trust {k}: {e}"))).collect::<Result<_, _>>()?;
-    Ok(TrustPolicy { trusted })
-}
+pub use crate::bundle::signature::{detached_path, read_detached, trust_policy};
 
 /// Verify a bundle's signature against trusted keys. Exits 0 only for a
 /// valid signature by a trusted key.

@@ -13,5 +13,5 @@ pub mod policy;
 pub mod rule;
 
 pub use client::EgressRun;
-pub use policy::{EgressPolicy, HttpLimits, PolicyError, PolicyFile, PolicyViolation, RuleSet};
+pub use policy::{EgressPolicy, EgressSection, HttpLimits, PolicyError, PolicyFile, PolicyViolation, RuleSet};
 pub use rule::{Rule, RuleError};

@@ -125,6 +125,10 @@ pub struct Execution {
     /// Notified to cancel the run: running nodes are stopped within an epoch
     /// tick and recorded `cancelled`, the rest `skipped`.
     pub cancel: Option<Arc<Notify>>,
+    /// The run's id, if the caller chose it (to cancel it by id); else new.
+    pub run_id: Option<String>,
+    /// The daemon job this run belongs to, recorded with it.
+    pub job: Option<String>,
 }
 
 impl std::fmt::Debug for Execution {
@@ -257,7 +261,7 @@ impl Workflow {
         store: Option<&Arc<Store>>,
         execution: Execution,
     ) -> Result<RunReport, StoreError> {
-        let run_id = new_run_id();
+        let run_id = execution.run_id.clone().unwrap_or_else(new_run_id);
         if let Some(store) = store {
             store.begin_run(&NewRun {
                 id: run_id.clone(),
@@ -269,6 +273,7 @@ impl Workflow {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default(),
+                job: execution.job.clone(),
             })?;
         }
         let started = Instant::now();

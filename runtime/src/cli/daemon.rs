@@ -1,0 +1,334 @@
+//! `wfrun daemon` and its clients: `status`, `jobs`, `trigger`, `cancel`.
+//!
+//! The clients speak the control protocol ([`crate::daemon::control`]) over
+//! the daemon's socket in the state directory, print a table (or `--json`),
+//! and exit 0 on success, 1 when no daemon answers, 6 when the daemon
+//! refuses (with its error code and message).
+
+use super::{GlobalArgs, printable};
+use crate::daemon::control::{self, Response};
+use crate::daemon::jobs::{JobSpec, Trigger};
+use crate::daemon::{Daemon, DaemonConfig, describe};
+use crate::outcome::ExitStatus;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const DAEMON_HELP: &str = "\
+The daemon runs jobs on a schedule (every DURATION, or a five-field cron
+expression in UTC), on a webhook (POST /hooks/JOB on the [webhook] listener),
+or by hand (`wfrun trigger JOB`). Jobs come from the config file's
+[jobs.NAME] tables and from `wfrun jobs add`; both persist in the state
+directory and survive restarts.
+
+A failed run is retried with exponential backoff (1s, x2, up to 30s, 5
+attempts by default); a job whose last 5 runs failed is paused until
+`wfrun jobs resume`. SIGINT/SIGTERM stop new triggers, wait up to the grace
+period (10s) for running runs, then cancel them (recorded `cancelled`) and
+exit 0. Runs left `running` by a crash or kill -9 are marked failed with
+error code `interrupted` at the next start.
+
+State directory: --state-dir, then WFRUN_DIR, then the config's state_dir,
+then the default. See docs/operations.md for the config file, a systemd unit
+and the control protocol.
+
+Examples:
+  wfrun daemon --config /etc/wfrun/wfrun.toml
+  wfrun jobs add hello --bundle hello.wasm --every 30s --input '{\"name\":\"cron\"}'
+  wfrun status";
+
+/// Run jobs: schedules, webhooks, a control socket, retries, clean stops.
+#[derive(Debug, Args)]
+#[command(after_help = DAEMON_HELP)]
+pub struct DaemonCommand {
+    /// The configuration file (TOML; unknown keys are refused).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl DaemonCommand {
+    /// Runs the daemon until it is stopped.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        let config = match &self.config {
+            Some(path) => DaemonConfig::read(path)?,
+            None => DaemonConfig::default(),
+        };
+        let state_dir = global
+            .state_dir
+            .clone()
+            .or_else(|| std::env::var_os("WFRUN_DIR").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| config.state_dir.clone())
+            .unwrap_or_else(|| crate::store::state_dir(None));
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let daemon = Daemon::open(config, state_dir)?;
+            daemon.serve().await
+        })?;
+        runtime.shutdown_timeout(Duration::from_millis(200));
+        Ok(ExitStatus::Success)
+    }
+}
+
+/// Sends `method` to the daemon and prints the answer: `show` for a success
+/// without `--json`.
+fn request(
+    global: &GlobalArgs,
+    method: &str,
+    params: Value,
+    json: bool,
+    show: impl FnOnce(&Value),
+) -> anyhow::Result<ExitStatus> {
+    let response: Response = match control::call(&global.state_dir(), method, params) {
+        Ok(response) => response,
+        Err(e) => {
+            eprintln!("wfrun: {e}");
+            return Ok(ExitStatus::Internal);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&response)?);
+    }
+    match (response.ok, response.result, response.error) {
+        (true, Some(result), _) => {
+            if !json {
+                show(&result);
+            }
+            Ok(ExitStatus::Success)
+        }
+        (_, _, error) => {
+            let (code, message) = error.map(|e| (e.code, e.message)).unwrap_or_default();
+            eprintln!("wfrun: {code}: {}", printable(&message));
+            Ok(ExitStatus::Invalid)
+        }
+    }
+}
+
+/// Show the daemon's jobs, their schedules and the runs in flight.
+#[derive(Debug, Args)]
+pub struct StatusCommand {
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl StatusCommand {
+    /// Asks the daemon and prints its status.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        request(global, "status", json!({}), self.json, |status| {
+            println!(
+                "daemon  pid {} · up {}s · state {} · {} of {} run slots busy{}",
+                status["pid"],
+                status["uptime_s"],
+                printable(status["state_dir"].as_str().unwrap_or("")),
+                status["running"].as_array().map_or(0, Vec::len),
+                status["max_concurrent_runs"],
+                if status["stopping"] == true { " · stopping" } else { "" }
+            );
+            print_jobs(&status["jobs"]);
+            for run in status["running"].as_array().into_iter().flatten() {
+                println!(
+                    "running {}  job {}  since {}",
+                    run["run_id"].as_str().unwrap_or(""),
+                    run["job"].as_str().unwrap_or(""),
+                    run["started_at"].as_str().unwrap_or("")
+                );
+            }
+        })
+    }
+}
+
+fn print_jobs(jobs: &Value) {
+    let jobs = jobs.as_array().cloned().unwrap_or_default();
+    if jobs.is_empty() {
+        println!("no jobs (add one with `wfrun jobs add`)");
+        return;
+    }
+    println!("{:<20}  {:<28}  {:<8}  {:<22}  {:<10}  FAILS", "JOB", "TRIGGER", "STATE", "NEXT", "LAST");
+    for job in jobs {
+        let state = if job["paused"] == true {
+            "paused"
+        } else if job["running"].as_u64().unwrap_or(0) > 0 {
+            "running"
+        } else {
+            "ready"
+        };
+        println!(
+            "{:<20}  {:<28}  {:<8}  {:<22}  {:<10}  {}",
+            printable(job["name"].as_str().unwrap_or("")),
+            printable(job["trigger"].as_str().unwrap_or("")),
+            state,
+            job["next_due"].as_str().unwrap_or("-"),
+            job["last_status"].as_str().unwrap_or("-"),
+            job["consecutive_failures"]
+        );
+        if let Some(reason) = job["paused_reason"].as_str() {
+            println!("{:<20}  paused: {}", "", printable(reason));
+        }
+    }
+}
+
+/// Add, list, remove, pause and resume the daemon's jobs.
+#[derive(Debug, Args)]
+pub struct JobsCommand {
+    #[command(subcommand)]
+    command: JobsSubcommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsSubcommand {
+    /// Add (or replace) a job. It persists across restarts.
+    Add(Box<AddJob>),
+    /// List jobs with their triggers and last results.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a job; a run in flight finishes.
+    Remove {
+        /// The job.
+        name: String,
+    },
+    /// Hold a job's triggers until it is resumed.
+    Pause {
+        /// The job.
+        name: String,
+    },
+    /// Let a paused job run again (and clear its failure count).
+    Resume {
+        /// The job.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("trigger").required(true).args(["every", "cron", "webhook", "manual"])))]
+struct AddJob {
+    /// The job's name: letters, digits, `-`, `_`.
+    name: String,
+    /// The bundle to run (a node, a job or a workflow bundle).
+    #[arg(long, value_name = "PATH")]
+    bundle: PathBuf,
+    /// Run every DURATION (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    every: Option<Duration>,
+    /// Run on a five-field cron expression, in UTC (e.g. "*/5 * * * *").
+    #[arg(long, value_name = "EXPR")]
+    cron: Option<String>,
+    /// Run on POST /hooks/NAME to the daemon's webhook listener.
+    #[arg(long)]
+    webhook: bool,
+    /// Run only on `wfrun trigger NAME`.
+    #[arg(long)]
+    manual: bool,
+    /// HMAC-SHA256 key (hex, ≥ 16 bytes) webhook requests must be signed with.
+    #[arg(long, value_name = "HEX", requires = "webhook")]
+    webhook_secret: Option<String>,
+    /// Input JSON for a node or workflow.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    input: String,
+    /// Let a new run start while the previous one is still running.
+    #[arg(long)]
+    allow_overlap: bool,
+    /// Memory ceiling for the job's nodes (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE", value_parser = super::exec::parse_size)]
+    memory: Option<u64>,
+    /// Wall-clock ceiling per node attempt (e.g. 5s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Fuel ceiling per node attempt.
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Arguments for a job (a WASI command).
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+impl JobsCommand {
+    /// Sends the subcommand to the daemon.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        match self.command {
+            JobsSubcommand::Add(add) => {
+                let trigger = match (&add.every, &add.cron, add.webhook) {
+                    (Some(every), _, _) => Trigger::Every(*every),
+                    (_, Some(cron), _) => Trigger::Cron(cron.clone()),
+                    (_, _, true) => Trigger::Webhook,
+                    _ => Trigger::Manual,
+                };
+                // The daemon may run elsewhere: send an absolute path.
+                let bundle = std::path::absolute(&add.bundle).unwrap_or_else(|_| add.bundle.clone());
+                let spec = JobSpec {
+                    bundle,
+                    input: add.input.clone(),
+                    args: add.args.clone(),
+                    trigger,
+                    allow_overlap: add.allow_overlap,
+                    memory_bytes: add.memory,
+                    timeout: add.timeout,
+                    fuel: add.fuel,
+                    webhook_secret: add.webhook_secret.clone(),
+                };
+                let name = add.name.clone();
+                request(global, "jobs.add", json!({ "name": add.name, "spec": spec }), add.json, |_| {
+                    println!("job {name} added ({})", describe(&spec.trigger));
+                })
+            }
+            JobsSubcommand::List { json } => request(global, "jobs.list", json!({}), json, print_jobs),
+            JobsSubcommand::Remove { name } => {
+                request(global, "jobs.remove", json!({ "name": name }), false, |_| println!("job {name} removed"))
+            }
+            JobsSubcommand::Pause { name } => {
+                request(global, "jobs.pause", json!({ "name": name }), false, |_| println!("job {name} paused"))
+            }
+            JobsSubcommand::Resume { name } => {
+                request(global, "jobs.resume", json!({ "name": name }), false, |_| println!("job {name} resumed"))
+            }
+        }
+    }
+}
+
+/// Run a daemon job now.
+#[derive(Debug, Args)]
+pub struct TriggerCommand {
+    /// The job.
+    name: String,
+    /// Input JSON instead of the job's own.
+    #[arg(long, value_name = "JSON")]
+    input: Option<String>,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TriggerCommand {
+    /// Asks the daemon to start the job; prints the run id.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        request(global, "trigger", json!({ "name": self.name, "input": self.input }), self.json, |result| {
+            println!("{}", result["run_id"].as_str().unwrap_or(""));
+        })
+    }
+}
+
+/// Cancel a run the daemon is running; it is recorded `cancelled`.
+#[derive(Debug, Args)]
+pub struct CancelCommand {
+    /// The run id (from `wfrun status` or `wfrun trigger`).
+    run_id: String,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CancelCommand {
+    /// Asks the daemon to cancel the run.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        let run_id = self.run_id.clone();
+        request(global, "cancel", json!({ "run_id": self.run_id }), self.json, |_| {
+            println!("run {run_id} cancelled");
+        })
+    }
+}

@@ -1,0 +1,377 @@
+//! `wfrun daemon` as a real process on a temporary state directory, driven
+//! through its CLI clients, its socket and its webhook listener.
+
+use crate::guests::guest;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use wfrun_runtime::store::{RunState, Store};
+
+/// A daemon process with its own state directory, killed when dropped.
+struct DaemonProcess {
+    child: Child,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl DaemonProcess {
+    /// Starts `wfrun daemon` with `config` (TOML) and waits for its socket.
+    fn start(config: &str) -> DaemonProcess {
+        let dir = tempfile::tempdir().unwrap();
+        DaemonProcess::start_in(dir, config)
+    }
+
+    fn start_in(dir: tempfile::TempDir, config: &str) -> DaemonProcess {
+        let config_path = dir.path().join("wfrun.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("daemon-{}.log", now_ms()))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wfrun"))
+            .args(["daemon", "--config"])
+            .arg(&config_path)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env_remove("WFRUN_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let daemon = DaemonProcess { child, dir: Some(dir) };
+        // A stale socket file may be left by a killed daemon: wait until one answers.
+        let socket = daemon.state().join("wfrun.sock");
+        let answers = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        assert!(wait_for(Duration::from_secs(30), answers), "no control socket; log:\n{}", daemon.log());
+        daemon
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.as_ref().expect("the directory is kept until the daemon is dropped").path()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
+
+    /// Stops the process (if it still runs) and keeps its directory.
+    fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.take().unwrap()
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self.root()).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("daemon-") {
+                text += &std::fs::read_to_string(entry.path()).unwrap_or_default();
+            }
+        }
+        text
+    }
+
+    /// Runs a client command against this daemon.
+    fn wfrun(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_wfrun"))
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn runs(&self) -> Vec<wfrun_runtime::store::RunRecord> {
+        Store::open_existing(&self.state()).unwrap().map(|s| s.list_runs(None, 1000).unwrap()).unwrap_or_default()
+    }
+
+    fn run(&self, id: &str) -> Option<wfrun_runtime::store::RunRecord> {
+        Store::open_existing(&self.state()).unwrap().and_then(|s| s.run(id).unwrap())
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its status code.
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+}
+
+fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    ready()
+}
+
+fn toml_path(path: &Path) -> String {
+    format!("{:?}", path.to_str().unwrap())
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_interval_job_fires_again_and_again() {
+    let hello = guest("hello");
+    let daemon = DaemonProcess::start(&format!(
+        "[jobs.tick]\nbundle = {}\ninput = '{{\"name\": \"tick\"}}'\nevery = \"300ms\"\n",
+        toml_path(&hello)
+    ));
+    let fired =
+        wait_for(Duration::from_secs(30), || daemon.runs().iter().filter(|r| r.status == "succeeded").count() >= 3);
+    assert!(fired, "fewer than 3 runs; log:\n{}", daemon.log());
+    let run = &daemon.runs()[0];
+    assert_eq!(run.output.as_deref(), Some(r#"{"greeting":"Hello, tick!"}"#));
+
+    let status = daemon.wfrun(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let job = &status["result"]["jobs"][0];
+    assert_eq!((job["name"].as_str(), job["trigger"].as_str()), (Some("tick"), Some("every 300ms")));
+    assert_eq!(job["source"], "config");
+}
+
+#[test]
+fn jobs_are_added_scheduled_by_cron_paused_and_removed_from_the_cli() {
+    let hello = guest("hello");
+    let daemon = DaemonProcess::start("");
+    let add = daemon.wfrun(&["jobs", "add", "nightly", "--bundle", hello.to_str().unwrap(), "--cron", "0 3 * * *"]);
+    assert_eq!(add.status.code(), Some(0), "{}", stderr(&add));
+    let list = daemon.wfrun(&["jobs", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let job = &list["result"][0];
+    assert_eq!(job["trigger"], "cron \"0 3 * * *\" (UTC)");
+    let next = job["next_due"].as_str().unwrap_or_default().to_owned();
+    assert!(next.ends_with("T03:00:00Z"), "next due {next:?}; log:\n{}", daemon.log());
+
+    let bad = daemon.wfrun(&["jobs", "add", "bad", "--bundle", hello.to_str().unwrap(), "--cron", "* * *"]);
+    assert_eq!(bad.status.code(), Some(6));
+    assert!(stderr(&bad).contains("five fields"), "{}", stderr(&bad));
+
+    assert_eq!(daemon.wfrun(&["jobs", "pause", "nightly"]).status.code(), Some(0));
+    let trigger = daemon.wfrun(&["trigger", "nightly"]);
+    assert_eq!(trigger.status.code(), Some(6));
+    assert!(stderr(&trigger).contains("paused"), "{}", stderr(&trigger));
+    assert_eq!(daemon.wfrun(&["jobs", "resume", "nightly"]).status.code(), Some(0));
+    let trigger = daemon.wfrun(&["trigger", "nightly", "--input", r#"{"name":"by hand"}"#]);
+    assert_eq!(trigger.status.code(), Some(0), "{}", stderr(&trigger));
+    let run_id = stdout(&trigger).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(30), || daemon.run(&run_id).is_some_and(|r| r.status == "succeeded")));
+    assert_eq!(daemon.run(&run_id).unwrap().output.as_deref(), Some(r#"{"greeting":"Hello, by hand!"}"#));
+
+    assert_eq!(daemon.wfrun(&["jobs", "remove", "nightly"]).status.code(), Some(0));
+    let missing = daemon.wfrun(&["trigger", "nightly"]);
+    assert!(stderr(&missing).contains("not_found"), "{}", stderr(&missing));
+}
+
+#[test]
+fn the_control_socket_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let daemon = DaemonProcess::start("");
+    let mode = std::fs::metadata(daemon.state().join("wfrun.sock")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(daemon.state()).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o077, 0, "state directory mode {dir_mode:o}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn post(port: u16, path: &str, headers: &[(&str, String)], body: &str) -> (u16, Value) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
+    request += body;
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_webhook_runs_its_job_with_the_body_as_input_and_checks_signatures() {
+    use hmac::{Hmac, Mac};
+    let hello = guest("hello");
+    let port = free_port();
+    let secret = "00112233445566778899aabbccddeeff";
+    let daemon = DaemonProcess::start(&format!(
+        "[webhook]\nlisten = \"127.0.0.1:{port}\"\nmax_body = \"1KiB\"\n\
+         [jobs.hook]\nbundle = {b}\nwebhook = true\n\
+         [jobs.signed]\nbundle = {b}\nwebhook = true\nwebhook_secret = \"{secret}\"\n",
+        b = toml_path(&hello)
+    ));
+    assert!(wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+
+    let (status, answer) = post(port, "/hooks/hook", &[], r#"{"name":"webhook"}"#);
+    assert_eq!(status, 202, "{answer}");
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    assert!(wait_for(Duration::from_secs(30), || daemon.run(&run_id).is_some_and(|r| r.status == "succeeded")));
+    assert_eq!(daemon.run(&run_id).unwrap().output.as_deref(), Some(r#"{"greeting":"Hello, webhook!"}"#));
+
+    let body = r#"{"name":"signed"}"#;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(secret).unwrap()).unwrap();
+    mac.update(body.as_bytes());
+    let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let bad = format!("sha256={}", "0".repeat(64));
+    assert_eq!(post(port, "/hooks/signed", &[], body).0, 401);
+    assert_eq!(post(port, "/hooks/signed", &[("X-Wfrun-Signature", bad)], body).0, 401);
+    let (status, answer) = post(port, "/hooks/signed", &[("X-Wfrun-Signature", good)], body);
+    assert_eq!(status, 202, "{answer}");
+
+    assert_eq!(post(port, "/hooks/nope", &[], "{}").0, 404);
+    assert_eq!(post(port, "/hooks/hook", &[], &"x".repeat(4096)).0, 413);
+    assert_eq!(post(port, "/hooks/hook", &[], "{not json").0, 400);
+}
+
+#[test]
+fn a_looping_guest_is_cancelled_within_a_second() {
+    let hostile = guest("hostile");
+    let daemon = DaemonProcess::start(&format!(
+        "[jobs.spin]\nbundle = {}\ninput = '{{\"mode\": \"loop\"}}'\nfuel = 1000000000000000\ntimeout = \"5m\"\n",
+        toml_path(&hostile)
+    ));
+    let trigger = daemon.wfrun(&["trigger", "spin"]);
+    assert_eq!(trigger.status.code(), Some(0), "{}", stderr(&trigger));
+    let run_id = stdout(&trigger).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == "running")));
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let cancel = daemon.wfrun(&["cancel", &run_id]);
+    assert_eq!(cancel.status.code(), Some(0), "{}", stderr(&cancel));
+    assert!(wait_for(Duration::from_secs(5), || daemon.run(&run_id).is_some_and(|r| r.status == "cancelled")));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(1), "cancelling took {took:?}");
+    // A cancelled run is not retried.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(daemon.runs().len(), 1);
+}
+
+#[test]
+fn sigterm_lets_running_runs_finish_then_exits_zero() {
+    let hostile = guest("hostile");
+    let mut daemon = DaemonProcess::start(&format!(
+        "[jobs.nap]\nbundle = {}\ninput = '{{\"mode\": \"nap\", \"n\": 700}}'\n",
+        toml_path(&hostile)
+    ));
+    let run_id = stdout(&daemon.wfrun(&["trigger", "nap"])).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == "running")));
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(15)), Some(0), "log:\n{}", daemon.log());
+    assert_eq!(daemon.run(&run_id).unwrap().status, "succeeded");
+    assert!(!daemon.state().join("wfrun.sock").exists());
+}
+
+#[test]
+fn sigterm_cancels_what_outlives_the_grace_period() {
+    let hostile = guest("hostile");
+    let mut daemon = DaemonProcess::start(&format!(
+        "[daemon]\ngrace_period = \"300ms\"\n\
+         [jobs.spin]\nbundle = {}\ninput = '{{\"mode\": \"loop\"}}'\nfuel = 1000000000000000\ntimeout = \"5m\"\n",
+        toml_path(&hostile)
+    ));
+    let run_id = stdout(&daemon.wfrun(&["trigger", "spin"])).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == "running")));
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(10)), Some(0), "log:\n{}", daemon.log());
+    assert_eq!(daemon.run(&run_id).unwrap().status, "cancelled");
+}
+
+#[test]
+fn kill_9_leaves_nothing_running_after_a_restart() {
+    let hostile = guest("hostile");
+    let hello = guest("hello");
+    let config = format!(
+        "[jobs.hello]\nbundle = {}\n[jobs.spin]\nbundle = {}\ninput = '{{\"mode\": \"loop\"}}'\nfuel = 1000000000000000\ntimeout = \"5m\"\n",
+        toml_path(&hello),
+        toml_path(&hostile)
+    );
+    let mut daemon = DaemonProcess::start(&config);
+    let done = stdout(&daemon.wfrun(&["trigger", "hello"])).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(30), || daemon.run(&done).is_some_and(|r| r.status == "succeeded")));
+    let spinning = stdout(&daemon.wfrun(&["trigger", "spin"])).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(10), || daemon.run(&spinning).is_some_and(|r| r.status == "running")));
+    daemon.signal("-KILL");
+    daemon.wait(Duration::from_secs(5));
+    assert_eq!(daemon.run(&spinning).unwrap().status, "running", "nothing has recovered it yet");
+
+    let daemon = DaemonProcess::start_in(daemon.into_dir(), &config);
+    let recovered = daemon.run(&spinning).unwrap();
+    assert_eq!(
+        (recovered.status.as_str(), recovered.error_code.as_deref()),
+        ("failed", Some("interrupted")),
+        "log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(recovered.transitions.last().map(|t| t.0.as_str()), Some("failed"));
+    let kept = daemon.run(&done).unwrap();
+    assert_eq!(kept.output.as_deref(), Some(r#"{"greeting":"Hello, world!"}"#));
+    let store = Store::open_existing(&daemon.state()).unwrap().unwrap();
+    assert!(store.list_runs(Some(RunState::Running), 10).unwrap().is_empty());
+    let db = rusqlite::Connection::open(daemon.state().join("wfrun.db")).unwrap();
+    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    // The jobs survived too.
+    let list: Value = serde_json::from_slice(&daemon.wfrun(&["jobs", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list["result"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn clients_say_when_no_daemon_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_wfrun")).arg("--state-dir").arg(dir.path()).arg("status").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("no wfrun daemon is running"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let daemon = DaemonProcess::start("");
+    let output = Command::new(env!("CARGO_BIN_EXE_wfrun"))
+        .arg("--state-dir")
+        .arg(daemon.state())
+        .arg("daemon")
+        .env_remove("WFRUN_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("another wfrun daemon is running"), "{}", stderr(&output));
+}
