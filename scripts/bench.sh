@@ -17,3 +17,4 @@ if [ ! -x "$tools/bin/wasmtime" ]; then
 fi
 "$tools/bin/wasmtime" --version >&2
 WASMTIME="$tools/bin/wasmtime" cargo bench -p wfrun-runtime --bench exec
+cargo bench -p wfrun-runtime --bench daemon

@@ -375,3 +375,60 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("another wfrun daemon is running"), "{}", stderr(&output));
 }
+
+#[test]
+fn the_http_control_api_needs_the_bearer_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let port = free_port();
+    let daemon = DaemonProcess::start(&format!("[control_http]\nlisten = \"127.0.0.1:{port}\"\n"));
+    assert!(wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let token_file = daemon.state().join("control.token");
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let request = r#"{"id": 7, "method": "status"}"#;
+
+    assert_eq!(post(port, "/v1/rpc", &[], request).0, 401);
+    let wrong = ("Authorization", format!("Bearer {}", "f".repeat(64)));
+    assert_eq!(post(port, "/v1/rpc", &[wrong], request).0, 401);
+    let bearer = ("Authorization", format!("Bearer {}", token.trim()));
+    let (status, answer) = post(port, "/v1/rpc", &[bearer.clone()], request);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["id"].as_u64(), answer["ok"].as_bool()), (Some(7), Some(true)));
+    assert_eq!(answer["result"]["pid"].as_u64(), Some(u64::from(daemon.child.id())));
+    // The same dispatcher as the socket: the same refusals.
+    let (status, answer) = post(port, "/v1/rpc", &[bearer], r#"{"method": "trigger", "params": {"name": "nope"}}"#);
+    assert_eq!(status, 422);
+    assert_eq!(answer["error"]["code"], "not_found");
+}
+
+#[test]
+fn trusted_keys_in_the_config_refuse_unsigned_bundles() {
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_wfrun")).args(["keygen", "--out"]).arg(keys.path()).output().unwrap();
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let signed = keys.path().join("hello-signed.wasm");
+    std::fs::copy(guest("hello"), &signed).unwrap();
+    let sign = Command::new(env!("CARGO_BIN_EXE_wfrun"))
+        .arg("sign")
+        .arg(&signed)
+        .arg("--key")
+        .arg(keys.path().join("wfrun.key"))
+        .output()
+        .unwrap();
+    assert!(sign.status.success(), "{}", stderr(&sign));
+    let daemon = DaemonProcess::start(&format!(
+        "[retry]\nmax_attempts = 1\n[trust]\ntrusted_keys = [{}]\nrequire_signed = true\n\
+         [jobs.unsigned]\nbundle = {}\n[jobs.signed]\nbundle = {}\n",
+        toml_path(&keys.path().join("wfrun.pub")),
+        toml_path(&guest("hello")),
+        toml_path(&signed)
+    ));
+    let unsigned = stdout(&daemon.wfrun(&["trigger", "unsigned"])).trim().to_owned();
+    let signed = stdout(&daemon.wfrun(&["trigger", "signed"])).trim().to_owned();
+    let finished = |id: &str| daemon.run(id).is_some_and(|r| r.status != "running");
+    assert!(wait_for(Duration::from_secs(30), || finished(&unsigned) && finished(&signed)), "{}", daemon.log());
+    let refused = daemon.run(&unsigned).unwrap();
+    assert_eq!(refused.error_code.as_deref(), Some("invalid_bundle"));
+    assert!(refused.error_message.as_deref().unwrap_or("").contains("signature_missing"), "{refused:?}");
+    assert_eq!(daemon.run(&signed).unwrap().status, "succeeded");
+}

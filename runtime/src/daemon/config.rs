@@ -65,6 +65,11 @@ pub struct DaemonConfig {
     pub webhook_listen: Option<SocketAddr>,
     /// The largest webhook body accepted.
     pub webhook_max_body: u64,
+    /// Where the HTTP control API listens; `None`: Unix socket only.
+    pub control_http_listen: Option<SocketAddr>,
+    /// The file holding its bearer token; `None`: `<state-dir>/control.token`,
+    /// generated on first use.
+    pub control_token_file: Option<PathBuf>,
     /// The egress every job's runs get (narrowed by each workflow).
     pub egress: EgressPolicy,
     /// Public keys (files or `ed25519:<hex>`) bundles may be signed by.
@@ -85,6 +90,8 @@ impl Default for DaemonConfig {
             retry: RetryPolicy::default(),
             webhook_listen: None,
             webhook_max_body: 1024 * 1024,
+            control_http_listen: None,
+            control_token_file: None,
             egress: EgressPolicy::deny_all(),
             trusted_keys: Vec::new(),
             require_signed: false,
@@ -102,6 +109,7 @@ struct File {
     #[serde(default)]
     retry: RetrySection,
     webhook: Option<WebhookSection>,
+    control_http: Option<ControlHttpSection>,
     #[serde(default)]
     egress: EgressSection,
     #[serde(default)]
@@ -132,6 +140,13 @@ struct RetrySection {
 struct WebhookSection {
     listen: Option<String>,
     max_body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlHttpSection {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +249,12 @@ impl DaemonConfig {
             if let Some(text) = &webhook.max_body {
                 config.webhook_max_body = size("webhook.max_body", text)?;
             }
+        }
+        if let Some(control) = file.control_http {
+            let listen = control.listen.as_deref().unwrap_or("127.0.0.1:8788");
+            config.control_http_listen =
+                Some(listen.parse().map_err(|e| format!("control_http.listen = {listen:?}: {e} (expected IP:PORT)"))?);
+            config.control_token_file = control.token_file.map(resolve);
         }
         config.egress = file.egress.into_policy().map_err(|e| e.to_string())?;
         config.trusted_keys = file

@@ -4,8 +4,9 @@
 //! process left `running` as `interrupted`, loads the jobs (config file and
 //! database), and then runs three things side by side until SIGINT or
 //! SIGTERM: the scheduler (interval and cron jobs, one run per misfire), the
-//! control plane ([`control`]: JSON lines over a Unix socket), and the
-//! webhook listener ([`webhook`]). Every run goes through one path,
+//! control plane ([`control`]: JSON lines over a Unix socket, and optionally
+//! the same over HTTP with a bearer token), and the webhook listener
+//! ([`http`]). Every run goes through one path,
 //! [`Daemon::trigger`]: concurrency limits, no overlap unless a job allows it,
 //! retries with backoff, pausing after repeated failure, and cancellation by
 //! run id. On a stop, triggers end, running runs get the grace period, and
@@ -13,8 +14,8 @@
 
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod jobs;
-pub mod webhook;
 
 use crate::bundle::Bundle;
 use crate::bundle::signature::TrustPolicy;
@@ -85,6 +86,7 @@ pub struct Daemon {
     stopped: Notify,
     idle: Notify,
     started: SystemTime,
+    control_token: Option<String>,
     _lock: std::fs::File,
 }
 
@@ -128,6 +130,10 @@ impl Daemon {
                 store.remove_job(&job.name)?;
             }
         }
+        let control_token = match &config.control_http_listen {
+            Some(_) => Some(control_token(config.control_token_file.as_deref(), &state_dir)?),
+            None => None,
+        };
         let sandbox = Sandbox::new(EngineOptions {
             cache_dir: Some(state_dir.join("cache")),
             // A long-lived host: instances come from pools reserved once.
@@ -153,6 +159,7 @@ impl Daemon {
             stopped: Notify::new(),
             idle: Notify::new(),
             started: SystemTime::now(),
+            control_token,
             _lock: lock,
         }))
     }
@@ -171,16 +178,18 @@ impl Daemon {
     pub async fn serve(self: &Arc<Self>) -> anyhow::Result<()> {
         let socket = control::listen(&self.state_dir.join(SOCKET_NAME))?;
         let control = tokio::spawn(control::serve(self.clone(), socket));
-        let webhook = match self.config.webhook_listen {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("webhook listener on {addr}: {e}"))?;
-                tracing::info!("webhooks on http://{}/hooks/JOB", listener.local_addr()?);
-                Some(tokio::spawn(webhook::serve(self.clone(), listener)))
-            }
-            None => None,
-        };
+        let mut listeners = Vec::new();
+        for (addr, routes) in [
+            (self.config.webhook_listen, http::Routes::Webhooks),
+            (self.config.control_http_listen, http::Routes::Control),
+        ] {
+            let Some(addr) = addr else { continue };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("{routes:?} listener on {addr}: {e}"))?;
+            eprintln!("wfrun daemon: {routes:?} on http://{}", listener.local_addr()?);
+            listeners.push(tokio::spawn(http::serve(self.clone(), listener, routes)));
+        }
         let scheduler = tokio::spawn(self.clone().schedule());
         eprintln!(
             "wfrun daemon: state directory {}, control socket {}, {} job(s)",
@@ -197,8 +206,8 @@ impl Daemon {
         }
         self.stopping.store(true, Ordering::SeqCst);
         scheduler.abort();
-        if let Some(webhook) = webhook {
-            webhook.abort();
+        for listener in listeners {
+            listener.abort();
         }
         self.drain().await;
         control.abort();
@@ -579,6 +588,11 @@ impl Daemon {
         })
     }
 
+    /// The control API's bearer token, if the HTTP control API is on.
+    fn control_token(&self) -> Option<&str> {
+        self.control_token.as_deref()
+    }
+
     /// The spec of a webhook job, for the webhook listener.
     fn webhook_job(&self, name: &str) -> Result<JobSpec, DaemonError> {
         let job = self.job(name)?;
@@ -588,6 +602,34 @@ impl Daemon {
         }
         Ok(spec)
     }
+}
+
+/// Reads the control API's token from `file`, or from `<state-dir>/control.token`,
+/// creating that one (0600, 32 random bytes in hex) the first time.
+fn control_token(file: Option<&Path>, state_dir: &Path) -> anyhow::Result<String> {
+    let read = |path: &Path| -> anyhow::Result<String> {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("control token file {}: {e}", path.display()))?
+            .trim()
+            .to_owned();
+        anyhow::ensure!(
+            token.len() >= 32,
+            "control token file {}: the token must be at least 32 characters",
+            path.display()
+        );
+        Ok(token)
+    };
+    if let Some(file) = file {
+        return read(file);
+    }
+    let path = state_dir.join("control.token");
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the control token: {e}"))?;
+        use std::io::Write;
+        crate::files::create_private_file(&path, true)?.write_all(hex::encode(bytes).as_bytes())?;
+    }
+    read(&path)
 }
 
 fn parse_spec(job: &JobRecord) -> Option<JobSpec> {

@@ -1,11 +1,20 @@
-//! The webhook listener: `POST /hooks/JOB` starts a webhook job with the
-//! request body as its input.
+//! The daemon's HTTP listeners: webhooks and the control API.
 //!
-//! Loopback by default (`[webhook] listen` in the config). The body is
-//! capped (`max_body`, 1 MiB by default) and must be JSON. A job with a
-//! `webhook_secret` accepts only requests whose `X-Wfrun-Signature` header is
-//! `sha256=<hex HMAC-SHA256 of the body>`, compared in constant time. Answers
-//! are JSON: 202 with the run id, or 4xx/5xx with a code and a message.
+//! **Webhooks** (`[webhook]`): `POST /hooks/JOB` starts a webhook job with
+//! the request body as its input. The body is capped (`max_body`, 1 MiB by
+//! default) and must be JSON. A job with a `webhook_secret` accepts only
+//! requests whose `X-Wfrun-Signature` header is `sha256=<hex HMAC-SHA256 of
+//! the body>`, compared in constant time. Answers are JSON: 202 with the run
+//! id, or 4xx/5xx with a code and a message.
+//!
+//! **Control API** (`[control_http]`): `POST /v1/rpc` with one control
+//! [`Request`](super::control::Request) as the body answers one
+//! [`Response`](super::control::Response), through the same dispatcher as the
+//! Unix socket. Every request needs `Authorization: Bearer <token>`
+//! (compared in constant time).
+//!
+//! Both listen on loopback unless configured otherwise, and no connection
+//! may last more than a minute.
 
 use super::Daemon;
 use bytes::Bytes;
@@ -20,15 +29,29 @@ use wasmtime_wasi_http::io::TokioIo;
 /// The header carrying a webhook's signature.
 pub const SIGNATURE_HEADER: &str = "x-wfrun-signature";
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `POST /hooks/JOB`.
+    Webhooks,
+    /// `POST /v1/rpc`.
+    Control,
+}
+
 /// Accepts connections until the task is dropped.
-pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener) {
+pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, routes: Routes) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let daemon = daemon.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&daemon, request).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(match routes {
+                        Routes::Webhooks => handle(&daemon, request).await,
+                        Routes::Control => control(&daemon, request).await,
+                    })
+                }
             });
             // No connection may hold a task for long (a client that sends
             // its request slowly, or never finishes it).
@@ -73,6 +96,42 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> 
 
 fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Full<Bytes>> {
     answer(status, json!({ "ok": false, "error": { "code": code, "message": message.into() } }))
+}
+
+/// `POST /v1/rpc`: one control request, authorised by the bearer token.
+async fn control(daemon: &Arc<Daemon>, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, 1024 * 1024).await;
+    let Some(token) = daemon.control_token() else {
+        return refuse(StatusCode::NOT_FOUND, "not_found", "the control API is not enabled");
+    };
+    let given = parts.headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let given = given.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer <token>");
+    }
+    if parts.uri.path() != "/v1/rpc" {
+        return refuse(StatusCode::NOT_FOUND, "not_found", "the control API is POST /v1/rpc");
+    }
+    if parts.method != Method::POST {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "invalid", "the control API takes POST");
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let request: super::control::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid", format!("not a control request: {e}")),
+    };
+    let response = super::control::dispatch(daemon, request);
+    let status = if response.ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    answer(status, serde_json::to_value(&response).unwrap_or_default())
+}
+
+/// Compares without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn handle(daemon: &Arc<Daemon>, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
