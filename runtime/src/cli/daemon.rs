@@ -17,7 +17,7 @@ use std::time::Duration;
 
 const DAEMON_HELP: &str = "\
 The daemon runs jobs on a schedule (every DURATION, or a five-field cron
-expression in UTC), on a webhook (POST /hooks/JOB on the [webhook] listener),
+expression in UTC or --tz ZONE), on a webhook (POST /hooks/JOB on the [webhook] listener),
 or by hand (`wfrun trigger JOB`). Jobs come from the config file's
 [jobs.NAME] tables and from `wfrun jobs add`; both persist in the state
 directory and survive restarts.
@@ -216,6 +216,9 @@ struct AddJob {
     /// Run on a five-field cron expression, in UTC (e.g. "*/5 * * * *").
     #[arg(long, value_name = "EXPR")]
     cron: Option<String>,
+    /// Read --cron in this IANA time zone (e.g. Europe/Paris) instead of UTC.
+    #[arg(long, value_name = "ZONE", requires = "cron")]
+    tz: Option<String>,
     /// Run on POST /hooks/NAME to the daemon's webhook listener.
     #[arg(long)]
     webhook: bool,
@@ -266,6 +269,7 @@ impl JobsCommand {
                     input: add.input.clone(),
                     args: add.args.clone(),
                     trigger,
+                    timezone: add.tz.clone(),
                     allow_overlap: add.allow_overlap,
                     memory_bytes: add.memory,
                     timeout: add.timeout,
@@ -274,7 +278,7 @@ impl JobsCommand {
                 };
                 let name = add.name.clone();
                 request(global, "jobs.add", json!({ "name": add.name, "spec": spec }), add.json, |_| {
-                    println!("job {name} added ({})", describe(&spec.trigger));
+                    println!("job {name} added ({})", describe(&spec));
                 })
             }
             JobsSubcommand::List { json } => request(global, "jobs.list", json!({}), json, print_jobs),

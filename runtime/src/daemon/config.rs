@@ -168,6 +168,7 @@ struct JobSection {
     args: Vec<String>,
     every: Option<String>,
     cron: Option<String>,
+    timezone: Option<String>,
     #[serde(default)]
     webhook: bool,
     #[serde(default)]
@@ -283,6 +284,7 @@ impl DaemonConfig {
                 input: job.input.unwrap_or_else(|| "{}".to_owned()),
                 args: job.args,
                 trigger,
+                timezone: job.timezone,
                 allow_overlap: job.allow_overlap,
                 memory_bytes: job.memory.as_deref().map(|m| size(&format!("jobs.{name}.memory"), m)).transpose()?,
                 timeout: job.timeout.as_deref().map(|t| duration(&format!("jobs.{name}.timeout"), t)).transpose()?,

@@ -1,8 +1,8 @@
 //! Job definitions and when they are due.
 //!
 //! A [`JobSpec`] names a bundle, its input or arguments, optional limit
-//! ceilings and one [`Trigger`]: an interval, a cron expression (UTC), a
-//! webhook, or manual only. The same spec comes from the config file
+//! ceilings and one [`Trigger`]: an interval, a cron expression (in UTC, or
+//! in the job's IANA time zone), a webhook, or manual only. The same spec comes from the config file
 //! (`[jobs.NAME]`), from `wfrun jobs add`, and is stored as JSON in the
 //! `jobs` table. [`Schedule`] turns a trigger into due times, with one
 //! misfire rule: after downtime a job runs once, not once per missed tick.
@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 pub enum Trigger {
     /// Every interval, e.g. `30s`.
     Every(#[serde(with = "humantime_serde_compat")] Duration),
-    /// A standard five-field cron expression, in UTC.
+    /// A standard five-field cron expression, in UTC or the job's `timezone`.
     Cron(String),
     /// An HTTP POST to `/hooks/NAME` on the webhook listener; the body is the input.
     Webhook,
@@ -40,6 +40,10 @@ pub struct JobSpec {
     pub args: Vec<String>,
     /// What starts it.
     pub trigger: Trigger,
+    /// The IANA time zone a cron expression is read in (e.g.
+    /// `Europe/Paris`, from the system's zoneinfo); `None`: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
     /// Let a new run start while the last one is still running.
     #[serde(default)]
     pub allow_overlap: bool,
@@ -81,6 +85,12 @@ impl JobSpec {
             Trigger::Cron(expr) => parse_cron(expr).map(|_| ()).map_err(|e| format!("job {name}: {e}")),
             _ => Ok(()),
         }?;
+        if let Some(zone) = &self.timezone {
+            if !matches!(self.trigger, Trigger::Cron(_)) {
+                return Err(format!("job {name}: a timezone applies to cron jobs only"));
+            }
+            time_zone(zone).map_err(|e| format!("job {name}: {e}"))?;
+        }
         if let Some(secret) = &self.webhook_secret
             && (secret.len() < 32 || hex::decode(secret).is_err())
         {
@@ -101,21 +111,29 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
     expr.parse::<croner::Cron>().map_err(|e| format!("cron {expr:?}: {e}"))
 }
 
+/// The IANA time zone `name`, from the system's zoneinfo.
+pub fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::TimeZone::get(name).map_err(|e| format!("time zone {name:?}: {e}"))
+}
+
 /// When a time-triggered job is next due.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     trigger: Trigger,
     cron: Option<croner::Cron>,
+    zone: jiff::tz::TimeZone,
 }
 
 impl Schedule {
-    /// The schedule of `trigger`; `None` for webhook and manual jobs.
-    pub fn of(trigger: &Trigger) -> Option<Schedule> {
-        match trigger {
-            Trigger::Every(_) => Some(Schedule { trigger: trigger.clone(), cron: None }),
-            Trigger::Cron(expr) => Some(Schedule { trigger: trigger.clone(), cron: parse_cron(expr).ok() }),
-            Trigger::Webhook | Trigger::Manual => None,
-        }
+    /// The schedule of `spec`'s trigger; `None` for webhook and manual jobs.
+    pub fn of(spec: &JobSpec) -> Option<Schedule> {
+        let zone = spec.timezone.as_deref().and_then(|z| time_zone(z).ok()).unwrap_or(jiff::tz::TimeZone::UTC);
+        let cron = match &spec.trigger {
+            Trigger::Every(_) => None,
+            Trigger::Cron(expr) => parse_cron(expr).ok(),
+            Trigger::Webhook | Trigger::Manual => return None,
+        };
+        Some(Schedule { trigger: spec.trigger.clone(), cron, zone })
     }
 
     /// The first due time after the daemon starts, given when the job last
@@ -135,13 +153,12 @@ impl Schedule {
     pub fn next_after(&self, after: SystemTime) -> SystemTime {
         match (&self.trigger, &self.cron) {
             (Trigger::Every(every), _) => after + *every,
-            (Trigger::Cron(_), Some(cron)) => {
-                let after: chrono::DateTime<chrono::Utc> = after.into();
-                cron.find_next_occurrence(&after, false)
-                    .map(SystemTime::from)
-                    // An expression with no future time (Feb 30) never fires.
-                    .unwrap_or_else(|_| far_future())
-            }
+            (Trigger::Cron(_), Some(cron)) => jiff::Timestamp::try_from(after)
+                .ok()
+                .and_then(|t| cron.find_next_occurrence(&t.to_zoned(self.zone.clone()), false).ok())
+                .map(|next| SystemTime::from(next.timestamp()))
+                // An expression with no future time (Feb 30) never fires.
+                .unwrap_or_else(far_future),
             _ => far_future(),
         }
     }
@@ -195,6 +212,7 @@ mod tests {
             input: "{}".into(),
             args: vec![],
             trigger,
+            timezone: None,
             allow_overlap: false,
             memory_bytes: None,
             timeout: None,
@@ -205,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_missed_interval_runs_once_at_start_then_on_schedule() {
-        let schedule = Schedule::of(&Trigger::Every(Duration::from_secs(60))).unwrap();
+        let schedule = Schedule::of(&spec(Trigger::Every(Duration::from_secs(60)))).unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         // Down for ten intervals: one run now, not ten.
         let last = now - Duration::from_secs(600);
@@ -218,10 +236,18 @@ mod tests {
     }
 
     #[test]
-    fn cron_expressions_are_standard_and_utc() {
-        let schedule = Schedule::of(&Trigger::Cron("30 2 * * *".into())).unwrap();
+    fn cron_expressions_are_standard_and_utc_unless_a_zone_is_given() {
+        let schedule = Schedule::of(&spec(Trigger::Cron("30 2 * * *".into()))).unwrap();
         // 1970-01-01T00:00:00Z → 02:30 the same day.
         assert_eq!(schedule.next_after(SystemTime::UNIX_EPOCH), SystemTime::UNIX_EPOCH + Duration::from_secs(9000));
+        // 02:30 in Paris (UTC+1 in January 1970) is 01:30 UTC.
+        let mut paris = spec(Trigger::Cron("30 2 * * *".into()));
+        paris.timezone = Some("Europe/Paris".into());
+        assert!(paris.validate("p").is_ok());
+        let schedule = Schedule::of(&paris).unwrap();
+        assert_eq!(schedule.next_after(SystemTime::UNIX_EPOCH), SystemTime::UNIX_EPOCH + Duration::from_secs(5400));
+        paris.timezone = Some("Mars/Olympus".into());
+        assert!(paris.validate("p").unwrap_err().contains("Mars/Olympus"));
         assert!(parse_cron("* * * *").unwrap_err().contains("five fields"));
         assert!(parse_cron("61 * * * *").is_err());
         assert!(spec(Trigger::Cron("*/5 * * * *".into())).validate("ok").is_ok());

@@ -278,7 +278,7 @@ impl Daemon {
                 next_due.retain(|name, _| jobs.iter().any(|j| &j.name == name));
                 for job in &jobs {
                     let Some(spec) = parse_spec(job) else { continue };
-                    let Some(schedule) = Schedule::of(&spec.trigger) else {
+                    let Some(schedule) = Schedule::of(&spec) else {
                         next_due.remove(&job.name);
                         continue;
                     };
@@ -556,7 +556,7 @@ impl Daemon {
             .map(|job| {
                 let spec = parse_spec(&job);
                 JobStatus {
-                    trigger: spec.as_ref().map(|s| describe(&s.trigger)).unwrap_or_default(),
+                    trigger: spec.as_ref().map(describe).unwrap_or_default(),
                     bundle: spec.as_ref().map(|s| s.bundle.display().to_string()).unwrap_or_default(),
                     next_due: next_due.get(&job.name).map(|t| humantime::format_rfc3339_seconds(*t).to_string()),
                     running: self.running.lock().unwrap().values().filter(|r| r.job == job.name).count(),
@@ -642,11 +642,12 @@ fn parse_spec(job: &JobRecord) -> Option<JobSpec> {
     }
 }
 
-/// A trigger in words: `every 30s`, `cron "*/5 * * * *" (UTC)`, `webhook`, `manual`.
-pub fn describe(trigger: &Trigger) -> String {
-    match trigger {
+/// A job's trigger in words: `every 30s`, `cron "*/5 * * * *" (UTC)`,
+/// `webhook`, `manual`.
+pub fn describe(spec: &JobSpec) -> String {
+    match &spec.trigger {
         Trigger::Every(d) => format!("every {}", humantime::format_duration(*d)),
-        Trigger::Cron(expr) => format!("cron \"{expr}\" (UTC)"),
+        Trigger::Cron(expr) => format!("cron \"{expr}\" ({})", spec.timezone.as_deref().unwrap_or("UTC")),
         Trigger::Webhook => "webhook".to_owned(),
         Trigger::Manual => "manual".to_owned(),
     }
