@@ -391,7 +391,7 @@ fn the_http_control_api_needs_the_bearer_token() {
     let wrong = ("Authorization", format!("Bearer {}", "f".repeat(64)));
     assert_eq!(post(port, "/v1/rpc", &[wrong], request).0, 401);
     let bearer = ("Authorization", format!("Bearer {}", token.trim()));
-    let (status, answer) = post(port, "/v1/rpc", &[bearer.clone()], request);
+    let (status, answer) = post(port, "/v1/rpc", std::slice::from_ref(&bearer), request);
     assert_eq!(status, 200, "{answer}");
     assert_eq!((answer["id"].as_u64(), answer["ok"].as_bool()), (Some(7), Some(true)));
     assert_eq!(answer["result"]["pid"].as_u64(), Some(u64::from(daemon.child.id())));
