@@ -84,7 +84,7 @@ pub struct Daemon {
     schedule_changed: Notify,
     stopping: AtomicBool,
     stopped: Notify,
-    idle: Notify,
+    became_idle: Notify,
     started: SystemTime,
     control_token: Option<String>,
     _lock: std::fs::File,
@@ -157,7 +157,7 @@ impl Daemon {
             schedule_changed: Notify::new(),
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
-            idle: Notify::new(),
+            became_idle: Notify::new(),
             started: SystemTime::now(),
             control_token,
             _lock: lock,
@@ -224,20 +224,11 @@ impl Daemon {
     /// Waits up to the grace period for running runs, then cancels the rest
     /// and waits for them to be recorded.
     async fn drain(&self) {
-        let wait_idle = async {
-            loop {
-                let notified = self.idle.notified();
-                if self.busy.lock().unwrap().is_empty() {
-                    return;
-                }
-                notified.await;
-            }
-        };
         let running = self.running.lock().unwrap().len();
         if running > 0 {
             eprintln!("wfrun daemon: waiting up to {:?} for {running} run(s)", self.config.grace_period);
         }
-        if tokio::time::timeout(self.config.grace_period, wait_idle).await.is_ok() {
+        if tokio::time::timeout(self.config.grace_period, self.idle()).await.is_ok() {
             return;
         }
         let cancels: Vec<Arc<Notify>> = self.running.lock().unwrap().values().map(|r| r.cancel.clone()).collect();
@@ -245,16 +236,19 @@ impl Daemon {
         for cancel in cancels {
             cancel.notify_one();
         }
-        let wait_idle = async {
-            loop {
-                let notified = self.idle.notified();
-                if self.busy.lock().unwrap().is_empty() {
-                    return;
-                }
-                notified.await;
+        // Cancelled runs stop within an epoch tick; this only bounds a stuck one.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.idle()).await;
+    }
+
+    /// Resolves when no trigger is in flight (running or waiting to retry).
+    async fn idle(&self) {
+        loop {
+            let notified = self.became_idle.notified();
+            if self.busy.lock().unwrap().is_empty() {
+                return;
             }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), wait_idle).await;
+            notified.await;
+        }
     }
 
     /// The scheduler: sleeps until the next interval or cron job is due,
@@ -362,7 +356,7 @@ impl Daemon {
                 }
             }
             if busy.is_empty() {
-                daemon.idle.notify_waiters();
+                daemon.became_idle.notify_waiters();
             }
         });
         Ok(run_id)
