@@ -10,8 +10,10 @@
 //! host never follows redirects; these helpers do, up to
 //! [`Request::DEFAULT_MAX_REDIRECTS`] hops, each hop a new request that the
 //! policy checks again, so a redirect cannot lead anywhere a request could
-//! not go. Failures convert into a [`NodeError`](crate::NodeError) with `?`;
-//! transport failures are marked retryable.
+//! not go. A redirect never downgrades https to http, and one to another
+//! host drops the `Authorization`, `Cookie` and `Proxy-Authorization`
+//! headers. Failures convert into a [`NodeError`](crate::NodeError) with
+//! `?`; transport failures are marked retryable.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -196,7 +198,18 @@ impl Request {
                 return Err(HttpError::TooManyRedirects(request.max_redirects));
             }
             hops += 1;
-            request.url = url.join(&location)?.to_string();
+            let next = url.join(&location)?;
+            if url.https && !next.https {
+                return Err(HttpError::Denied(format!("a redirect from https to http ({next}) is not followed")));
+            }
+            // Credentials are for the origin that was asked, not the one a
+            // redirect names.
+            if next.authority != url.authority {
+                request.headers.retain(|(n, _)| {
+                    !["authorization", "cookie", "proxy-authorization"].iter().any(|c| n.eq_ignore_ascii_case(c))
+                });
+            }
+            request.url = next.to_string();
             // 303, and 301/302 after a POST, turn into a GET without a body.
             if response.status == 303 || (matches!(response.status, 301 | 302) && request.method == "POST") {
                 request.method = "GET".to_owned();

@@ -427,13 +427,15 @@ impl Store {
         })
     }
 
-    /// Records how a job's run ended; returns its consecutive failures.
+    /// Records how a job's run ended; returns its consecutive failures (a
+    /// success clears them, a cancelled run leaves them as they are).
     pub fn record_job_run(&self, name: &str, run_id: &str, status: &str) -> Result<u32, StoreError> {
         let at = now();
         self.write(|tx| {
             tx.execute(
                 "UPDATE jobs SET last_run_at = ?2, last_run_id = ?3, last_status = ?4,
-                 consecutive_failures = CASE WHEN ?4 = 'succeeded' THEN 0 ELSE consecutive_failures + 1 END
+                 consecutive_failures = CASE ?4 WHEN 'succeeded' THEN 0 WHEN 'failed' THEN consecutive_failures + 1
+                                        ELSE consecutive_failures END
                  WHERE name = ?1",
                 params![name, at, run_id, status],
             )?;

@@ -256,6 +256,10 @@ fn a_webhook_runs_its_job_with_the_body_as_input_and_checks_signatures() {
     let (status, answer) = post(port, "/hooks/signed", &[("X-Wfrun-Signature", good)], body);
     assert_eq!(status, 202, "{answer}");
 
+    // The secret never leaves the daemon.
+    let list = stdout(&daemon.wfrun(&["jobs", "list", "--json"]));
+    assert!(!list.contains(secret) && list.contains("redacted"), "{list}");
+
     assert_eq!(post(port, "/hooks/nope", &[], "{}").0, 404);
     assert_eq!(post(port, "/hooks/hook", &[], &"x".repeat(4096)).0, 413);
     assert_eq!(post(port, "/hooks/hook", &[], "{not json").0, 400);
@@ -431,4 +435,38 @@ fn trusted_keys_in_the_config_refuse_unsigned_bundles() {
     assert_eq!(refused.error_code.as_deref(), Some("invalid_bundle"));
     assert!(refused.error_message.as_deref().unwrap_or("").contains("signature_missing"), "{refused:?}");
     assert_eq!(daemon.run(&signed).unwrap().status, "succeeded");
+}
+
+#[test]
+fn a_job_that_keeps_failing_is_retried_with_backoff_then_paused() {
+    let hostile = guest("hostile");
+    let daemon = DaemonProcess::start(&format!(
+        "[retry]\ninitial_backoff = \"100ms\"\nmax_attempts = 3\n\
+         [jobs.flaky]\nbundle = {}\ninput = '{{\"mode\": \"fail\"}}'\n",
+        toml_path(&hostile)
+    ));
+    let first = stdout(&daemon.wfrun(&["trigger", "flaky"])).trim().to_owned();
+    let paused = || {
+        let list: Value = serde_json::from_slice(&daemon.wfrun(&["jobs", "list", "--json"]).stdout).unwrap();
+        list["result"][0]["paused"] == true
+    };
+    assert!(wait_for(Duration::from_secs(30), paused), "log:\n{}", daemon.log());
+    let runs = daemon.runs();
+    assert_eq!(runs.len(), 3, "one trigger, three attempts");
+    assert!(runs.iter().all(|r| r.status == "failed" && r.error_code.as_deref() == Some("node_error")));
+    assert!(runs.iter().any(|r| r.run_id == first));
+    // Each attempt started after the one before had ended, plus the backoff.
+    let mut times: Vec<(String, String)> =
+        runs.iter().map(|r| (r.created_at.clone(), r.finished_at.clone().unwrap())).collect();
+    times.sort();
+    for pair in times.windows(2) {
+        let ended = humantime::parse_rfc3339(&pair[0].1).unwrap();
+        let next = humantime::parse_rfc3339(&pair[1].0).unwrap();
+        assert!(next.duration_since(ended).unwrap() >= Duration::from_millis(90), "{pair:?}");
+    }
+    // A paused job is not triggered; resuming clears the failures.
+    assert_eq!(daemon.wfrun(&["trigger", "flaky"]).status.code(), Some(6));
+    assert_eq!(daemon.wfrun(&["jobs", "resume", "flaky"]).status.code(), Some(0));
+    let list: Value = serde_json::from_slice(&daemon.wfrun(&["jobs", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list["result"][0]["consecutive_failures"], 0);
 }

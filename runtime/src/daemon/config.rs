@@ -225,11 +225,17 @@ impl DaemonConfig {
             }
         }
         let retry = &file.retry;
-        if let Some(text) = &retry.initial_backoff {
-            config.retry.initial_backoff = duration("retry.initial_backoff", text)?;
-        }
-        if let Some(text) = &retry.max_backoff {
-            config.retry.max_backoff = duration("retry.max_backoff", text)?;
+        for (key, text, field) in [
+            ("retry.initial_backoff", &retry.initial_backoff, &mut config.retry.initial_backoff),
+            ("retry.max_backoff", &retry.max_backoff, &mut config.retry.max_backoff),
+        ] {
+            if let Some(text) = text {
+                let value = duration(key, text)?;
+                if value > Duration::from_secs(3600) {
+                    return Err(format!("{key} = {text:?} is more than 1h"));
+                }
+                *field = value;
+            }
         }
         if let Some(m) = retry.multiplier {
             if !(1.0..=100.0).contains(&m) {

@@ -62,6 +62,9 @@ pub struct JobSpec {
     pub webhook_secret: Option<String>,
 }
 
+/// The longest interval: a year and a day.
+const MAX_EVERY: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn empty_object() -> String {
     "{}".to_owned()
 }
@@ -79,8 +82,8 @@ impl JobSpec {
         serde_json::from_str::<serde::de::IgnoredAny>(&self.input)
             .map_err(|e| format!("job {name}: input is not valid JSON: {e}"))?;
         match &self.trigger {
-            Trigger::Every(every) if *every < Duration::from_millis(100) => {
-                Err(format!("job {name}: `every` must be at least 100ms"))
+            Trigger::Every(every) if *every < Duration::from_millis(100) || *every > MAX_EVERY => {
+                Err(format!("job {name}: `every` must be between 100ms and 366 days"))
             }
             Trigger::Cron(expr) => parse_cron(expr).map(|_| ()).map_err(|e| format!("job {name}: {e}")),
             _ => Ok(()),
@@ -152,7 +155,7 @@ impl Schedule {
     /// The next due time strictly after `after`.
     pub fn next_after(&self, after: SystemTime) -> SystemTime {
         match (&self.trigger, &self.cron) {
-            (Trigger::Every(every), _) => after + *every,
+            (Trigger::Every(every), _) => after.checked_add(*every).unwrap_or_else(far_future),
             (Trigger::Cron(_), Some(cron)) => jiff::Timestamp::try_from(after)
                 .ok()
                 .and_then(|t| cron.find_next_occurrence(&t.to_zoned(self.zone.clone()), false).ok())
@@ -260,6 +263,7 @@ mod tests {
         bad_input.input = "{".into();
         assert!(bad_input.validate("j").unwrap_err().contains("not valid JSON"));
         assert!(spec(Trigger::Every(Duration::from_millis(1))).validate("j").is_err());
+        assert!(spec(Trigger::Every(Duration::from_secs(20_000 * 365 * 24 * 3600))).validate("j").is_err());
         let mut weak = spec(Trigger::Webhook);
         weak.webhook_secret = Some("abcd".into());
         assert!(weak.validate("j").unwrap_err().contains("16 bytes"));

@@ -134,15 +134,24 @@ impl Daemon {
             Some(_) => Some(control_token(config.control_token_file.as_deref(), &state_dir)?),
             None => None,
         };
-        let sandbox = Sandbox::new(EngineOptions {
-            cache_dir: Some(state_dir.join("cache")),
-            // A long-lived host: instances come from pools reserved once.
+        let options = EngineOptions { cache_dir: Some(state_dir.join("cache")), ..EngineOptions::default() };
+        // A long-lived host: instances come from pools reserved once. A
+        // machine that cannot reserve that much address space (a 39-bit
+        // arm64 kernel) runs with on-demand allocation instead.
+        let pooled = EngineOptions {
             pooling: Some(PoolingOptions {
                 concurrent_runs: (config.max_concurrent_runs * crate::workflow::DEFAULT_MAX_PARALLEL) as u32,
                 max_memory_bytes: config.max_memory_bytes,
             }),
-            ..EngineOptions::default()
-        })?;
+            ..options.clone()
+        };
+        let sandbox = match Sandbox::new(pooled) {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                tracing::warn!("the pooling allocator is not available ({e}); allocating per run");
+                Sandbox::new(options)?
+            }
+        };
         Ok(Arc::new(Daemon {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             egress: Arc::new(config.egress.clone()),
@@ -315,9 +324,6 @@ impl Daemon {
     /// Returns the first run's id. Refused while stopping, for a paused job,
     /// and for a job already running unless it allows overlap.
     pub fn trigger(self: &Arc<Self>, name: &str, input: Option<String>) -> Result<String, DaemonError> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(DaemonError::new("shutting_down", "the daemon is stopping; no new runs"));
-        }
         let job = self.job(name)?;
         if job.paused {
             let why = job.paused_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
@@ -331,6 +337,11 @@ impl Daemon {
         }
         {
             let mut busy = self.busy.lock().unwrap();
+            // Checked under the lock that `idle()` reads, so a stop cannot
+            // slip between this check and the job counting as busy.
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err(DaemonError::new("shutting_down", "the daemon is stopping; no new runs"));
+            }
             let count = busy.entry(name.to_owned()).or_insert(0);
             if *count > 0 && !spec.allow_overlap {
                 return Err(DaemonError::new("busy", format!("job {name} is already running (allow_overlap is off)")));
@@ -339,27 +350,25 @@ impl Daemon {
         }
         let run_id = new_run_id();
         let cancel = Arc::new(Notify::new());
-        self.running.lock().unwrap().insert(
-            run_id.clone(),
-            Running { job: name.to_owned(), cancel: cancel.clone(), started: SystemTime::now() },
-        );
+        self.register(&run_id, name, &cancel);
         let daemon = self.clone();
         let name = name.to_owned();
         let first = run_id.clone();
         tokio::spawn(async move {
+            // Released however `supervise` ends, a panic included.
+            let _busy = BusyGuard { daemon: daemon.clone(), name: name.clone() };
             daemon.supervise(&name, spec, input, first, cancel).await;
-            let mut busy = daemon.busy.lock().unwrap();
-            if let Some(count) = busy.get_mut(&name) {
-                *count -= 1;
-                if *count == 0 {
-                    busy.remove(&name);
-                }
-            }
-            if busy.is_empty() {
-                daemon.became_idle.notify_waiters();
-            }
         });
         Ok(run_id)
+    }
+
+    /// Registers `run_id` as in flight for job `name`, so that `cancel` and
+    /// `status` see it (also while it waits for a slot or a retry).
+    fn register(&self, run_id: &str, name: &str, cancel: &Arc<Notify>) {
+        self.running.lock().unwrap().insert(
+            run_id.to_owned(),
+            Running { job: name.to_owned(), cancel: cancel.clone(), started: SystemTime::now() },
+        );
     }
 
     /// Runs a triggered job: attempts with backoff until one succeeds, one is
@@ -369,15 +378,16 @@ impl Daemon {
         let retry = self.config.retry;
         let mut run_id = first;
         for attempt in 1..=retry.max_attempts {
-            if attempt > 1 {
-                run_id = new_run_id();
-                self.running.lock().unwrap().insert(
-                    run_id.clone(),
-                    Running { job: name.to_owned(), cancel: cancel.clone(), started: SystemTime::now() },
-                );
-            }
             let report = {
                 let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
+                // A retry does not start once the daemon is stopping, nor
+                // for a job paused or removed while it waited.
+                let gone = attempt > 1
+                    && (self.stopping.load(Ordering::SeqCst) || self.job(name).map_or(true, |job| job.paused));
+                if gone {
+                    self.running.lock().unwrap().remove(&run_id);
+                    return;
+                }
                 self.run_once(name, &spec, input.clone(), &run_id, cancel.clone()).await
             };
             self.running.lock().unwrap().remove(&run_id);
@@ -406,12 +416,19 @@ impl Daemon {
             if attempt == retry.max_attempts {
                 return;
             }
+            // The retry is in flight from now: `cancel` and `status` see it.
+            run_id = new_run_id();
+            self.register(&run_id, name, &cancel);
             let wait = retry.backoff(attempt);
-            tracing::warn!("job {name}: run {run_id} ended with {why}; retrying in {wait:?}");
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = cancel.notified() => return,
-                () = self.stopped_or_stopping() => return,
+            tracing::warn!("job {name}: run ended with {why}; retrying as run {run_id} in {wait:?}");
+            let stop = tokio::select! {
+                () = tokio::time::sleep(wait) => false,
+                () = cancel.notified() => true,
+                () = self.stopped_or_stopping() => true,
+            };
+            if stop {
+                self.running.lock().unwrap().remove(&run_id);
+                return;
             }
         }
     }
@@ -547,8 +564,13 @@ impl Daemon {
             .store
             .jobs()?
             .into_iter()
-            .map(|job| {
+            .map(|mut job| {
                 let spec = parse_spec(&job);
+                // The webhook secret never leaves the daemon.
+                if let Some(spec) = spec.as_ref().filter(|s| s.webhook_secret.is_some()) {
+                    let redacted = JobSpec { webhook_secret: Some("redacted".to_owned()), ..spec.clone() };
+                    job.spec = serde_json::to_string(&redacted).unwrap_or_default();
+                }
                 JobStatus {
                     trigger: spec.as_ref().map(describe).unwrap_or_default(),
                     bundle: spec.as_ref().map(|s| s.bundle.display().to_string()).unwrap_or_default(),
@@ -624,6 +646,27 @@ fn control_token(file: Option<&Path>, state_dir: &Path) -> anyhow::Result<String
         crate::files::create_private_file(&path, true)?.write_all(hex::encode(bytes).as_bytes())?;
     }
     read(&path)
+}
+
+/// Counts a job's trigger as finished when dropped, and wakes `idle()`.
+struct BusyGuard {
+    daemon: Arc<Daemon>,
+    name: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let mut busy = self.daemon.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = busy.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                busy.remove(&self.name);
+            }
+        }
+        if busy.is_empty() {
+            self.daemon.became_idle.notify_waiters();
+        }
+    }
 }
 
 fn parse_spec(job: &JobRecord) -> Option<JobSpec> {

@@ -100,7 +100,14 @@ impl EgressRun {
     pub fn check_socket(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
         let (scheme, remote) = match use_ {
             SocketAddrUse::TcpConnect => (Scheme::Tcp, true),
-            SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => (Scheme::Udp, true),
+            SocketAddrUse::UdpSend => (Scheme::Udp, true),
+            // A datagram from elsewhere is dropped silently: recording it
+            // would let any sender flood the log and the run record.
+            SocketAddrUse::UdpReceive => {
+                let target =
+                    Target { scheme: Scheme::Udp, host: Host::Ip(addr.ip().to_canonical()), port: addr.port() };
+                return self.policy.check_target(&target).is_ok();
+            }
             SocketAddrUse::TcpBind => (Scheme::Tcp, false),
             SocketAddrUse::UdpBind => (Scheme::Udp, false),
             _ => {

@@ -333,7 +333,10 @@ impl Target {
     /// Reads a request's scheme and authority (`host[:port]`, IPv6 in
     /// brackets). The error says why the host is unusable.
     pub fn from_authority(scheme: Scheme, authority: &str) -> Result<Target, String> {
-        let authority = authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority);
+        // User info would travel in the Host header past the check.
+        if authority.contains('@') {
+            return Err(format!("{authority:?}: user info (`user@`) is not allowed in a request's authority"));
+        }
         let (host, port) = split_host_port(authority)?;
         let port = match port {
             None | Some("") => scheme.default_port().ok_or("no port")?,
@@ -402,6 +405,12 @@ mod tests {
         }
         assert_eq!(target(Scheme::Http, "10.1.2.3").host, Host::Ip("10.1.2.3".parse().unwrap()));
         assert_eq!(target(Scheme::Http, "1.example.com").host, Host::Name("1.example.com".to_owned()));
+    }
+
+    #[test]
+    fn user_info_in_a_request_is_refused() {
+        assert!(Target::from_authority(Scheme::Https, "user:pw@api.example.com").is_err());
+        assert!(Target::from_authority(Scheme::Https, "api.example.com@127.0.0.1").is_err());
     }
 
     #[test]
