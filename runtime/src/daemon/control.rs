@@ -192,7 +192,15 @@ pub fn listen(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 /// Serves clients until the task is dropped.
 pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();

@@ -41,7 +41,15 @@ pub enum Routes {
 /// Accepts connections until the task is dropped.
 pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, routes: Routes) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
