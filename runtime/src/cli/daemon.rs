@@ -144,7 +144,7 @@ fn print_jobs(jobs: &Value) {
         println!("no jobs (add one with `wfrun jobs add`)");
         return;
     }
-    println!("{:<20}  {:<28}  {:<8}  {:<22}  {:<10}  FAILS", "JOB", "TRIGGER", "STATE", "NEXT", "LAST");
+    println!("{:<20}  {:<34}  {:<8}  {:<22}  {:<10}  FAILS", "JOB", "TRIGGER", "STATE", "NEXT", "LAST");
     for job in jobs {
         let state = if job["paused"] == true {
             "paused"
@@ -154,7 +154,7 @@ fn print_jobs(jobs: &Value) {
             "ready"
         };
         println!(
-            "{:<20}  {:<28}  {:<8}  {:<22}  {:<10}  {}",
+            "{:<20}  {:<34}  {:<8}  {:<22}  {:<10}  {}",
             printable(job["name"].as_str().unwrap_or("")),
             printable(job["trigger"].as_str().unwrap_or("")),
             state,
