@@ -195,9 +195,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of file descriptors, say: wait rather than spin.
-                tracing::warn!("accepting a connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                super::accept_failed(e).await;
                 continue;
             }
         };

@@ -648,6 +648,13 @@ fn control_token(file: Option<&Path>, state_dir: &Path) -> anyhow::Result<String
     read(&path)
 }
 
+/// After a failed accept (out of file descriptors, say): log, and wait a
+/// moment rather than spin.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("accepting a connection: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 /// Counts a job's trigger as finished when dropped, and wakes `idle()`.
 struct BusyGuard {
     daemon: Arc<Daemon>,
