@@ -390,3 +390,27 @@ fn bad_rules_and_policy_files_are_named() {
     let message = report["error_message"].as_str().unwrap();
     assert!(message.contains("policy.toml") && message.contains("max_body"), "{message}");
 }
+
+#[test]
+fn a_run_cannot_open_more_requests_than_the_policy_allows() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[egress]\nallow = [\"http://127.0.0.1:{}\"]\nmax_concurrent_requests = 2\n", server.port()),
+    )
+    .unwrap();
+    let hostile = guest("hostile");
+    let input = json!({"mode": "http-flood", "n": 5, "url": server.url("/hello")}).to_string();
+    let output = wfrun()
+        .args(["exec", hostile.to_str().unwrap(), "--json", "--policy", policy.to_str().unwrap(), "--input", &input])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["output"], json!({"ok": 2, "refused": 3, "other": 0}), "{report:#}");
+    let violations = report["policy_violations"].as_array().unwrap();
+    assert_eq!(violations.len(), 3, "{report:#}");
+    assert!(violations.iter().all(|v| v["rule_set"] == "limits"), "{report:#}");
+    assert_eq!(server.connections(), 2);
+}

@@ -120,8 +120,54 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
             }
             Ok(json!({"attempt": attempts}))
         }
+        "http-flood" => {
+            // `n` requests to input.url, all in flight at once, responses
+            // kept open: returns how many the host let through.
+            let url = input["url"].as_str().unwrap_or_default();
+            Ok(json!(http_flood(url, n)))
+        }
         other => Err(NodeError::invalid_input(format!("unknown mode {other:?}"))),
     }
+}
+
+/// Sends `n` GETs to `url` (`http://host:port/path`) without waiting for
+/// any, then waits for all and keeps every response (and so its connection)
+/// open until the end. Returns `{"ok": N, "refused": M, "other": K}`.
+fn http_flood(url: &str, n: u64) -> Value {
+    use wasip2::http::{outgoing_handler, types};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut futures = Vec::new();
+    for _ in 0..n {
+        let request = types::OutgoingRequest::new(types::Fields::new());
+        let _ = request.set_scheme(Some(&types::Scheme::Http));
+        let _ = request.set_authority(Some(authority));
+        let _ = request.set_path_with_query(Some(if path.is_empty() { "/" } else { path }));
+        let body = request.body().expect("a fresh request has a body");
+        futures.push(outgoing_handler::handle(request, None));
+        let _ = types::OutgoingBody::finish(body, None);
+    }
+    let (mut ok, mut refused, mut other) = (0, 0, 0);
+    let mut kept = Vec::new();
+    for future in futures {
+        match future {
+            Err(_) => other += 1,
+            Ok(future) => {
+                future.subscribe().block();
+                match future.get() {
+                    Some(Ok(Ok(response))) => {
+                        ok += 1;
+                        kept.push(response);
+                    }
+                    Some(Ok(Err(types::ErrorCode::ConnectionLimitReached))) => refused += 1,
+                    _ => other += 1,
+                }
+            }
+        }
+    }
+    let result = json!({"ok": ok, "refused": refused, "other": other});
+    drop(kept);
+    result
 }
 
 wfrun_sdk::node!(hostile);
