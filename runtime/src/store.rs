@@ -181,7 +181,8 @@ CREATE TABLE IF NOT EXISTS runs (
     peak_memory_bytes INTEGER,
     policy_violations TEXT,
     owner_pid INTEGER,
-    job TEXT
+    job TEXT,
+    owner_boot TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
 CREATE TABLE IF NOT EXISTS run_transitions (
@@ -278,8 +279,9 @@ impl Store {
         let at = now();
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid, job)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9)",
+                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid, job,
+                                   owner_boot)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)",
                 params![
                     run.id,
                     run.workflow,
@@ -289,7 +291,8 @@ impl Store {
                     run.bundle_digest,
                     at,
                     std::process::id(),
-                    run.job
+                    run.job,
+                    boot_id()
                 ],
             )?;
             tx.execute("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)", params![run.id, at])?;
@@ -362,18 +365,22 @@ impl Store {
     }
 
     /// Marks every run left `running` by a process that is gone (a crash, a
-    /// kill -9) as `failed` with error code `interrupted`. Runs of processes
-    /// still alive (another `wfrun exec`) are left alone. Returns the ids.
+    /// kill -9, a reboot) as `failed` with error code `interrupted`. Runs of
+    /// processes still alive in this boot (another `wfrun exec`) are left
+    /// alone. Returns the ids.
     pub fn recover_interrupted(&self) -> Result<Vec<String>, StoreError> {
         let at = now();
         self.write(|tx| {
-            let mut stmt = tx.prepare("SELECT id, owner_pid FROM runs WHERE status = 'running'")?;
-            let running: Vec<(String, Option<u32>)> =
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare("SELECT id, owner_pid, owner_boot FROM runs WHERE status = 'running'")?;
+            let running: Vec<(String, Option<u32>, Option<String>)> =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
             drop(stmt);
+            let boot = boot_id();
             let mut recovered = Vec::new();
-            for (id, pid) in running {
-                if pid.is_some_and(|pid| pid != std::process::id() && process_alive(pid)) {
+            for (id, pid, owner_boot) in running {
+                // A process id from before a reboot may belong to anything now.
+                let same_boot = owner_boot.is_none() || owner_boot == boot;
+                if same_boot && pid.is_some_and(|pid| pid != std::process::id() && process_alive(pid)) {
                     continue;
                 }
                 tx.execute(
@@ -545,6 +552,12 @@ pub struct JobRecord {
     pub created_at: String,
 }
 
+/// This boot of the machine (Linux: `/proc/sys/kernel/random/boot_id`), so
+/// that a process id recorded before a reboot is not taken for a live one.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned())
+}
+
 /// Whether process `pid` exists (Linux: `/proc/<pid>`). Elsewhere every
 /// process counts as gone, which at worst marks a live `exec` run interrupted.
 fn process_alive(pid: u32) -> bool {
@@ -574,7 +587,8 @@ fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Columns added to `runs` since the first schema, with their types. Older
 /// databases get them (empty) when opened.
-const ADDED_RUN_COLUMNS: [(&str, &str); 3] = [("policy_violations", "TEXT"), ("owner_pid", "INTEGER"), ("job", "TEXT")];
+const ADDED_RUN_COLUMNS: [(&str, &str); 4] =
+    [("policy_violations", "TEXT"), ("owner_pid", "INTEGER"), ("job", "TEXT"), ("owner_boot", "TEXT")];
 
 /// Brings a database made by an older wfrun up to [`SCHEMA`]. Idempotent,
 /// and safe beside other processes doing the same.

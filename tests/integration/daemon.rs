@@ -470,3 +470,32 @@ fn a_job_that_keeps_failing_is_retried_with_backoff_then_paused() {
     let list: Value = serde_json::from_slice(&daemon.wfrun(&["jobs", "list", "--json"]).stdout).unwrap();
     assert_eq!(list["result"][0]["consecutive_failures"], 0);
 }
+
+#[test]
+fn recovery_leaves_live_runs_alone_and_distrusts_process_ids_from_another_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut live = Command::new("sleep").arg("30").spawn().unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_owned();
+    let db = rusqlite::Connection::open(dir.path().join("wfrun.db")).unwrap();
+    for (id, pid, owner_boot) in [
+        ("live-this-boot", live.id(), boot.as_str()),
+        ("same-pid-other-boot", live.id(), "00000000-0000-0000-0000-000000000000"),
+        ("dead", 0x7fff_fff0, boot.as_str()),
+    ] {
+        db.execute(
+            "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid, owner_boot)
+             VALUES (?1, 'w', '1', 'node', 'b', 'd', 'running', '2026-01-01T00:00:00Z', ?2, ?3)",
+            rusqlite::params![id, pid, owner_boot],
+        )
+        .unwrap();
+    }
+    let mut recovered = store.recover_interrupted().unwrap();
+    recovered.sort();
+    assert_eq!(recovered, ["dead", "same-pid-other-boot"]);
+    assert_eq!(store.run("live-this-boot").unwrap().unwrap().status, "running");
+    let dead = store.run("dead").unwrap().unwrap();
+    assert_eq!((dead.status.as_str(), dead.error_code.as_deref()), ("failed", Some("interrupted")));
+    let _ = live.kill();
+    let _ = live.wait();
+}
