@@ -144,6 +144,14 @@ fn fetch(url: &str, flags: &[&str]) -> (i32, Value) {
     (output.status.code().unwrap(), report)
 }
 
+/// Writes `dir/policy.toml`, allowing `server` and adding `extra` to the
+/// `[egress]` table.
+fn policy_file(dir: &std::path::Path, server: &TestServer, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, format!("[egress]\nallow = [\"http://127.0.0.1:{}\"]\n{extra}\n", server.port())).unwrap();
+    path
+}
+
 /// The one violation in `report`, checked to be of `rule_set`.
 fn violation<'a>(report: &'a Value, rule_set: &str) -> &'a Value {
     let violations = report["policy_violations"].as_array().unwrap();
@@ -261,12 +269,7 @@ fn other_spellings_of_loopback_do_not_get_through() {
 fn responses_larger_than_the_limit_are_cut() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!("[egress]\nallow = [\"http://127.0.0.1:{}\"]\nmax_response_body = \"64KiB\"\n", server.port()),
-    )
-    .unwrap();
+    let policy = policy_file(dir.path(), &server, "max_response_body = \"64KiB\"");
     let policy = policy.to_str().unwrap();
     for path in ["/big?n=200000", "/stream?n=200000"] {
         let (status, report) = fetch(&server.url(path), &["--policy", policy]);
@@ -395,12 +398,7 @@ fn bad_rules_and_policy_files_are_named() {
 fn a_run_cannot_open_more_requests_than_the_policy_allows() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!("[egress]\nallow = [\"http://127.0.0.1:{}\"]\nmax_concurrent_requests = 2\n", server.port()),
-    )
-    .unwrap();
+    let policy = policy_file(dir.path(), &server, "max_concurrent_requests = 2");
     let hostile = guest("hostile");
     let input = json!({"mode": "http-flood", "n": 5, "url": server.url("/hello")}).to_string();
     let output = wfrun()

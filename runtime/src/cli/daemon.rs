@@ -256,12 +256,8 @@ impl JobsCommand {
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         match self.command {
             JobsSubcommand::Add(add) => {
-                let trigger = match (&add.every, &add.cron, add.webhook) {
-                    (Some(every), _, _) => Trigger::Every(*every),
-                    (_, Some(cron), _) => Trigger::Cron(cron.clone()),
-                    (_, _, true) => Trigger::Webhook,
-                    _ => Trigger::Manual,
-                };
+                // clap lets through at most one of them.
+                let trigger = Trigger::choose(add.every, add.cron.clone(), add.webhook).map_err(anyhow::Error::msg)?;
                 // The daemon may run elsewhere: send an absolute path.
                 let bundle = std::path::absolute(&add.bundle).unwrap_or_else(|_| add.bundle.clone());
                 let spec = JobSpec {

@@ -275,16 +275,9 @@ impl DaemonConfig {
             return Err("trust.require_signed needs trust.trusted_keys".to_owned());
         }
         for (name, job) in file.jobs {
-            let triggers = [job.every.is_some(), job.cron.is_some(), job.webhook].iter().filter(|t| **t).count();
-            if triggers > 1 {
-                return Err(format!("jobs.{name}: give one of `every`, `cron` and `webhook`"));
-            }
-            let trigger = match (&job.every, &job.cron, job.webhook) {
-                (Some(every), _, _) => Trigger::Every(duration(&format!("jobs.{name}.every"), every)?),
-                (_, Some(cron), _) => Trigger::Cron(cron.clone()),
-                (_, _, true) => Trigger::Webhook,
-                _ => Trigger::Manual,
-            };
+            let every = job.every.as_deref().map(|e| duration(&format!("jobs.{name}.every"), e)).transpose()?;
+            let trigger =
+                Trigger::choose(every, job.cron.clone(), job.webhook).map_err(|e| format!("jobs.{name}: {e}"))?;
             let spec = JobSpec {
                 bundle: resolve(job.bundle),
                 input: job.input.unwrap_or_else(|| "{}".to_owned()),

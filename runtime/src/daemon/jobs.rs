@@ -25,6 +25,20 @@ pub enum Trigger {
     Manual,
 }
 
+impl Trigger {
+    /// The trigger chosen by at most one of `every`, `cron` and `webhook`;
+    /// none of them is manual.
+    pub fn choose(every: Option<Duration>, cron: Option<String>, webhook: bool) -> Result<Trigger, String> {
+        match (every, cron, webhook) {
+            (Some(every), None, false) => Ok(Trigger::Every(every)),
+            (None, Some(cron), false) => Ok(Trigger::Cron(cron)),
+            (None, None, true) => Ok(Trigger::Webhook),
+            (None, None, false) => Ok(Trigger::Manual),
+            _ => Err("give one of `every`, `cron` and `webhook`".to_owned()),
+        }
+    }
+}
+
 /// One job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

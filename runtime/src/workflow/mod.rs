@@ -278,6 +278,9 @@ impl Workflow {
         }
         let started = Instant::now();
         let overlay = store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.name.clone(), self.quota)));
+        // The effective egress policy, once per run: every node shares it.
+        let egress = self.egress(&execution);
+        let execution = Execution { grants: Grants { egress: Some(egress.clone()), ..execution.grants }, ..execution };
         let (mut report, records) = self.execute(sandbox, store, &run_id, overlay.clone(), &execution).await;
         report.run_id = run_id.clone();
         report.kind = Some(self.kind);
@@ -297,7 +300,7 @@ impl Workflow {
                     .map(|v| PolicyViolation { node: workflow.then(|| r.node.clone()), ..v.clone() })
             })
             .collect();
-        report.egress_not_granted = self.egress(&execution).not_granted().iter().map(|r| r.to_string()).collect();
+        report.egress_not_granted = egress.not_granted().iter().map(|r| r.to_string()).collect();
         report.nodes = records;
         if let Some(store) = store {
             let writes: StateWrites = overlay.map(|o| o.take_writes()).unwrap_or_default();
@@ -534,7 +537,7 @@ impl Workflow {
             args: execution.args.clone(),
             inherit_stdin: execution.inherit_stdin && self.kind == GuestKind::Job,
             limits: self.plan.limits[id].grant(&execution.ceilings),
-            grants: Grants { egress: Some(self.egress(execution)), ..execution.grants.clone() },
+            grants: execution.grants.clone(),
             echo: execution.echo,
             services: NodeServices {
                 config: Some(step.config.clone()),
