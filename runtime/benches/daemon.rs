@@ -12,7 +12,8 @@ mod guests;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wfrun_runtime::daemon::control;
-use wfrun_runtime::store::{RunState, Store};
+use wfrun_runtime::outcome::RunStatus;
+use wfrun_runtime::store::Store;
 
 const RUNS: usize = 300;
 
@@ -66,7 +67,7 @@ fn main() {
         assert!(response.ok, "{response:?}");
     }
     let store = Store::open(&state).unwrap();
-    let done = |store: &Store| store.list_runs(Some(RunState::Succeeded), 100_000).unwrap().len();
+    let done = |store: &Store| store.list_runs(Some(RunStatus::Succeeded), 100_000).unwrap().len();
     while done(&store) < 5 {
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -72,7 +72,7 @@ fn main() {
     println!("|---|---|---|---|");
 
     // 1. In-process trivial node.
-    let hello = sandbox.load(&Bundle::read(&hello_path).unwrap()).unwrap();
+    let hello = sandbox.load(&std::fs::read(&hello_path).unwrap(), "hello.wasm").unwrap();
     let request = RunRequest { input: r#"{"name":"bench"}"#.to_owned(), ..RunRequest::default() };
     let (times, total) = sample(200, 5000, || {
         let report = runtime.block_on(sandbox.run(&hello, &request));
@@ -91,7 +91,7 @@ fn main() {
         ..EngineOptions::default()
     })
     .unwrap();
-    let pooled_hello = pooled.load(&Bundle::read(&hello_path).unwrap()).unwrap();
+    let pooled_hello = pooled.load(&std::fs::read(&hello_path).unwrap(), "hello.wasm").unwrap();
     let request = RunRequest { input: r#"{"name":"bench"}"#.to_owned(), ..RunRequest::default() };
     let (pooled_times, pooled_total) = sample(200, 5000, || {
         let report = runtime.block_on(pooled.run(&pooled_hello, &request));
@@ -108,7 +108,7 @@ fn main() {
 
     // 2. Sandbox vs bare wasmtime on a no-op command.
     let noop = guests::wat("noop-job");
-    let program = sandbox.load(&Bundle::from_bytes("noop-job.wasm", noop.clone()).unwrap()).unwrap();
+    let program = sandbox.load(&noop, "noop-job.wasm").unwrap();
     let request = RunRequest::default();
     let (ours, _) = sample(200, 5000, || {
         let report = runtime.block_on(sandbox.run(&program, &request));
@@ -126,9 +126,9 @@ fn main() {
 
     // 3. Fuel metering on vs off, CPU-bound guest.
     let unmetered = Sandbox::new(EngineOptions { fuel_metering: false, ..EngineOptions::default() }).unwrap();
-    let cpu_bundle = Bundle::read(&cpu_path).unwrap();
-    let metered_cpu = sandbox.load(&cpu_bundle).unwrap();
-    let unmetered_cpu = unmetered.load(&cpu_bundle).unwrap();
+    let cpu_bundle = std::fs::read(&cpu_path).unwrap();
+    let metered_cpu = sandbox.load(&cpu_bundle, "cpu.wasm").unwrap();
+    let unmetered_cpu = unmetered.load(&cpu_bundle, "cpu.wasm").unwrap();
     let request = RunRequest {
         input: r#"{"n":3}"#.to_owned(),
         limits: Limits { fuel: u64::MAX / 2, ..Limits::default() },
@@ -145,7 +145,7 @@ fn main() {
         assert_eq!(report.status, RunStatus::Succeeded);
     });
     let no_epochs = Sandbox::new(EngineOptions { epoch_interruption: false, ..EngineOptions::default() }).unwrap();
-    let no_epochs_cpu = no_epochs.load(&cpu_bundle).unwrap();
+    let no_epochs_cpu = no_epochs.load(&cpu_bundle, "cpu.wasm").unwrap();
     let (epochs_off, _) = sample(2, 15, || {
         let report = runtime.block_on(no_epochs.run(&no_epochs_cpu, &request));
         assert_eq!(report.status, RunStatus::Succeeded);
@@ -235,14 +235,14 @@ fn main() {
     let cached_sandbox =
         Sandbox::new(EngineOptions { cache_dir: Some(cache_dir.path().join("c")), ..EngineOptions::default() })
             .unwrap();
-    let bundle = Bundle::from_bytes("cpu.wasm", cpu_bytes.clone()).unwrap();
+    let bundle = cpu_bytes.clone();
     let (compile, _) = sample(1, 10, || {
         let fresh = Sandbox::new(EngineOptions::default()).unwrap();
-        fresh.load(&bundle).unwrap();
+        fresh.load(&bundle, "cpu.wasm").unwrap();
     });
-    cached_sandbox.load(&bundle).unwrap();
+    cached_sandbox.load(&bundle, "cpu.wasm").unwrap();
     let (load, _) = sample(2, 20, || {
-        assert_eq!(cached_sandbox.load(&bundle).unwrap().origin(), wfrun_runtime::sandbox::Origin::Cached);
+        assert_eq!(cached_sandbox.load(&bundle, "cpu.wasm").unwrap().origin(), wfrun_runtime::sandbox::Origin::Cached);
     });
     let (compile50, load50) = (percentile(&compile, 0.5), percentile(&load, 0.5));
     println!(
@@ -254,13 +254,13 @@ fn main() {
     );
 
     // 7. Sign and verify 10 MiB.
-    use wfrun_runtime::bundle::signature::{self, SecretKey, TrustPolicy};
+    use wfrun_runtime::bundle::signature::{self, SecretKey};
     let mut big = wasm_encoder::Component::new();
     let filler: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     big.section(&wasm_encoder::CustomSection { name: "filler".into(), data: filler.into() });
     let big = big.finish();
     let key = SecretKey::from_seed([9; 32]);
-    let policy = TrustPolicy { trusted: vec![key.public()] };
+    let trusted = vec![key.public()];
     let mut signed = Vec::new();
     let (sign_times, _) = sample(2, 15, || {
         let bundle = Bundle::from_bytes("big.wasm", big.clone()).unwrap();
@@ -268,7 +268,7 @@ fn main() {
     });
     let (verify_times, _) = sample(2, 15, || {
         let bundle = Bundle::from_bytes("big.wasm", signed.clone()).unwrap();
-        bundle.verify(None, &policy).unwrap();
+        bundle.verify(None, &trusted, true).unwrap();
     });
     let (hash_times, _) = sample(2, 15, || {
         std::hint::black_box(sha2::Digest::finalize(sha2::Digest::chain_update(

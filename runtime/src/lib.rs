@@ -2,20 +2,26 @@
 //!
 //! wfrun runs WebAssembly components (workflow nodes and WASI command jobs)
 //! inside wasmtime with fuel, memory and wall-clock limits and no ambient
-//! authority. The layers, each in its own module:
+//! authority. The layers, each in its own module, lowest first (what may
+//! import what is in `docs/architecture.md`, and checked by a test):
 //!
+//! - leaves: [`manifest`] (the workflow and job formats), [`outcome`] (the
+//!   stable error codes, statuses and the run report), [`units`] (sizes and
+//!   durations), [`limits`] (a run's budget and limit requests), [`files`]
+//!   (private files, atomic writes), [`settings`] (precedence);
+//! - [`egress`]: the HTTP and socket egress policy and its enforcement;
 //! - [`bundle`]: bundle files (components or workflow bundles), signatures;
 //! - [`sandbox`]: the engine, limits, captured output and the host side of
-//!   the guest contract; loads bundles into programs and runs them;
-//! - [`egress`]: the HTTP and socket egress policy and its enforcement;
-//! - [`outcome`]: the stable error codes and the run report;
-//! - [`workflow`]: workflow definitions, packing and the executor;
-//! - [`store`]: SQLite run history and durable state;
-//! - [`files`]: files and directories private to the user;
-//! - [`daemon`]: the long-lived runner: jobs, triggers, control plane,
-//!   supervision, shutdown and recovery;
-//! - [`cli`]: the `wfrun` commands, each only parsing flags and calling the
-//!   library.
+//!   the guest contract; loads component bytes into programs and runs them;
+//! - [`store`]: SQLite run history, jobs and durable state;
+//! - [`workflow`]: planning and the executor;
+//! - [`policy`]: what the operator allows; admits a plan;
+//! - [`runner`]: prepare (read, verify, load) and run (admit, execute,
+//!   record), shared by `exec` and the daemon;
+//! - [`daemon`]: the long-lived runner: jobs, scheduler, supervisor,
+//!   control plane, shutdown and recovery;
+//! - [`cli`]: the `wfrun` commands, each only resolving settings and calling
+//!   the library.
 //!
 //! Data flows one way: command line → resolved settings → library calls.
 
@@ -26,7 +32,13 @@ pub mod cli;
 pub mod daemon;
 pub mod egress;
 pub mod files;
+pub mod limits;
+pub mod manifest;
 pub mod outcome;
+pub mod policy;
+pub mod runner;
 pub mod sandbox;
+pub mod settings;
 pub mod store;
+pub mod units;
 pub mod workflow;

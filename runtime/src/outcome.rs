@@ -2,10 +2,12 @@
 //!
 //! Error codes are part of wfrun's interface. They appear in `wfrun exec
 //! --json`, in run records and in reports, and scripts match on them, so they
-//! never change meaning. [`ExitStatus`] maps an outcome onto the `wfrun`
-//! process's exit status.
+//! never change meaning. A code may carry a machine-readable detail
+//! (`error_detail`, e.g. `signature_invalid` under `invalid_bundle`).
+//! [`RunStatus`] is the one lifecycle of a run, [`NodeStatus`] that of a node
+//! within it. [`ExitStatus`] maps an outcome onto the `wfrun` process's exit
+//! status. This module imports nothing of the crate.
 
-pub use crate::egress::PolicyViolation;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -70,6 +72,11 @@ impl ErrorCode {
         }
     }
 
+    /// Parses a stored code.
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+
     /// Whether this code means a configured limit stopped the run.
     pub fn is_limit(self) -> bool {
         matches!(
@@ -85,7 +92,7 @@ impl ErrorCode {
 
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -148,20 +155,128 @@ impl ExitStatus {
     }
 }
 
-/// Whether a run succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The life of a run: `pending` → `running` → `succeeded` | `failed` |
+/// `cancelled`, or `interrupted` when wfrun stopped before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Recorded, not started.
+    Pending,
+    /// Started.
+    Running,
     /// The node returned output, or the job exited with status 0.
     Succeeded,
     /// See the report's `error_code`.
     Failed,
     /// Stopped on request (Ctrl-C, or `wfrun cancel` later) before it finished.
     Cancelled,
+    /// wfrun stopped before the run finished (a crash, kill -9, power loss);
+    /// set when the daemon next starts.
+    Interrupted,
+}
+
+impl RunStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Interrupted,
+    ];
+
+    /// The status as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Parses a stored or user-given status.
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the run has ended.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunStatus::Pending | RunStatus::Running)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// How one node of a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// It returned output.
+    Succeeded,
+    /// Its last attempt failed; see its `error_code`.
+    Failed,
+    /// It never started: a node before it failed, or the run was cancelled.
+    Skipped,
+    /// It was running when the run was cancelled.
+    Cancelled,
+}
+
+impl NodeStatus {
+    /// The status as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Succeeded => "succeeded",
+            NodeStatus::Failed => "failed",
+            NodeStatus::Skipped => "skipped",
+            NodeStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Which check refused a request. Serialised in `snake_case`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleSet {
+    /// No operator rule (`--allow-host`, `--policy`) allows the target.
+    Operator,
+    /// The bundle's `capabilities.egress` does not request the target.
+    Bundle,
+    /// The host resolved only to addresses that no IP or CIDR rule names.
+    Address,
+    /// A bound: response size, concurrent requests.
+    Limits,
+}
+
+/// One refused request or connection, as recorded in the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyViolation {
+    /// Which check refused it.
+    pub rule_set: RuleSet,
+    /// What was asked for: `scheme://host:port`.
+    pub target: String,
+    /// Why, in words.
+    pub reason: String,
+    /// For a workflow: the node that asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What a bundle runs: one of the two guest worlds, or a workflow of nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuestKind {
     /// A workflow bundle: several nodes.
@@ -170,6 +285,22 @@ pub enum GuestKind {
     Node,
     /// Exports `wasi:cli/run`: a command with arguments and stdio.
     Job,
+}
+
+impl GuestKind {
+    /// The kind as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestKind::Workflow => "workflow",
+            GuestKind::Node => "node",
+            GuestKind::Job => "job",
+        }
+    }
+
+    /// Parses a stored kind.
+    pub fn parse(text: &str) -> Option<GuestKind> {
+        [GuestKind::Workflow, GuestKind::Node, GuestKind::Job].into_iter().find(|k| k.as_str() == text)
+    }
 }
 
 /// The error a node returned, as it returned it.
@@ -259,8 +390,8 @@ pub enum HostCall {
 pub struct NodeRecord {
     /// The node id.
     pub node: String,
-    /// `succeeded`, `failed` or `skipped`.
-    pub status: String,
+    /// How it ended.
+    pub status: NodeStatus,
     /// Attempts made (0 when skipped).
     pub attempts: u32,
     /// When the first attempt started (RFC 3339), if any.
@@ -275,6 +406,9 @@ pub struct NodeRecord {
     pub output_bytes: u64,
     /// Why it failed, if it did.
     pub error_code: Option<ErrorCode>,
+    /// A finer, stable reason under `error_code`, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_detail: Option<String>,
     /// The error's explanation.
     pub error_message: Option<String>,
     /// `sha256:<hex>` of the node's input.
@@ -304,6 +438,10 @@ pub struct RunReport {
     pub status: RunStatus,
     /// Why it failed; `None` on success.
     pub error_code: Option<ErrorCode>,
+    /// A finer, stable reason under `error_code`, for scripts: for
+    /// `invalid_bundle`, e.g. `signature_invalid`, `signature_missing`,
+    /// `not_wasm`, `unlinkable` (docs/cli.md lists them).
+    pub error_detail: Option<String>,
     /// A human-readable explanation of `error_code`.
     pub error_message: Option<String>,
     /// For `node_error` from a node: what the node said.
@@ -349,6 +487,7 @@ impl RunReport {
             bundle_digest: None,
             status: RunStatus::Failed,
             error_code: Some(code),
+            error_detail: None,
             error_message: Some(message.into()),
             node_error: None,
             output: None,
@@ -366,6 +505,11 @@ impl RunReport {
             failed_node: None,
             nodes: Vec::new(),
         }
+    }
+
+    /// The same, with a detail code under `code`.
+    pub fn rejected_with(code: ErrorCode, detail: &str, message: impl Into<String>) -> RunReport {
+        RunReport { error_detail: Some(detail.to_owned()), ..RunReport::rejected(code, message) }
     }
 
     /// Whether the run succeeded.
@@ -389,6 +533,15 @@ mod tests {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_text() {
+        for status in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{status}\""));
+        }
+        assert_eq!(RunStatus::parse("done"), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ fn sandbox(cache: &Path, fuel_metering: bool) -> Sandbox {
 }
 
 fn load(sandbox: &Sandbox) -> Program {
-    sandbox.load(&Bundle::read(guest("hello")).unwrap()).unwrap()
+    sandbox.load(Bundle::read(guest("hello")).unwrap().bytes(), "hello.wasm").unwrap()
 }
 
 async fn greets(sandbox: &Sandbox, program: &Program) {

@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use wfrun_runtime::store::{RunState, Store};
+use wfrun_runtime::outcome::{ErrorCode, RunStatus};
+use wfrun_runtime::store::Store;
 
 /// A daemon process with its own state directory, killed when dropped.
 struct DaemonProcess {
@@ -148,8 +149,9 @@ fn an_interval_job_fires_again_and_again() {
         "[jobs.tick]\nbundle = {}\ninput = '{{\"name\": \"tick\"}}'\nevery = \"300ms\"\n",
         toml_path(&hello)
     ));
-    let fired =
-        wait_for(Duration::from_secs(30), || daemon.runs().iter().filter(|r| r.status == "succeeded").count() >= 3);
+    let fired = wait_for(Duration::from_secs(30), || {
+        daemon.runs().iter().filter(|r| r.status == RunStatus::Succeeded).count() >= 3
+    });
     assert!(fired, "fewer than 3 runs; log:\n{}", daemon.log());
     let run = &daemon.runs()[0];
     assert_eq!(run.output.as_deref(), Some(r#"{"greeting":"Hello, tick!"}"#));
@@ -175,9 +177,10 @@ fn jobs_are_added_scheduled_by_cron_paused_and_removed_from_the_cli() {
     let next = job["next_due"].as_str().unwrap_or_default().to_owned();
     assert!(next.ends_with("T03:00:00Z"), "next due {next:?}; log:\n{}", daemon.log());
 
-    let bad = daemon.wfrun(&["jobs", "add", "bad", "--bundle", hello.to_str().unwrap(), "--cron", "* * *"]);
+    let bad = daemon.wfrun(&["jobs", "add", "bad", "--bundle", hello.to_str().unwrap(), "--cron", "* * *", "--json"]);
     assert_eq!(bad.status.code(), Some(6));
-    assert!(stderr(&bad).contains("five fields"), "{}", stderr(&bad));
+    let bad: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!((&bad["error"]["code"], &bad["error"]["detail"]), (&"invalid".into(), &"bad_cron".into()), "{bad}");
 
     assert_eq!(daemon.wfrun(&["jobs", "pause", "nightly"]).status.code(), Some(0));
     let trigger = daemon.wfrun(&["trigger", "nightly"]);
@@ -187,7 +190,9 @@ fn jobs_are_added_scheduled_by_cron_paused_and_removed_from_the_cli() {
     let trigger = daemon.wfrun(&["trigger", "nightly", "--input", r#"{"name":"by hand"}"#]);
     assert_eq!(trigger.status.code(), Some(0), "{}", stderr(&trigger));
     let run_id = stdout(&trigger).trim().to_owned();
-    assert!(wait_for(Duration::from_secs(30), || daemon.run(&run_id).is_some_and(|r| r.status == "succeeded")));
+    assert!(wait_for(Duration::from_secs(30), || daemon
+        .run(&run_id)
+        .is_some_and(|r| r.status == RunStatus::Succeeded)));
     assert_eq!(daemon.run(&run_id).unwrap().output.as_deref(), Some(r#"{"greeting":"Hello, by hand!"}"#));
 
     assert_eq!(daemon.wfrun(&["jobs", "remove", "nightly"]).status.code(), Some(0));
@@ -243,7 +248,9 @@ fn a_webhook_runs_its_job_with_the_body_as_input_and_checks_signatures() {
     let (status, answer) = post(port, "/hooks/hook", &[], r#"{"name":"webhook"}"#);
     assert_eq!(status, 202, "{answer}");
     let run_id = answer["run_id"].as_str().unwrap().to_owned();
-    assert!(wait_for(Duration::from_secs(30), || daemon.run(&run_id).is_some_and(|r| r.status == "succeeded")));
+    assert!(wait_for(Duration::from_secs(30), || daemon
+        .run(&run_id)
+        .is_some_and(|r| r.status == RunStatus::Succeeded)));
     assert_eq!(daemon.run(&run_id).unwrap().output.as_deref(), Some(r#"{"greeting":"Hello, webhook!"}"#));
 
     let body = r#"{"name":"signed"}"#;
@@ -275,12 +282,12 @@ fn a_looping_guest_is_cancelled_within_a_second() {
     let trigger = daemon.wfrun(&["trigger", "spin"]);
     assert_eq!(trigger.status.code(), Some(0), "{}", stderr(&trigger));
     let run_id = stdout(&trigger).trim().to_owned();
-    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == "running")));
+    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == RunStatus::Running)));
     std::thread::sleep(Duration::from_millis(300));
     let asked = Instant::now();
     let cancel = daemon.wfrun(&["cancel", &run_id]);
     assert_eq!(cancel.status.code(), Some(0), "{}", stderr(&cancel));
-    assert!(wait_for(Duration::from_secs(5), || daemon.run(&run_id).is_some_and(|r| r.status == "cancelled")));
+    assert!(wait_for(Duration::from_secs(5), || daemon.run(&run_id).is_some_and(|r| r.status == RunStatus::Cancelled)));
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(1), "cancelling took {took:?}");
     // A cancelled run is not retried.
@@ -296,10 +303,10 @@ fn sigterm_lets_running_runs_finish_then_exits_zero() {
         toml_path(&hostile)
     ));
     let run_id = stdout(&daemon.wfrun(&["trigger", "nap"])).trim().to_owned();
-    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == "running")));
+    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == RunStatus::Running)));
     daemon.signal("-TERM");
     assert_eq!(daemon.wait(Duration::from_secs(15)), Some(0), "log:\n{}", daemon.log());
-    assert_eq!(daemon.run(&run_id).unwrap().status, "succeeded");
+    assert_eq!(daemon.run(&run_id).unwrap().status, RunStatus::Succeeded);
     assert!(!daemon.state().join("wfrun.sock").exists());
 }
 
@@ -312,10 +319,10 @@ fn sigterm_cancels_what_outlives_the_grace_period() {
         toml_path(&hostile)
     ));
     let run_id = stdout(&daemon.wfrun(&["trigger", "spin"])).trim().to_owned();
-    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == "running")));
+    assert!(wait_for(Duration::from_secs(10), || daemon.run(&run_id).is_some_and(|r| r.status == RunStatus::Running)));
     daemon.signal("-TERM");
     assert_eq!(daemon.wait(Duration::from_secs(10)), Some(0), "log:\n{}", daemon.log());
-    assert_eq!(daemon.run(&run_id).unwrap().status, "cancelled");
+    assert_eq!(daemon.run(&run_id).unwrap().status, RunStatus::Cancelled);
 }
 
 #[test]
@@ -329,26 +336,28 @@ fn kill_9_leaves_nothing_running_after_a_restart() {
     );
     let mut daemon = DaemonProcess::start(&config);
     let done = stdout(&daemon.wfrun(&["trigger", "hello"])).trim().to_owned();
-    assert!(wait_for(Duration::from_secs(30), || daemon.run(&done).is_some_and(|r| r.status == "succeeded")));
+    assert!(wait_for(Duration::from_secs(30), || daemon.run(&done).is_some_and(|r| r.status == RunStatus::Succeeded)));
     let spinning = stdout(&daemon.wfrun(&["trigger", "spin"])).trim().to_owned();
-    assert!(wait_for(Duration::from_secs(10), || daemon.run(&spinning).is_some_and(|r| r.status == "running")));
+    assert!(wait_for(Duration::from_secs(10), || daemon
+        .run(&spinning)
+        .is_some_and(|r| r.status == RunStatus::Running)));
     daemon.signal("-KILL");
     daemon.wait(Duration::from_secs(5));
-    assert_eq!(daemon.run(&spinning).unwrap().status, "running", "nothing has recovered it yet");
+    assert_eq!(daemon.run(&spinning).unwrap().status, RunStatus::Running, "nothing has recovered it yet");
 
     let daemon = DaemonProcess::start_in(daemon.into_dir(), &config);
     let recovered = daemon.run(&spinning).unwrap();
     assert_eq!(
-        (recovered.status.as_str(), recovered.error_code.as_deref()),
-        ("failed", Some("interrupted")),
+        (recovered.status, recovered.error_code),
+        (RunStatus::Interrupted, Some(ErrorCode::Interrupted)),
         "log:\n{}",
         daemon.log()
     );
-    assert_eq!(recovered.transitions.last().map(|t| t.0.as_str()), Some("failed"));
+    assert_eq!(recovered.transitions.last().map(|t| t.0), Some(RunStatus::Interrupted));
     let kept = daemon.run(&done).unwrap();
     assert_eq!(kept.output.as_deref(), Some(r#"{"greeting":"Hello, world!"}"#));
     let store = Store::open_existing(&daemon.state()).unwrap().unwrap();
-    assert!(store.list_runs(Some(RunState::Running), 10).unwrap().is_empty());
+    assert!(store.list_runs(Some(RunStatus::Running), 10).unwrap().is_empty());
     let db = rusqlite::Connection::open(daemon.state().join("wfrun.db")).unwrap();
     let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
@@ -429,12 +438,12 @@ fn trusted_keys_in_the_config_refuse_unsigned_bundles() {
     ));
     let unsigned = stdout(&daemon.wfrun(&["trigger", "unsigned"])).trim().to_owned();
     let signed = stdout(&daemon.wfrun(&["trigger", "signed"])).trim().to_owned();
-    let finished = |id: &str| daemon.run(id).is_some_and(|r| r.status != "running");
+    let finished = |id: &str| daemon.run(id).is_some_and(|r| r.status != RunStatus::Running);
     assert!(wait_for(Duration::from_secs(30), || finished(&unsigned) && finished(&signed)), "{}", daemon.log());
     let refused = daemon.run(&unsigned).unwrap();
-    assert_eq!(refused.error_code.as_deref(), Some("invalid_bundle"));
-    assert!(refused.error_message.as_deref().unwrap_or("").contains("signature_missing"), "{refused:?}");
-    assert_eq!(daemon.run(&signed).unwrap().status, "succeeded");
+    assert_eq!(refused.error_code, Some(ErrorCode::InvalidBundle));
+    assert_eq!(refused.error_detail.as_deref(), Some("signature_missing"), "{refused:?}");
+    assert_eq!(daemon.run(&signed).unwrap().status, RunStatus::Succeeded);
 }
 
 #[test]
@@ -453,7 +462,7 @@ fn a_job_that_keeps_failing_is_retried_with_backoff_then_paused() {
     assert!(wait_for(Duration::from_secs(30), paused), "log:\n{}", daemon.log());
     let runs = daemon.runs();
     assert_eq!(runs.len(), 3, "one trigger, three attempts");
-    assert!(runs.iter().all(|r| r.status == "failed" && r.error_code.as_deref() == Some("node_error")));
+    assert!(runs.iter().all(|r| r.status == RunStatus::Failed && r.error_code == Some(ErrorCode::NodeError)));
     assert!(runs.iter().any(|r| r.run_id == first));
     // Each attempt started after the one before had ended, plus the backoff.
     let mut times: Vec<(String, String)> =
@@ -493,9 +502,79 @@ fn recovery_leaves_live_runs_alone_and_distrusts_process_ids_from_another_boot()
     let mut recovered = store.recover_interrupted().unwrap();
     recovered.sort();
     assert_eq!(recovered, ["dead", "same-pid-other-boot"]);
-    assert_eq!(store.run("live-this-boot").unwrap().unwrap().status, "running");
+    assert_eq!(store.run("live-this-boot").unwrap().unwrap().status, RunStatus::Running);
     let dead = store.run("dead").unwrap().unwrap();
-    assert_eq!((dead.status.as_str(), dead.error_code.as_deref()), ("failed", Some("interrupted")));
+    assert_eq!((dead.status, dead.error_code), (RunStatus::Interrupted, Some(ErrorCode::Interrupted)));
     let _ = live.kill();
     let _ = live.wait();
+}
+
+#[test]
+fn a_prepared_program_is_reused_until_the_bundle_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("job.wasm");
+    std::fs::copy(guest("hello"), &bundle).unwrap();
+    let daemon = DaemonProcess::start(&format!("[jobs.j]\nbundle = {}\n", toml_path(&bundle)));
+    let status = |daemon: &DaemonProcess| -> Value {
+        serde_json::from_slice::<Value>(&daemon.wfrun(&["status", "--json"]).stdout).unwrap()["result"].clone()
+    };
+    let finished = |id: &str| daemon.run(id).is_some_and(|r| r.status.is_finished());
+    for _ in 0..2 {
+        let run = stdout(&daemon.wfrun(&["trigger", "j"])).trim().to_owned();
+        assert!(wait_for(Duration::from_secs(30), || finished(&run)), "{}", daemon.log());
+        assert_eq!(daemon.run(&run).unwrap().output.as_deref(), Some(r#"{"greeting":"Hello, world!"}"#));
+    }
+    let programs = &status(&daemon)["programs"];
+    assert_eq!((programs["loads"].as_u64(), programs["hits"].as_u64()), (Some(1), Some(1)), "{programs}");
+
+    // A new file at the same path is picked up at the next trigger.
+    std::fs::copy(guest("counter"), &bundle).unwrap();
+    let run = stdout(&daemon.wfrun(&["trigger", "j"])).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(30), || finished(&run)), "{}", daemon.log());
+    assert_eq!(daemon.run(&run).unwrap().output.as_deref(), Some(r#"{"count":1}"#));
+    assert_eq!(status(&daemon)["programs"]["loads"].as_u64(), Some(2));
+}
+
+#[test]
+fn the_trust_mode_is_shown_and_unsigned_bundles_are_warned_about() {
+    let open = DaemonProcess::start("");
+    let status: Value = serde_json::from_slice(&open.wfrun(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["result"]["trust"]["mode"], "unsigned_allowed");
+    assert!(open.log().contains("unsigned_allowed"), "no warning at start:\n{}", open.log());
+
+    // Trusted keys without require_signed: signed only, all the same.
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_wfrun")).args(["keygen", "--out"]).arg(keys.path()).output().unwrap();
+    assert!(keygen.status.success());
+    let daemon = DaemonProcess::start(&format!(
+        "[retry]\nmax_attempts = 1\n[trust]\ntrusted_keys = [{}]\n[jobs.unsigned]\nbundle = {}\n",
+        toml_path(&keys.path().join("wfrun.pub")),
+        toml_path(&guest("hello"))
+    ));
+    let status: Value = serde_json::from_slice(&daemon.wfrun(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["result"]["trust"]["mode"], "signed_only");
+    assert!(!daemon.log().contains("unsigned_allowed"), "{}", daemon.log());
+    let run = stdout(&daemon.wfrun(&["trigger", "unsigned"])).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(30), || daemon.run(&run).is_some_and(|r| r.status.is_finished())));
+    let refused = daemon.run(&run).unwrap();
+    assert_eq!(refused.error_code, Some(ErrorCode::InvalidBundle));
+    assert_eq!(refused.error_detail.as_deref(), Some("signature_missing"));
+    assert_eq!(refused.job.as_deref(), Some("unsigned"));
+}
+
+#[test]
+fn require_signed_without_trusted_keys_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wfrun.toml");
+    std::fs::write(&config, "[trust]\nrequire_signed = true\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wfrun"))
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!dir.path().join("state").join("wfrun.sock").exists(), "the daemon must not have started");
 }

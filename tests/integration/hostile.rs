@@ -40,7 +40,7 @@ async fn endless_loop_is_stopped_by_fuel() {
 #[tokio::test]
 async fn endless_loop_is_stopped_by_the_timeout_without_fuel_metering() {
     let sandbox = Sandbox::new(EngineOptions { fuel_metering: false, ..EngineOptions::default() }).unwrap();
-    let program = sandbox.load(&wfrun_runtime::bundle::Bundle::read(guest("hostile")).unwrap()).unwrap();
+    let program = sandbox.load(&std::fs::read(guest("hostile")).unwrap(), "hostile.wasm").unwrap();
     let limits = Limits { timeout: Duration::from_millis(300), ..small() };
     let request = RunRequest { input: json!({"mode": "loop"}).to_string(), limits, ..RunRequest::default() };
     let started = Instant::now();
@@ -210,14 +210,13 @@ async fn one_sandbox_survives_every_hostile_guest_in_turn() {
 /// back for the next run.
 #[tokio::test]
 async fn the_pooling_allocator_keeps_every_limit_and_code() {
-    use wfrun_runtime::bundle::Bundle;
     use wfrun_runtime::sandbox::PoolingOptions;
     let pooled = Sandbox::new(EngineOptions {
         pooling: Some(PoolingOptions { concurrent_runs: 2, max_memory_bytes: small().memory_bytes }),
         ..EngineOptions::default()
     })
     .unwrap();
-    let node = |name: &str| pooled.load(&Bundle::read(guest(name)).unwrap()).unwrap();
+    let node = |name: &str| pooled.load(&std::fs::read(guest(name)).unwrap(), name).unwrap();
     let hostile = node("hostile");
     for (mode, code) in [
         ("loop", ErrorCode::FuelExhausted),
@@ -234,8 +233,7 @@ async fn the_pooling_allocator_keeps_every_limit_and_code() {
     // run may have) can never run under these ceilings: the pool refuses it
     // when it is loaded, before any run, naming the size.
     for job in ["memory-bomb-job", "table-bomb-job", "instance-bomb-job", "memory-count-bomb-job"] {
-        let error =
-            pooled.load(&Bundle::from_bytes(format!("{job}.wat"), crate::guests::wat(job)).unwrap()).unwrap_err();
+        let error = pooled.load(&crate::guests::wat(job), &format!("{job}.wat")).unwrap_err();
         let error = error.to_string();
         assert!(
             error.contains("exceeds the limit") || error.contains("exceeds the configured maximum"),
@@ -247,7 +245,7 @@ async fn the_pooling_allocator_keeps_every_limit_and_code() {
         ("grow-job", ErrorCode::MemoryLimit),
         ("unreachable-job", ErrorCode::Trap),
     ] {
-        let program = match pooled.load(&Bundle::from_bytes(format!("{job}.wat"), crate::guests::wat(job)).unwrap()) {
+        let program = match pooled.load(&crate::guests::wat(job), &format!("{job}.wat")) {
             Ok(program) => program,
             Err(e) => panic!("{job} does not load on the pooled sandbox: {e}"),
         };

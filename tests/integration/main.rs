@@ -7,7 +7,9 @@
 //! library; `workflow` does both, for packing, running and run history;
 //! `egress` runs the `fetch` example against HTTP servers on 127.0.0.1;
 //! `daemon` drives `wfrun daemon` as a process; `polyglot` runs the Python
-//! and JavaScript nodes (built with their own toolchains on first use).
+//! and JavaScript nodes (built with their own toolchains on first use);
+//! `runner` the trust flags, rejection records and the prepared-program
+//! cache; `layers` checks the import rules of `docs/architecture.md`.
 
 mod cache;
 mod daemon;
@@ -15,7 +17,9 @@ mod egress;
 mod exec;
 mod guests;
 mod hostile;
+mod layers;
 mod polyglot;
+mod runner;
 mod sandbox;
 mod signing;
 mod workflow;

@@ -5,9 +5,9 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use wfrun_runtime::bundle::{Bundle, BundleError};
+use wfrun_runtime::bundle::Bundle;
 use wfrun_runtime::outcome::{ErrorCode, GuestKind, RunReport, RunStatus};
-use wfrun_runtime::sandbox::{DirGrant, EngineOptions, Grants, Limits, Program, RunRequest, Sandbox};
+use wfrun_runtime::sandbox::{DirGrant, EngineOptions, Grants, Limits, LoadError, Program, RunRequest, Sandbox};
 
 /// One sandbox for the whole test process, as in `wfrun daemon`.
 pub fn sandbox() -> &'static Arc<Sandbox> {
@@ -19,12 +19,15 @@ pub fn sandbox() -> &'static Arc<Sandbox> {
 pub fn program(path: &Path) -> Program {
     static PROGRAMS: OnceLock<Mutex<HashMap<PathBuf, Program>>> = OnceLock::new();
     let mut programs = PROGRAMS.get_or_init(Default::default).lock().unwrap();
-    programs.entry(path.to_path_buf()).or_insert_with(|| sandbox().load(&Bundle::read(path).unwrap()).unwrap()).clone()
+    programs
+        .entry(path.to_path_buf())
+        .or_insert_with(|| sandbox().load(Bundle::read(path).unwrap().bytes(), &path.display().to_string()).unwrap())
+        .clone()
 }
 
 /// Loads a WAT fixture into the shared sandbox.
-pub fn wat_program(name: &str) -> Result<Program, BundleError> {
-    sandbox().load(&Bundle::from_bytes(format!("{name}.wat"), wat(name)).unwrap())
+pub fn wat_program(name: &str) -> Result<Program, LoadError> {
+    sandbox().load(&wat(name), &format!("{name}.wat"))
 }
 
 /// Runs a node with `input` under `limits`.
@@ -94,7 +97,8 @@ async fn a_failing_job_reports_its_exit_status() {
 #[test]
 fn bundles_exporting_neither_world_are_rejected() {
     let err = wat_program("empty-component").unwrap_err();
-    assert!(matches!(err, BundleError::NoKnownWorld { .. }), "{err}");
+    assert!(matches!(err, LoadError::NoKnownWorld { .. }), "{err}");
+    assert_eq!(err.detail(), "no_known_world");
 }
 
 #[tokio::test]

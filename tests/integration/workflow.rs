@@ -7,11 +7,14 @@ use crate::sandbox::sandbox;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use wfrun_runtime::bundle::Bundle;
+use wfrun_runtime::limits::LimitRequest;
+use wfrun_runtime::outcome::NodeStatus;
 use wfrun_runtime::outcome::{ErrorCode, RunReport, RunStatus};
+use wfrun_runtime::policy::Policy;
+use wfrun_runtime::runner::Runner;
 use wfrun_runtime::sandbox::{DirGrant, Grants};
 use wfrun_runtime::store::Store;
-use wfrun_runtime::workflow::{Execution, PackError, Workflow, pack};
+use wfrun_runtime::workflow::{Execution, PackError, pack};
 
 /// Writes `toml` as `workflow.toml` in `dir`, with `@name` standing for the
 /// path of the built guest `name`, and packs it into `dir/<file>`.
@@ -29,8 +32,15 @@ fn pack_toml(dir: &Path, file: &str, toml: &str) -> Result<PathBuf, PackError> {
 }
 
 async fn run(bundle: &Path, store: &Arc<Store>, execution: Execution) -> RunReport {
-    let workflow = Arc::new(Workflow::load(sandbox(), &Bundle::read(bundle).unwrap()).unwrap());
-    workflow.run(sandbox(), Some(store), execution).await.unwrap()
+    run_under(bundle, store, &Policy::default(), execution).await
+}
+
+/// Runs `bundle` through the one runner `exec` and the daemon use, under
+/// the operator's `policy`.
+async fn run_under(bundle: &Path, store: &Arc<Store>, policy: &Policy, execution: Execution) -> RunReport {
+    let runner = Runner::new(sandbox().clone(), Some(store.clone()));
+    let prepared = runner.prepare(bundle, &policy.trust).unwrap();
+    runner.run(&prepared, policy, execution).await.unwrap()
 }
 
 fn input(value: Value) -> Execution {
@@ -69,7 +79,7 @@ async fn the_example_workflow_packs_into_a_valid_component_and_runs_in_order() {
     let record = store.run(&report.run_id).unwrap().unwrap();
     let order: Vec<&str> = record.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(order, ["parse", "aggregate", "format"]);
-    assert!(record.nodes.iter().all(|n| n.status == "succeeded" && n.attempts == 1 && n.fuel_consumed > 0));
+    assert!(record.nodes.iter().all(|n| n.status == NodeStatus::Succeeded && n.attempts == 1 && n.fuel_consumed > 0));
     let states: Vec<&str> = record.transitions.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(states, ["pending", "running", "succeeded"]);
     assert_eq!(record.workflow, "report");
@@ -164,7 +174,7 @@ async fn a_node_that_keeps_failing_fails_the_run_and_skips_the_rest() {
     assert_eq!(report.error_code, Some(ErrorCode::NodeError));
     assert_eq!(report.failed_node.as_deref(), Some("first"));
     let record = store.run(&report.run_id).unwrap().unwrap();
-    assert_eq!(record.status, "failed");
+    assert_eq!(record.status, RunStatus::Failed);
     assert_eq!(record.failed_node.as_deref(), Some("first"));
     assert_eq!((record.nodes[0].status.as_str(), record.nodes[0].attempts), ("failed", 2));
     assert_eq!((record.nodes[1].node.as_str(), record.nodes[1].status.as_str()), ("after", "skipped"));
@@ -257,9 +267,8 @@ async fn independent_nodes_run_at_the_same_time() {
     assert_eq!(report.status, RunStatus::Succeeded);
     // Two one-second naps one after the other would take two seconds.
     assert!(report.duration_ms < 1800.0, "took {} ms", report.duration_ms);
-    let mut one_at_a_time = input(json!({"mode": "nap", "n": 1000}));
-    one_at_a_time.max_parallel = Some(1);
-    let report = run(&bundle, &store, one_at_a_time).await;
+    let one_at_a_time = Policy { max_parallel: Some(1), ..Policy::default() };
+    let report = run_under(&bundle, &store, &one_at_a_time, input(json!({"mode": "nap", "n": 1000}))).await;
     assert!(
         report.duration_ms >= 2000.0,
         "the operator's --max-parallel 1 was not honoured: {} ms",
@@ -276,20 +285,21 @@ async fn cancelling_stops_running_nodes_and_records_the_run_cancelled() {
     let cancel = Arc::new(tokio::sync::Notify::new());
     let mut execution = input(json!({"mode": "loop"}));
     execution.cancel = Some(cancel.clone());
-    execution.ceilings.fuel = Some(u64::MAX / 2);
+    let endless =
+        Policy { ceilings: LimitRequest { fuel: Some(u64::MAX / 2), ..Default::default() }, ..Policy::default() };
     let trigger = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         cancel.notify_one();
     });
     let started = std::time::Instant::now();
-    let report = run(&bundle, &store, execution).await;
+    let report = run_under(&bundle, &store, &endless, execution).await;
     trigger.await.unwrap();
     assert_eq!(report.status, RunStatus::Cancelled);
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "the busy guest was not stopped");
     let record = store.run(&report.run_id).unwrap().unwrap();
-    assert_eq!(record.status, "cancelled");
-    let statuses: Vec<(&str, &str)> = record.nodes.iter().map(|n| (n.node.as_str(), n.status.as_str())).collect();
-    assert_eq!(statuses, [("spin", "cancelled"), ("next", "skipped")]);
+    assert_eq!(record.status, RunStatus::Cancelled);
+    let statuses: Vec<(&str, NodeStatus)> = record.nodes.iter().map(|n| (n.node.as_str(), n.status)).collect();
+    assert_eq!(statuses, [("spin", NodeStatus::Cancelled), ("next", NodeStatus::Skipped)]);
 }
 
 #[tokio::test]
@@ -299,9 +309,11 @@ async fn a_bundle_cannot_grant_itself_more_than_the_operator_allows() {
         "name = \"greedy\"\nversion = \"1\"\n[limits]\nmemory = \"4GiB\"\n[nodes.grow]\ncomponent = \"@hostile\"";
     let bundle = pack_toml(dir.path(), "g.wasm", toml).unwrap();
     let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
-    let mut execution = input(json!({"mode": "grow"}));
-    execution.ceilings.memory_bytes = Some(16 * 1024 * 1024);
-    let report = run(&bundle, &store, execution).await;
+    let small = Policy {
+        ceilings: LimitRequest { memory_bytes: Some(16 * 1024 * 1024), ..Default::default() },
+        ..Policy::default()
+    };
+    let report = run_under(&bundle, &store, &small, input(json!({"mode": "grow"}))).await;
     assert_eq!(report.error_code, Some(ErrorCode::MemoryLimit));
     assert!(report.peak_memory_bytes <= 16 * 1024 * 1024, "{}", report.peak_memory_bytes);
 }
@@ -407,7 +419,7 @@ fn parallel_processes_on_one_state_directory_lose_no_records() {
     let store = Store::open(state.path()).unwrap();
     let runs = store.list_runs(None, 100).unwrap();
     assert_eq!(runs.len(), 6);
-    assert!(runs.iter().all(|r| r.status == "succeeded" && r.nodes.len() == 1 && r.transitions.len() == 3));
+    assert!(runs.iter().all(|r| r.status == RunStatus::Succeeded && r.nodes.len() == 1 && r.transitions.len() == 3));
     let db = rusqlite::Connection::open(state.path().join("wfrun.db")).unwrap();
     let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");

@@ -15,10 +15,10 @@
 
 pub mod signature;
 
-use crate::workflow::WorkflowDef;
+use crate::manifest::WorkflowDef;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use signature::{SIGNATURE_SECTION, SignatureError, SignatureRecord, TrustPolicy};
+use signature::{PublicKey, SIGNATURE_SECTION, SignatureError, SignatureRecord};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -92,26 +92,15 @@ pub enum BundleError {
         /// The bundle path as given.
         path: PathBuf,
     },
-    /// The component does not validate or compile.
+    /// The bundle's structure is broken: it does not parse as a component,
+    /// or its workflow section is malformed or does not match its
+    /// components.
     #[error("{}: invalid component: {reason}", path.display())]
     Invalid {
         /// The bundle path as given.
         path: PathBuf,
-        /// What the validator or compiler said.
+        /// What the parser found.
         reason: String,
-    },
-    /// The component exports neither a node nor a command.
-    #[error(
-        "{}: exports neither `{node}` (a node) nor `wasi:cli/run@0.2.x` (a job); \
-         its exports are: {exports}",
-        path.display(),
-        node = wfrun_host_api::HANDLER_EXPORT
-    )]
-    NoKnownWorld {
-        /// The bundle path as given.
-        path: PathBuf,
-        /// The component's export names, comma-separated (or `none`).
-        exports: String,
     },
     /// The signature section is malformed, duplicated or misplaced, or the
     /// signature does not verify or is not trusted.
@@ -122,14 +111,22 @@ pub enum BundleError {
         /// What is wrong, with its stable code.
         error: SignatureError,
     },
-    /// The component imports something wfrun does not offer.
-    #[error("{}: cannot be linked: {reason}", path.display())]
-    Unlinkable {
-        /// The bundle path as given.
-        path: PathBuf,
-        /// The linker's explanation, naming the import.
-        reason: String,
-    },
+}
+
+impl BundleError {
+    /// The stable detail code under `invalid_bundle`: `missing`,
+    /// `unreadable`, `not_wasm`, `core_module`, `invalid_component`, or the
+    /// signature's own code (`signature_invalid`, ...).
+    pub fn detail(&self) -> &'static str {
+        match self {
+            BundleError::Missing { .. } => "missing",
+            BundleError::Read { .. } => "unreadable",
+            BundleError::NotWasm { .. } => "not_wasm",
+            BundleError::CoreModule { .. } => "core_module",
+            BundleError::Invalid { .. } => "invalid_component",
+            BundleError::Signature { error, .. } => error.code(),
+        }
+    }
 }
 
 /// A bundle file's bytes, read and checked to be a component.
@@ -191,22 +188,38 @@ impl Bundle {
 
     /// Checks the bundle's signature: the embedded one, else `detached`
     /// (the content of `BUNDLE.sig`, over the whole file). A signature that
-    /// is present must verify, whatever the policy; an unsigned bundle passes
-    /// only when the policy requires no signature. Returns the signer's key
-    /// id, or `None` for an unsigned bundle.
+    /// is present must verify, whatever the caller trusts; with `trusted`
+    /// keys it must be by one of them; an unsigned bundle passes only when
+    /// `required` is false. Returns the signer's key id, or `None` for an
+    /// unsigned bundle. The trust policy that decides `trusted` and
+    /// `required` is `policy::TrustPolicy`.
     pub fn verify(
         &self,
         detached: Option<&SignatureRecord>,
-        policy: &TrustPolicy,
+        trusted: &[PublicKey],
+        required: bool,
     ) -> Result<Option<String>, BundleError> {
         let error = |error| BundleError::Signature { path: self.path.clone(), error };
         let checked = match (&self.signature, detached) {
-            (Some((record, signed_len)), _) => signature::verify(record, &self.bytes[..*signed_len], policy),
-            (None, Some(record)) => signature::verify(record, &self.bytes, policy),
-            (None, None) if policy.requires_signature() => Err(SignatureError::Missing),
+            (Some((record, signed_len)), _) => signature::verify(record, &self.bytes[..*signed_len], trusted),
+            (None, Some(record)) => signature::verify(record, &self.bytes, trusted),
+            (None, None) if required => Err(SignatureError::Missing),
             (None, None) => return Ok(None),
         };
         checked.map(Some).map_err(error)
+    }
+
+    /// Reads the detached signature `BUNDLE.sig` beside the bundle, if
+    /// there is one.
+    pub fn read_detached(&self) -> Result<Option<SignatureRecord>, BundleError> {
+        let path = signature::detached_path(&self.path);
+        match std::fs::read(&path) {
+            Ok(bytes) => signature::parse_record(&bytes)
+                .map(Some)
+                .map_err(|error| BundleError::Signature { path: path.clone(), error }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(BundleError::Read { path, source }),
+        }
     }
 
     /// The path the bundle was read from.
@@ -383,7 +396,7 @@ mod tests {
 
     #[test]
     fn packed_workflows_are_valid_components_that_nest_their_nodes() {
-        let definition = crate::workflow::WorkflowDef::from_toml(
+        let definition = crate::manifest::WorkflowDef::from_toml(
             "name = \"w\"\nversion = \"1\"\n[nodes.a]\ncomponent = \"a.wasm\"\n[nodes.b]\ncomponent = \"b.wasm\"",
             "test",
         )
@@ -405,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_workflow_section_pointing_past_its_components_is_invalid() {
-        let definition = crate::workflow::WorkflowDef::from_toml(
+        let definition = crate::manifest::WorkflowDef::from_toml(
             "name = \"w\"\nversion = \"1\"\n[nodes.a]\ncomponent = \"a.wasm\"",
             "test",
         )
@@ -418,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_node_without_a_component_or_a_malformed_section_is_invalid() {
-        let definition = crate::workflow::WorkflowDef::from_toml(
+        let definition = crate::manifest::WorkflowDef::from_toml(
             "name = \"w\"\nversion = \"1\"\n[nodes.a]\ncomponent = \"a.wasm\"\n[nodes.b]\ncomponent = \"b.wasm\"",
             "test",
         )

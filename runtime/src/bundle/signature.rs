@@ -10,8 +10,9 @@
 //! `the_documented_test_vector_holds` checks.
 //!
 //! [`verify`] always checks a signature that is present, against the public
-//! key the record carries; a [`TrustPolicy`] additionally requires a
-//! signature, by one of its keys. Every way to fail has its own
+//! key the record carries, and then that the key is among the trusted ones
+//! when any are given. Whether a signature is required at all is the trust
+//! policy's decision (`policy::TrustPolicy`). Every way to fail has its own
 //! [`SignatureError`] code.
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
@@ -45,7 +46,7 @@ pub struct SignatureRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     /// No signature, and the trust policy requires one.
-    #[error("signature_missing: the bundle is not signed, and a trust policy is set")]
+    #[error("signature_missing: the bundle is not signed, and the trust policy requires a signature")]
     Missing,
     /// The record does not parse, or a field has the wrong length or value.
     #[error("signature_malformed: {0}")]
@@ -214,23 +215,9 @@ pub fn parse_record(data: &[u8]) -> Result<SignatureRecord, SignatureError> {
     Ok(record)
 }
 
-/// Which keys to trust, and whether a signature is required.
-#[derive(Debug, Clone, Default)]
-pub struct TrustPolicy {
-    /// Trusted public keys. Non-empty means signatures are required.
-    pub trusted: Vec<PublicKey>,
-}
-
-impl TrustPolicy {
-    /// Whether a bundle must be signed.
-    pub fn requires_signature(&self) -> bool {
-        !self.trusted.is_empty()
-    }
-}
-
-/// Checks `record` over `signed_bytes`, then against `policy`. Returns the
-/// signer's key id.
-pub fn verify(record: &SignatureRecord, signed_bytes: &[u8], policy: &TrustPolicy) -> Result<String, SignatureError> {
+/// Checks `record` over `signed_bytes`, then that its key is among
+/// `trusted` (when any are given). Returns the signer's key id.
+pub fn verify(record: &SignatureRecord, signed_bytes: &[u8], trusted: &[PublicKey]) -> Result<String, SignatureError> {
     let key = PublicKey::from_text(&format!("ed25519:{}", record.public_key))
         .map_err(|e| SignatureError::Malformed(format!("public_key: {e}")))?;
     if key.key_id() != record.key_id {
@@ -248,7 +235,7 @@ pub fn verify(record: &SignatureRecord, signed_bytes: &[u8], policy: &TrustPolic
     key.0
         .verify_strict(&message(signed_bytes), &signature)
         .map_err(|_| SignatureError::Invalid { key_id: record.key_id.clone() })?;
-    if policy.requires_signature() && !policy.trusted.contains(&key) {
+    if !trusted.is_empty() && !trusted.contains(&key) {
         return Err(SignatureError::Untrusted { key_id: record.key_id.clone() });
     }
     Ok(record.key_id.clone())
@@ -261,24 +248,20 @@ pub fn detached_path(bundle: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Reads `BUNDLE.sig` if there is one.
-pub fn read_detached(bundle: &Path) -> Result<Option<SignatureRecord>, String> {
-    let path = detached_path(bundle);
-    match std::fs::read(&path) {
-        Ok(bytes) => parse_record(&bytes).map(Some).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
+/// Parses trusted keys (`--trust` values and `trusted_keys` entries: key
+/// files or `ed25519:<hex>`), or says which one is unusable.
+pub fn load_keys(keys: &[String]) -> Result<Vec<PublicKey>, KeyError> {
+    keys.iter().map(|k| PublicKey::load(k).map_err(|reason| KeyError { key: k.clone(), reason })).collect()
 }
 
-/// Parses trusted keys (`--trust` values: key files or `ed25519:<hex>`)
-/// into a policy, or says which one is unusable.
-pub fn trust_policy(keys: &[String]) -> Result<TrustPolicy, String> {
-    let trusted = keys
-        .iter()
-        .map(|k| PublicKey::load(k).map_err(|e| format!("trusted key {k}: {e}")))
-        .collect::<Result<_, _>>()?;
-    Ok(TrustPolicy { trusted })
+/// A trusted key that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("trusted key {key}: {reason}")]
+pub struct KeyError {
+    /// The key or key file as given.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 #[cfg(test)]
@@ -312,10 +295,10 @@ mod tests {
     fn a_record_verifies_only_over_the_bytes_it_signed() {
         let key = SecretKey::from_seed([7; 32]);
         let record = key.sign(b"bundle bytes");
-        let trust = TrustPolicy { trusted: vec![key.public()] };
+        let trust = vec![key.public()];
         assert_eq!(verify(&record, b"bundle bytes", &trust).unwrap(), key.public().key_id());
         assert_eq!(verify(&record, b"bundle byteZ", &trust).unwrap_err().code(), "signature_invalid");
-        let stranger = TrustPolicy { trusted: vec![SecretKey::from_seed([8; 32]).public()] };
+        let stranger = vec![SecretKey::from_seed([8; 32]).public()];
         assert_eq!(verify(&record, b"bundle bytes", &stranger).unwrap_err().code(), "signature_untrusted");
         let mut short = record.clone();
         short.signature.truncate(100);

@@ -7,8 +7,8 @@
 
 use super::{GlobalArgs, printable};
 use crate::daemon::control::{self, Response};
-use crate::daemon::jobs::{JobSpec, Trigger};
-use crate::daemon::{Daemon, DaemonConfig, describe};
+use crate::daemon::{Daemon, DaemonConfig};
+use crate::manifest::{JobSpec, Trigger};
 use crate::outcome::ExitStatus;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -54,12 +54,7 @@ impl DaemonCommand {
             Some(path) => DaemonConfig::read(path)?,
             None => DaemonConfig::default(),
         };
-        let state_dir = global
-            .state_dir
-            .clone()
-            .or_else(|| std::env::var_os("WFRUN_DIR").filter(|v| !v.is_empty()).map(PathBuf::from))
-            .or_else(|| config.state_dir.clone())
-            .unwrap_or_else(|| crate::store::state_dir(None));
+        let state_dir = global.state_dir_with(config.state_dir.as_deref());
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async {
             let daemon = Daemon::open(config, state_dir)?;
@@ -68,6 +63,11 @@ impl DaemonCommand {
         runtime.shutdown_timeout(Duration::from_millis(200));
         Ok(ExitStatus::Success)
     }
+}
+
+fn parse_every(text: &str) -> Result<Duration, String> {
+    crate::units::duration(text, Duration::from_millis(100)..=Duration::from_secs(366 * 24 * 3600))
+        .map_err(|e| e.to_string())
 }
 
 /// Sends `method` to the daemon and prints the answer: `show` for a success
@@ -124,6 +124,15 @@ impl StatusCommand {
                 status["running"].as_array().map_or(0, Vec::len),
                 status["max_concurrent_runs"],
                 if status["stopping"] == true { " · stopping" } else { "" }
+            );
+            let keys = status["trust"]["trusted_keys"].as_array().map_or(0, Vec::len);
+            match status["trust"]["mode"].as_str() {
+                Some("signed_only") => println!("trust   signed bundles only ({keys} trusted key(s))"),
+                _ => println!("trust   unsigned bundles run (no trusted keys configured)"),
+            }
+            println!(
+                "programs {} prepared · {} loads · {} reused",
+                status["programs"]["programs"], status["programs"]["loads"], status["programs"]["hits"]
             );
             print_jobs(&status["jobs"]);
             for run in status["running"].as_array().into_iter().flatten() {
@@ -210,8 +219,8 @@ struct AddJob {
     /// The bundle to run (a node, a job or a workflow bundle).
     #[arg(long, value_name = "PATH")]
     bundle: PathBuf,
-    /// Run every DURATION (e.g. 30s, 5m).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// Run every DURATION (e.g. 30s, 5m; 100ms to 366 days).
+    #[arg(long, value_name = "DURATION", value_parser = parse_every)]
     every: Option<Duration>,
     /// Run on a five-field cron expression, in UTC (e.g. "*/5 * * * *").
     #[arg(long, value_name = "EXPR")]
@@ -234,14 +243,15 @@ struct AddJob {
     /// Let a new run start while the previous one is still running.
     #[arg(long)]
     allow_overlap: bool,
-    /// Memory ceiling for the job's nodes (e.g. 64MiB).
-    #[arg(long, value_name = "SIZE", value_parser = super::exec::parse_size)]
+    /// Memory ceiling for the job's nodes (e.g. 64MiB; 64KiB to the
+    /// daemon's max_memory).
+    #[arg(long, value_name = "SIZE", value_parser = super::exec::parse_memory)]
     memory: Option<u64>,
-    /// Wall-clock ceiling per node attempt (e.g. 5s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// Wall-clock ceiling per node attempt (e.g. 5s; 1ms to 7 days).
+    #[arg(long, value_name = "DURATION", value_parser = super::exec::parse_timeout)]
     timeout: Option<Duration>,
     /// Fuel ceiling per node attempt.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::exec::parse_fuel)]
     fuel: Option<u64>,
     /// Print the daemon's answer as JSON.
     #[arg(long)]
@@ -256,8 +266,8 @@ impl JobsCommand {
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         match self.command {
             JobsSubcommand::Add(add) => {
-                // clap lets through at most one of them.
-                let trigger = Trigger::choose(add.every, add.cron.clone(), add.webhook).map_err(anyhow::Error::msg)?;
+                // clap lets through at most one of them, and --tz only with --cron.
+                let trigger = Trigger::choose(add.every, add.cron.clone(), add.tz.clone(), add.webhook)?;
                 // The daemon may run elsewhere: send an absolute path.
                 let bundle = std::path::absolute(&add.bundle).unwrap_or_else(|_| add.bundle.clone());
                 let spec = JobSpec {
@@ -265,7 +275,6 @@ impl JobsCommand {
                     input: add.input.clone(),
                     args: add.args.clone(),
                     trigger,
-                    timezone: add.tz.clone(),
                     allow_overlap: add.allow_overlap,
                     memory_bytes: add.memory,
                     timeout: add.timeout,
@@ -274,7 +283,7 @@ impl JobsCommand {
                 };
                 let name = add.name.clone();
                 request(global, "jobs.add", json!({ "name": add.name, "spec": spec }), add.json, |_| {
-                    println!("job {name} added ({})", describe(&spec));
+                    println!("job {name} added ({})", spec.trigger);
                 })
             }
             JobsSubcommand::List { json } => request(global, "jobs.list", json!({}), json, print_jobs),

@@ -1,12 +1,14 @@
 //! `wfrun exec`: run one bundle once, locally.
 
 use super::{GlobalArgs, printable};
-use crate::bundle::Bundle;
 use crate::egress::{EgressPolicy, PolicyFile, Rule};
+use crate::limits::{LimitKey, LimitRequest};
 use crate::outcome::{ErrorCode, ExitStatus, GuestKind, RunReport, RunStatus};
-use crate::sandbox::{DirGrant, Echo, EngineOptions, Grants, Limits, Sandbox, Tee};
+use crate::policy::{Policy, TrustPolicy};
+use crate::runner::{Rejection, Runner};
+use crate::sandbox::{DirGrant, Echo, EngineOptions, Grants, Sandbox, Tee};
 use crate::store::Store;
-use crate::workflow::{Execution, LimitRequest, Workflow};
+use crate::workflow::Execution;
 use anyhow::Context;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -82,7 +84,7 @@ pub struct ExecCommand {
 
     /// Fuel budget: about one unit per wasm instruction. Running out ends the
     /// run with `fuel_exhausted`. [default: 10000000000]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_fuel)]
     fuel: Option<u64>,
 
     /// Do not meter fuel. --timeout still bounds the run, and fuel_consumed
@@ -91,8 +93,8 @@ pub struct ExecCommand {
     no_fuel: bool,
 
     /// Linear memory limit, summed over all of the instance's memories
-    /// (e.g. 64MiB, 512KiB). [default: 128MiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// (e.g. 64MiB, 512KiB; 64KiB to 64GiB). [default: 128MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
     memory: Option<u64>,
 
     /// Wall-clock limit from instantiation to the end of the run, per node
@@ -100,16 +102,18 @@ pub struct ExecCommand {
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     timeout: Option<Duration>,
 
-    /// Maximum size of a node's output JSON. [default: 16MiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// Maximum size of a node's output JSON (up to 4GiB). [default: 16MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_capture)]
     max_output: Option<u64>,
 
-    /// Maximum bytes captured from stdout, and from stderr, each. [default: 8MiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// Maximum bytes captured from stdout, and from stderr, each (up to
+    /// 4GiB). [default: 8MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_capture)]
     max_stdio: Option<u64>,
 
-    /// Maximum bytes of messages written through the `log` import. [default: 4MiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// Maximum bytes of messages written through the `log` import (up to
+    /// 4GiB). [default: 4MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_capture)]
     max_log: Option<u64>,
 
     /// Maximum native stack wasm code may use before `stack_overflow`
@@ -153,8 +157,10 @@ pub struct ExecCommand {
     #[arg(long, value_name = "PUBKEY")]
     trust: Vec<String>,
 
-    /// Refuse unsigned bundles (needs --trust).
-    #[arg(long, requires = "trust")]
+    /// Refuse unsigned bundles, whatever else is set. Needs at least one
+    /// --trust key: without one nothing could run, and wfrun says so
+    /// (exit 6, error_detail invalid_setting) instead of running anything.
+    #[arg(long)]
     require_signed: bool,
 
     /// Compile every component now instead of loading it from the
@@ -182,31 +188,15 @@ impl ExecCommand {
     }
 
     fn run(&self, global: &GlobalArgs) -> anyhow::Result<RunReport> {
-        let bundle = match Bundle::read(&self.bundle) {
-            Ok(bundle) => bundle,
-            Err(e) => return Ok(RunReport::rejected(ErrorCode::InvalidBundle, e.to_string())),
-        };
-        // Signatures before anything is compiled: a tampered bundle never
-        // reaches the compiler, let alone runs.
-        let policy = match super::sign::trust_policy(&self.trust) {
+        // The operator's side first: trust, ceilings, egress. An unusable
+        // setting is refused before any bundle is touched.
+        let policy = match self.policy() {
             Ok(policy) => policy,
-            Err(message) => return Ok(RunReport::rejected(ErrorCode::InvalidInput, message)),
+            Err(message) => return Ok(RunReport::rejected_with(ErrorCode::InvalidInput, "invalid_setting", message)),
         };
-        // Refused after the bundle was read: the report names its digest.
-        let rejected = |code, message: String, kind: Option<GuestKind>| {
-            let mut report = RunReport::rejected(code, message);
-            report.kind = kind;
-            report.bundle_digest = Some(bundle.digest());
-            Ok(report)
-        };
-        let checked = super::sign::read_detached(&self.bundle)
-            .map_err(|e| e.to_string())
-            .and_then(|detached| bundle.verify(detached.as_ref(), &policy).map_err(|e| e.to_string()));
-        if let Err(message) = checked {
-            return rejected(ErrorCode::InvalidBundle, message, None);
-        }
         let max_wasm_stack = usize::try_from(self.max_stack).context("--max-stack is too large")?;
-        let cache_dir = (!self.no_cache).then(|| global.state_dir().join("cache"));
+        let state_dir = global.state_dir();
+        let cache_dir = (!self.no_cache).then(|| state_dir.join("cache"));
         // On-demand allocation, not the pooling allocator: reserving pools
         // costs more at startup than one run saves (docs/performance.md).
         let sandbox = Arc::new(Sandbox::new(EngineOptions {
@@ -215,17 +205,23 @@ impl ExecCommand {
             cache_dir,
             ..EngineOptions::default()
         })?);
-        let workflow = match Workflow::load(&sandbox, &bundle) {
-            Ok(workflow) => Arc::new(workflow),
-            Err(e) => return rejected(ErrorCode::InvalidBundle, e.to_string(), None),
+        let store = Arc::new(Store::open(&state_dir)?);
+        let runner = Runner::new(sandbox, Some(store));
+        // Signatures before anything is compiled: a tampered bundle never
+        // reaches the compiler, let alone runs.
+        let prepared = match runner.prepare(&self.bundle, &policy.trust) {
+            Ok(prepared) => prepared,
+            Err(rejection) => return Ok(runner.reject(&self.bundle, &rejection, &Execution::default())?),
         };
-        let execution = match self.execution(workflow.kind()) {
+        let execution = match self.execution(prepared.kind()) {
             Ok(execution) => execution,
-            Err(message) => return rejected(ErrorCode::InvalidInput, message, Some(workflow.kind())),
+            Err(message) => {
+                let rejection = Rejection::input(&prepared, message);
+                return Ok(runner.reject(&self.bundle, &rejection, &Execution::default())?);
+            }
         };
-        let store = Arc::new(Store::open(&global.state_dir())?);
         // Worker threads only where nodes can run side by side.
-        let runtime = match workflow.kind() {
+        let runtime = match prepared.kind() {
             GuestKind::Workflow => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
             _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         }
@@ -238,7 +234,7 @@ impl ExecCommand {
                     cancel.notify_one();
                 }
             });
-            let report = workflow.run(&sandbox, Some(&store), execution).await;
+            let report = runner.run(&prepared, &policy, execution).await;
             on_ctrl_c.abort();
             report
         })?;
@@ -246,6 +242,27 @@ impl ExecCommand {
         // behind (a read from a FIFO it was granted); do not wait for it.
         runtime.shutdown_timeout(Duration::from_millis(100));
         Ok(report)
+    }
+
+    /// The operator's policy from the flags: trust, ceilings, parallelism,
+    /// egress.
+    fn policy(&self) -> Result<Policy, String> {
+        let trust = TrustPolicy::load(&self.trust, self.require_signed).map_err(|e| e.to_string())?;
+        let flags = LimitRequest {
+            fuel: self.fuel,
+            memory_bytes: self.memory,
+            timeout: self.timeout,
+            output_bytes: self.max_output,
+            stdio_bytes: self.max_stdio,
+            log_bytes: self.max_log,
+        };
+        Ok(Policy {
+            ceilings: crate::settings::ceilings(&flags, &LimitRequest::default()),
+            max_parallel: self.max_parallel.map(|n| n as usize),
+            trust,
+            egress: Arc::new(self.egress()?),
+            ..Policy::default()
+        })
     }
 
     /// Resolves the flags into an execution, or says which input is unusable.
@@ -276,7 +293,6 @@ impl ExecCommand {
                 return Err(format!("--dir {}: no such directory on the host", dir.host.display()));
             }
         }
-        let egress = self.egress()?;
         let secrets = match &self.secrets_file {
             Some(path) => read_secrets(path)?,
             None => BTreeMap::new(),
@@ -297,17 +313,8 @@ impl ExecCommand {
             input,
             args: self.args.clone(),
             inherit_stdin: kind == GuestKind::Job,
-            ceilings: LimitRequest {
-                fuel: self.fuel,
-                memory_bytes: self.memory,
-                timeout: self.timeout,
-                output_bytes: self.max_output,
-                stdio_bytes: self.max_stdio,
-                log_bytes: self.max_log,
-            },
-            max_parallel: self.max_parallel.map(|n| n as usize),
             cancel: Some(Arc::new(tokio::sync::Notify::new())),
-            grants: Grants { dirs: self.dirs.clone(), env: self.env.clone(), egress: Some(Arc::new(egress)) },
+            grants: Grants { dirs: self.dirs.clone(), env: self.env.clone(), egress: None },
             echo,
             secrets,
             run_id: None,
@@ -408,27 +415,24 @@ fn parse_rule(text: &str) -> Result<Rule, String> {
     Rule::parse(text).map_err(|e| e.to_string())
 }
 
-pub(super) fn parse_size(text: &str) -> Result<u64, String> {
-    text.parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|e| format!("{text:?} is not a size like 64MiB, 512KiB or 1048576: {e}"))
+pub(super) fn parse_memory(text: &str) -> Result<u64, String> {
+    LimitKey::parse_memory(text).map_err(|e| e.to_string())
 }
 
-fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let timeout =
-        humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 2s, 500ms or 1m: {e}"))?;
-    if timeout.is_zero() || timeout > Limits::MAX_TIMEOUT {
-        return Err(format!("{text:?} is outside 1ms..=7days"));
-    }
-    Ok(timeout)
+fn parse_capture(text: &str) -> Result<u64, String> {
+    LimitKey::parse_capture(text).map_err(|e| e.to_string())
+}
+
+pub(super) fn parse_fuel(text: &str) -> Result<u64, String> {
+    LimitKey::parse_fuel(text).map_err(|e| e.to_string())
+}
+
+pub(super) fn parse_timeout(text: &str) -> Result<Duration, String> {
+    LimitKey::parse_timeout(text).map_err(|e| e.to_string())
 }
 
 fn parse_stack(text: &str) -> Result<u64, String> {
-    let size = parse_size(text)?;
-    if !(64 * 1024..=64 * 1024 * 1024).contains(&size) {
-        return Err(format!("{text:?} is outside 64KiB..=64MiB"));
-    }
-    Ok(size)
+    crate::units::size(text, 64 * 1024..=64 * 1024 * 1024).map_err(|e| e.to_string())
 }
 
 fn parse_dir(text: &str) -> Result<DirGrant, String> {
@@ -474,10 +478,11 @@ mod tests {
 
     #[test]
     fn sizes_accept_binary_units() {
-        assert_eq!(parse_size("64MiB").unwrap(), 64 * 1024 * 1024);
-        assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);
-        assert_eq!(parse_size("1000").unwrap(), 1000);
-        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_memory("64MiB").unwrap(), 64 * 1024 * 1024);
+        assert_eq!(parse_capture("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_capture("1000").unwrap(), 1000);
+        assert!(parse_capture("lots").is_err());
+        assert!(parse_memory("1KiB").is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use super::printable;
 use crate::bundle::{Bundle, interface};
+use crate::manifest::{Capabilities, Trigger};
 use crate::outcome::ExitStatus;
-use crate::workflow::{Capabilities, Trigger};
+use crate::policy::TrustPolicy;
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -92,9 +93,7 @@ fn inspect(bundle: &Bundle) -> Result<Inspection, wasmparser::BinaryReaderError>
         version: "-".to_owned(),
         digest: bundle.digest(),
         size: bundle.bytes().len(),
-        signature: match bundle
-            .verify(super::sign::read_detached(bundle.path()).ok().flatten().as_ref(), &Default::default())
-        {
+        signature: match TrustPolicy::default().verify(bundle) {
             Ok(Some(key_id)) => {
                 format!("signed by key {key_id} (valid; trust not checked: use `wfrun verify --trust`)")
             }
@@ -124,7 +123,8 @@ fn inspect(bundle: &Bundle) -> Result<Inspection, wasmparser::BinaryReaderError>
     inspection.version = def.version.clone();
     inspection.capabilities = def.capabilities.clone();
     inspection.triggers = def.triggers.clone();
-    let order = def.plan().map(|plan| plan.order).unwrap_or_else(|_| def.nodes.keys().cloned().collect());
+    let order =
+        crate::workflow::Plan::of(def).map(|plan| plan.order).unwrap_or_else(|_| def.nodes.keys().cloned().collect());
     for id in order {
         let node = &def.nodes[&id];
         let index = embedded.components[&id];

@@ -40,9 +40,15 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    /// The resolved state directory.
+    /// The resolved state directory (no config file).
     pub fn state_dir(&self) -> PathBuf {
-        crate::store::state_dir(self.state_dir.as_deref())
+        crate::settings::state_dir(self.state_dir.as_deref(), None)
+    }
+
+    /// The resolved state directory, with a config file's `state_dir`
+    /// below the flag and `WFRUN_DIR`.
+    pub fn state_dir_with(&self, config: Option<&std::path::Path>) -> PathBuf {
+        crate::settings::state_dir(self.state_dir.as_deref(), config)
     }
 }
 

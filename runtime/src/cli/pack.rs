@@ -1,6 +1,7 @@
 //! `wfrun pack`: one workflow file and its node components into one bundle.
 
 use super::GlobalArgs;
+use crate::files::{Mode, write_atomic};
 use crate::outcome::ExitStatus;
 use crate::sandbox::{EngineOptions, Sandbox};
 use anyhow::Context;
@@ -22,7 +23,7 @@ pub struct PackCommand {
 }
 
 impl PackCommand {
-    /// Validates, packs and writes the bundle (atomically: temp file, rename).
+    /// Validates, packs and writes the bundle (atomically and durably).
     /// Checking that each node links means compiling it; the compiled
     /// components go into the state directory's cache, so the bundle's first
     /// `wfrun exec` with default engine settings does not compile them again.
@@ -36,9 +37,8 @@ impl PackCommand {
                 return Ok(ExitStatus::Invalid);
             }
         };
-        let temp = self.output.with_extension("wasm.partial");
-        std::fs::write(&temp, &bytes).with_context(|| format!("writing {}", temp.display()))?;
-        std::fs::rename(&temp, &self.output).with_context(|| format!("writing {}", self.output.display()))?;
+        write_atomic(&self.output, &bytes, Mode::Shared)
+            .with_context(|| format!("writing {}", self.output.display()))?;
         eprintln!("wfrun: packed {} ({} bytes)", self.output.display(), bytes.len());
         Ok(ExitStatus::Success)
     }

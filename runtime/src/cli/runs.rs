@@ -2,7 +2,8 @@
 
 use super::{GlobalArgs, printable};
 use crate::outcome::ExitStatus;
-use crate::store::{RunRecord, RunState, Store};
+use crate::outcome::RunStatus;
+use crate::store::{RunRecord, Store};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -18,9 +19,10 @@ pub struct RunsCommand {
 enum RunsSubcommand {
     /// List runs, newest first.
     List {
-        /// Only runs in this state: pending, running, succeeded, failed, cancelled.
+        /// Only runs in this state: pending, running, succeeded, failed,
+        /// cancelled, interrupted.
         #[arg(long, value_name = "STATUS", value_parser = parse_status)]
-        status: Option<RunState>,
+        status: Option<RunStatus>,
         /// At most this many runs.
         #[arg(long, value_name = "N", default_value_t = 20)]
         limit: usize,
@@ -50,9 +52,9 @@ enum RunsSubcommand {
     },
 }
 
-fn parse_status(text: &str) -> Result<RunState, String> {
-    RunState::parse(text)
-        .ok_or_else(|| format!("{text:?} is not one of pending, running, succeeded, failed, cancelled"))
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    RunStatus::parse(text)
+        .ok_or_else(|| format!("{text:?} is not one of pending, running, succeeded, failed, cancelled, interrupted"))
 }
 
 impl RunsCommand {
@@ -139,7 +141,7 @@ fn print_list(runs: &[RunRecord]) {
             printable(&run.workflow),
             run.status,
             duration,
-            run.error_code.as_deref().unwrap_or("-"),
+            run.error_code.map_or("-", |c| c.as_str()),
             run.created_at
         );
     }
@@ -147,12 +149,18 @@ fn print_list(runs: &[RunRecord]) {
 
 fn print_run(run: &RunRecord, trace: bool) {
     println!("run        {}", run.run_id);
-    println!("workflow   {} {} ({})", printable(&run.workflow), printable(&run.version), run.kind);
+    println!(
+        "workflow   {} {} ({})",
+        printable(&run.workflow),
+        printable(&run.version),
+        run.kind.map_or("-", |k| k.as_str())
+    );
     println!("bundle     {} {}", printable(&run.bundle_path), run.bundle_digest);
     println!("status     {}", run.status);
     if let Some(code) = &run.error_code {
         let node = run.failed_node.as_ref().map(|n| format!(" in node `{n}`")).unwrap_or_default();
-        println!("error      {code}{node}: {}", printable(run.error_message.as_deref().unwrap_or("")));
+        let detail = run.error_detail.as_ref().map(|d| format!(" ({})", printable(d))).unwrap_or_default();
+        println!("error      {code}{detail}{node}: {}", printable(run.error_message.as_deref().unwrap_or("")));
     }
     if let Some(exit) = run.exit_code {
         println!("exit code  {exit}");

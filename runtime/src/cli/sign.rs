@@ -1,8 +1,10 @@
 //! `wfrun keygen`, `wfrun sign` and `wfrun verify`: bundle signatures.
 
 use crate::bundle::Bundle;
-use crate::bundle::signature::{self, SecretKey};
+use crate::bundle::signature::{self, SecretKey, detached_path};
+use crate::files::{Mode, write_atomic};
 use crate::outcome::ExitStatus;
+use crate::policy::TrustPolicy;
 use anyhow::Context;
 use clap::Args;
 use std::io::Write;
@@ -42,6 +44,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut file =
         crate::files::create_private_file(path, true).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -63,7 +66,7 @@ pub struct SignCommand {
 }
 
 impl SignCommand {
-    /// Signs and writes atomically (temp file, rename).
+    /// Signs and writes atomically and durably.
     pub fn execute(self) -> anyhow::Result<ExitStatus> {
         let key = match SecretKey::load(&self.key) {
             Ok(key) => key,
@@ -86,24 +89,17 @@ impl SignCommand {
         let record = key.sign(bundle.bytes());
         if self.detached {
             let path = detached_path(&self.bundle);
-            write_atomically(&path, &serde_json::to_vec_pretty(&record)?)?;
+            write_atomic(&path, &serde_json::to_vec_pretty(&record)?, Mode::Shared)
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wfrun: wrote {} (key {})", path.display(), record.key_id);
         } else {
-            write_atomically(&self.bundle, &signature::embed(bundle.bytes(), &record))?;
+            write_atomic(&self.bundle, &signature::embed(bundle.bytes(), &record), Mode::Shared)
+                .with_context(|| format!("writing {}", self.bundle.display()))?;
             eprintln!("wfrun: signed {} (key {})", self.bundle.display(), record.key_id);
         }
         Ok(ExitStatus::Success)
     }
 }
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let temp = path.with_extension("partial");
-    std::fs::write(&temp, bytes).with_context(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-pub use crate::bundle::signature::{detached_path, read_detached, trust_policy};
 
 /// Verify a bundle's signature against trusted keys. Exits 0 only for a
 /// valid signature by a trusted key.
@@ -145,19 +141,18 @@ impl VerifyCommand {
     }
 
     fn check(&self) -> Result<String, (String, String)> {
-        let policy = trust_policy(&self.trust).map_err(|e| ("invalid_input".to_owned(), e))?;
+        let policy = TrustPolicy::load(&self.trust, true).map_err(|e| ("invalid_input".to_owned(), e.to_string()))?;
         let bundle = Bundle::read(&self.bundle).map_err(|e| (error_code(&e), e.to_string()))?;
-        let detached = read_detached(&self.bundle).map_err(|e| ("signature_malformed".to_owned(), e))?;
-        match bundle.verify(detached.as_ref(), &policy) {
+        match policy.verify(&bundle) {
             Ok(Some(key_id)) => Ok(key_id),
-            Ok(None) => unreachable!("a non-empty trust policy requires a signature"),
+            Ok(None) => unreachable!("require_signed refuses unsigned bundles"),
             Err(e) => Err((error_code(&e), e.to_string())),
         }
     }
 }
 
 /// The stable code of a bundle error: the signature code, or `invalid_bundle`.
-pub fn error_code(error: &crate::bundle::BundleError) -> String {
+fn error_code(error: &crate::bundle::BundleError) -> String {
     match error {
         crate::bundle::BundleError::Signature { error, .. } => error.code().to_owned(),
         _ => "invalid_bundle".to_owned(),

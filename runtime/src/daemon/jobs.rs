@@ -1,294 +1,290 @@
-//! Job definitions and when they are due.
+//! The daemon's jobs: validation, and the in-memory table the daemon reads.
 //!
-//! A [`JobSpec`] names a bundle, its input or arguments, optional limit
-//! ceilings and one [`Trigger`]: an interval, a cron expression (in UTC, or
-//! in the job's IANA time zone), a webhook, or manual only. The same spec comes from the config file
-//! (`[jobs.NAME]`), from `wfrun jobs add`, and is stored as JSON in the
-//! `jobs` table. [`Schedule`] turns a trigger into due times, with one
-//! misfire rule: after downtime a job runs once, not once per missed tick.
+//! A job ([`JobSpec`], from the config file's `[jobs.NAME]`, `wfrun jobs
+//! add` or the control protocol) is checked by [`validate`] before it is
+//! stored: its name, input, trigger (interval range, cron syntax, time
+//! zone), webhook secret and ceilings, each failure a typed [`JobError`].
+//! [`JobTable`] holds every job's typed record in memory and writes each
+//! change through to the store, so the scheduler and the supervisor never
+//! read or parse the `jobs` table on their way.
 
-use serde::{Deserialize, Serialize};
+use super::scheduler::Schedule;
+use crate::limits::LimitKey;
+use crate::manifest::JobSpec;
+use crate::outcome::RunStatus;
+use crate::store::{JobRecord, JobSource, Store, StoreError};
+use crate::units::UnitError;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
 
-/// What starts a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// Every interval, e.g. `30s`.
-    Every(#[serde(with = "humantime_serde_compat")] Duration),
-    /// A standard five-field cron expression, in UTC or the job's `timezone`.
-    Cron(String),
-    /// An HTTP POST to `/hooks/NAME` on the webhook listener; the body is the input.
-    Webhook,
-    /// Only `wfrun trigger NAME`.
-    Manual,
+/// Why a job definition is unusable. Every variant names the job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// A name with characters other than letters, digits, `-` and `_`.
+    #[error("job name {name:?}: use 1-64 letters, digits, `-` or `_`")]
+    BadName {
+        /// The name as given.
+        name: String,
+    },
+    /// The input is not JSON.
+    #[error("job {name}: input is not valid JSON: {reason}")]
+    BadInput {
+        /// The job.
+        name: String,
+        /// The parser's explanation.
+        reason: String,
+    },
+    /// An interval outside 100ms..=366 days.
+    #[error("job {name}: `every` must be between 100ms and 366 days")]
+    BadInterval {
+        /// The job.
+        name: String,
+    },
+    /// A cron expression that does not parse.
+    #[error("job {name}: {reason}")]
+    BadCron {
+        /// The job.
+        name: String,
+        /// What is wrong, naming the expression.
+        reason: String,
+    },
+    /// A time zone the system does not know.
+    #[error("job {name}: time zone {zone:?}: {reason}")]
+    BadTimeZone {
+        /// The job.
+        name: String,
+        /// The zone as given.
+        zone: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A webhook secret too short or not hex.
+    #[error("job {name}: webhook_secret must be at least 16 bytes, written in hex")]
+    WeakWebhookSecret {
+        /// The job.
+        name: String,
+    },
+    /// A ceiling outside its range.
+    #[error("job {name}: {key}: {error}")]
+    BadLimit {
+        /// The job.
+        name: String,
+        /// `memory`, `timeout` or `fuel`.
+        key: &'static str,
+        /// What is wrong.
+        error: UnitError,
+    },
+    /// A memory ceiling above the daemon's `max_memory`.
+    #[error(
+        "job {name}: memory {memory} bytes is more than the daemon's max_memory ({max} bytes); raise [daemon] max_memory"
+    )]
+    MemoryOverDaemon {
+        /// The job.
+        name: String,
+        /// Its memory ceiling.
+        memory: u64,
+        /// The daemon's.
+        max: u64,
+    },
+    /// No bundle at the job's path.
+    #[error("job {name}: no bundle at {}", path.display())]
+    NoBundle {
+        /// The job.
+        name: String,
+        /// The path.
+        path: PathBuf,
+    },
 }
 
-impl Trigger {
-    /// The trigger chosen by at most one of `every`, `cron` and `webhook`;
-    /// none of them is manual.
-    pub fn choose(every: Option<Duration>, cron: Option<String>, webhook: bool) -> Result<Trigger, String> {
-        match (every, cron, webhook) {
-            (Some(every), None, false) => Ok(Trigger::Every(every)),
-            (None, Some(cron), false) => Ok(Trigger::Cron(cron)),
-            (None, None, true) => Ok(Trigger::Webhook),
-            (None, None, false) => Ok(Trigger::Manual),
-            _ => Err("give one of `every`, `cron` and `webhook`".to_owned()),
+impl JobError {
+    /// A stable code for what is wrong, under the control plane's `invalid`.
+    pub fn detail(&self) -> &'static str {
+        match self {
+            JobError::BadName { .. } => "bad_name",
+            JobError::BadInput { .. } => "bad_input",
+            JobError::BadInterval { .. } => "bad_interval",
+            JobError::BadCron { .. } => "bad_cron",
+            JobError::BadTimeZone { .. } => "bad_time_zone",
+            JobError::WeakWebhookSecret { .. } => "weak_webhook_secret",
+            JobError::BadLimit { .. } => "bad_limit",
+            JobError::MemoryOverDaemon { .. } => "memory_over_daemon",
+            JobError::NoBundle { .. } => "no_bundle",
         }
     }
 }
 
-/// One job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobSpec {
-    /// The bundle to run (absolute, or relative to the daemon's working
-    /// directory for CLI jobs and to the config file for config jobs).
-    pub bundle: PathBuf,
-    /// Input JSON text for a node or workflow.
-    #[serde(default = "empty_object")]
-    pub input: String,
-    /// Arguments for a job (a WASI command).
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// What starts it.
-    pub trigger: Trigger,
-    /// The IANA time zone a cron expression is read in (e.g.
-    /// `Europe/Paris`, from the system's zoneinfo); `None`: UTC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
-    /// Let a new run start while the last one is still running.
-    #[serde(default)]
-    pub allow_overlap: bool,
-    /// Memory ceiling for its nodes, in bytes.
-    #[serde(default)]
-    pub memory_bytes: Option<u64>,
-    /// Wall-clock ceiling per node attempt.
-    #[serde(default, with = "humantime_serde_compat::option")]
-    pub timeout: Option<Duration>,
-    /// Fuel ceiling per node attempt.
-    #[serde(default)]
-    pub fuel: Option<u64>,
-    /// HMAC-SHA256 key for webhook signatures (hex); unsigned POSTs are
-    /// refused when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook_secret: Option<String>,
+/// Checks what can be checked without running: the name, the input JSON,
+/// the trigger, the webhook secret and the ceilings (against the daemon's
+/// `max_memory`).
+pub fn validate(name: &str, spec: &JobSpec, max_memory: u64) -> Result<(), JobError> {
+    let name_ok =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(JobError::BadName { name: name.to_owned() });
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(&spec.input)
+        .map_err(|e| JobError::BadInput { name: name.to_owned(), reason: e.to_string() })?;
+    Schedule::of(name, &spec.trigger)?;
+    if let Some(secret) = &spec.webhook_secret
+        && (secret.len() < 32 || hex::decode(secret).is_err())
+    {
+        return Err(JobError::WeakWebhookSecret { name: name.to_owned() });
+    }
+    let limit = |key: &'static str, error| JobError::BadLimit { name: name.to_owned(), key, error };
+    if let Some(memory) = spec.memory_bytes {
+        LimitKey::check_memory(memory).map_err(|e| limit("memory", e))?;
+        if memory > max_memory {
+            return Err(JobError::MemoryOverDaemon { name: name.to_owned(), memory, max: max_memory });
+        }
+    }
+    if let Some(timeout) = spec.timeout {
+        LimitKey::check_timeout(timeout).map_err(|e| limit("timeout", e))?;
+    }
+    if let Some(fuel) = spec.fuel {
+        LimitKey::check_fuel(fuel).map_err(|e| limit("fuel", e))?;
+    }
+    Ok(())
 }
 
-/// The longest interval: a year and a day.
-const MAX_EVERY: Duration = Duration::from_secs(366 * 24 * 3600);
-
-fn empty_object() -> String {
-    "{}".to_owned()
+/// Every job, typed, in memory; each change written through to the store.
+#[derive(Debug)]
+pub struct JobTable {
+    store: Arc<Store>,
+    jobs: Mutex<BTreeMap<String, JobRecord>>,
 }
 
-impl JobSpec {
-    /// Checks what can be checked without running: the name, the input
-    /// JSON, the cron expression, the interval.
-    pub fn validate(&self, name: &str) -> Result<(), String> {
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
-            return Err(format!("job name {name:?}: use 1-64 letters, digits, `-` or `_`"));
-        }
-        serde_json::from_str::<serde::de::IgnoredAny>(&self.input)
-            .map_err(|e| format!("job {name}: input is not valid JSON: {e}"))?;
-        match &self.trigger {
-            Trigger::Every(every) if *every < Duration::from_millis(100) || *every > MAX_EVERY => {
-                Err(format!("job {name}: `every` must be between 100ms and 366 days"))
+impl JobTable {
+    /// Loads every job from `store`.
+    pub fn load(store: Arc<Store>) -> Result<JobTable, StoreError> {
+        let jobs = store.jobs()?.into_iter().map(|job| (job.name.clone(), job)).collect();
+        Ok(JobTable { store, jobs: Mutex::new(jobs) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JobRecord>> {
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Job `name`.
+    pub fn get(&self, name: &str) -> Option<JobRecord> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Every job, by name.
+    pub fn all(&self) -> Vec<JobRecord> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// How many jobs there are.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Stores (or replaces) a job, keeping its run state.
+    pub fn put(&self, name: &str, spec: &JobSpec, source: JobSource) -> Result<(), StoreError> {
+        let mut jobs = self.lock();
+        self.store.put_job(name, spec, source)?;
+        match jobs.get_mut(name) {
+            Some(job) => {
+                job.spec = spec.clone();
+                job.source = source;
             }
-            Trigger::Cron(expr) => parse_cron(expr).map(|_| ()).map_err(|e| format!("job {name}: {e}")),
-            _ => Ok(()),
-        }?;
-        if let Some(zone) = &self.timezone {
-            if !matches!(self.trigger, Trigger::Cron(_)) {
-                return Err(format!("job {name}: a timezone applies to cron jobs only"));
+            None => {
+                let stored = self.store.job(name)?;
+                if let Some(job) = stored {
+                    jobs.insert(name.to_owned(), job);
+                }
             }
-            time_zone(zone).map_err(|e| format!("job {name}: {e}"))?;
-        }
-        if let Some(secret) = &self.webhook_secret
-            && (secret.len() < 32 || hex::decode(secret).is_err())
-        {
-            return Err(format!("job {name}: webhook_secret must be at least 16 bytes, written in hex"));
         }
         Ok(())
     }
-}
 
-/// Parses a standard five-field cron expression (minute hour day month
-/// weekday), evaluated in UTC.
-pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    if expr.split_whitespace().count() != 5 {
-        return Err(format!(
-            "cron {expr:?}: expected five fields (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\""
-        ));
-    }
-    expr.parse::<croner::Cron>().map_err(|e| format!("cron {expr:?}: {e}"))
-}
-
-/// The IANA time zone `name`, from the system's zoneinfo.
-pub fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
-    jiff::tz::TimeZone::get(name).map_err(|e| format!("time zone {name:?}: {e}"))
-}
-
-/// When a time-triggered job is next due.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    trigger: Trigger,
-    cron: Option<croner::Cron>,
-    zone: jiff::tz::TimeZone,
-}
-
-impl Schedule {
-    /// The schedule of `spec`'s trigger; `None` for webhook and manual jobs.
-    pub fn of(spec: &JobSpec) -> Option<Schedule> {
-        let zone = spec.timezone.as_deref().and_then(|z| time_zone(z).ok()).unwrap_or(jiff::tz::TimeZone::UTC);
-        let cron = match &spec.trigger {
-            Trigger::Every(_) => None,
-            Trigger::Cron(expr) => parse_cron(expr).ok(),
-            Trigger::Webhook | Trigger::Manual => return None,
-        };
-        Some(Schedule { trigger: spec.trigger.clone(), cron, zone })
+    /// Removes a job; false if there was none.
+    pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        let mut jobs = self.lock();
+        let removed = self.store.remove_job(name)?;
+        jobs.remove(name);
+        Ok(removed)
     }
 
-    /// The first due time after the daemon starts, given when the job last
-    /// ran. A job that missed one or more due times while the daemon was
-    /// down runs once, now; it is not run once per missed time.
-    pub fn first_due(&self, last_run: Option<SystemTime>, now: SystemTime) -> SystemTime {
-        match last_run {
-            Some(last) => {
-                let due = self.next_after(last);
-                if due <= now { now } else { due }
-            }
-            None => self.next_after(now),
-        }
-    }
-
-    /// The next due time strictly after `after`.
-    pub fn next_after(&self, after: SystemTime) -> SystemTime {
-        match (&self.trigger, &self.cron) {
-            (Trigger::Every(every), _) => after.checked_add(*every).unwrap_or_else(far_future),
-            (Trigger::Cron(_), Some(cron)) => jiff::Timestamp::try_from(after)
-                .ok()
-                .and_then(|t| cron.find_next_occurrence(&t.to_zoned(self.zone.clone()), false).ok())
-                .map(|next| SystemTime::from(next.timestamp()))
-                // An expression with no future time (Feb 30) never fires.
-                .unwrap_or_else(far_future),
-            _ => far_future(),
-        }
-    }
-}
-
-fn far_future() -> SystemTime {
-    SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600)
-}
-
-/// Serde for durations as humantime text (`30s`, `5m`).
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
-    }
-
-    pub mod option {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
+    /// Pauses (with a reason) or resumes a job; false if there is none.
+    pub fn set_paused(&self, name: &str, paused: bool, reason: Option<&str>) -> Result<bool, StoreError> {
+        let mut jobs = self.lock();
+        let changed = self.store.set_job_paused(name, paused, reason)?;
+        if let Some(job) = jobs.get_mut(name) {
+            job.paused = paused;
+            job.paused_reason = if paused { reason.map(str::to_owned) } else { None };
+            if !paused {
+                job.consecutive_failures = 0;
             }
         }
+        Ok(changed)
+    }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|text| {
-                    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
-                })
-                .transpose()
+    /// Records how a run of job `name` ended; returns its consecutive failures.
+    pub fn record_run(&self, name: &str, run_id: &str, status: RunStatus) -> Result<u32, StoreError> {
+        let mut jobs = self.lock();
+        let failures = self.store.record_job_run(name, run_id, status)?;
+        if let Some(job) = jobs.get_mut(name) {
+            job.last_run_at = Some(crate::store::now());
+            job.last_run_id = Some(run_id.to_owned());
+            job.last_status = Some(status);
+            job.consecutive_failures = failures;
         }
+        Ok(failures)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Trigger;
+    use std::time::Duration;
 
     fn spec(trigger: Trigger) -> JobSpec {
-        JobSpec {
-            bundle: "x.wasm".into(),
-            input: "{}".into(),
-            args: vec![],
-            trigger,
-            timezone: None,
-            allow_overlap: false,
-            memory_bytes: None,
-            timeout: None,
-            fuel: None,
-            webhook_secret: None,
-        }
+        JobSpec { trigger, ..JobSpec::manual("x.wasm") }
     }
 
-    #[test]
-    fn a_missed_interval_runs_once_at_start_then_on_schedule() {
-        let schedule = Schedule::of(&spec(Trigger::Every(Duration::from_secs(60)))).unwrap();
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        // Down for ten intervals: one run now, not ten.
-        let last = now - Duration::from_secs(600);
-        assert_eq!(schedule.first_due(Some(last), now), now);
-        // Not yet due: wait for it.
-        let last = now - Duration::from_secs(30);
-        assert_eq!(schedule.first_due(Some(last), now), now + Duration::from_secs(30));
-        // Never ran: one interval from now.
-        assert_eq!(schedule.first_due(None, now), now + Duration::from_secs(60));
-    }
-
-    #[test]
-    fn cron_expressions_are_standard_and_utc_unless_a_zone_is_given() {
-        let schedule = Schedule::of(&spec(Trigger::Cron("30 2 * * *".into()))).unwrap();
-        // 1970-01-01T00:00:00Z → 02:30 the same day.
-        assert_eq!(schedule.next_after(SystemTime::UNIX_EPOCH), SystemTime::UNIX_EPOCH + Duration::from_secs(9000));
-        // 02:30 in Paris (UTC+1 in January 1970) is 01:30 UTC.
-        let mut paris = spec(Trigger::Cron("30 2 * * *".into()));
-        paris.timezone = Some("Europe/Paris".into());
-        assert!(paris.validate("p").is_ok());
-        let schedule = Schedule::of(&paris).unwrap();
-        assert_eq!(schedule.next_after(SystemTime::UNIX_EPOCH), SystemTime::UNIX_EPOCH + Duration::from_secs(5400));
-        paris.timezone = Some("Mars/Olympus".into());
-        assert!(paris.validate("p").unwrap_err().contains("Mars/Olympus"));
-        assert!(parse_cron("* * * *").unwrap_err().contains("five fields"));
-        assert!(parse_cron("61 * * * *").is_err());
-        assert!(spec(Trigger::Cron("*/5 * * * *".into())).validate("ok").is_ok());
-    }
+    const MAX: u64 = 128 * 1024 * 1024;
 
     #[test]
     fn specs_are_checked_with_the_job_named() {
-        assert!(spec(Trigger::Manual).validate("bad name").unwrap_err().contains("bad name"));
+        assert!(matches!(validate("bad name", &spec(Trigger::Manual), MAX), Err(JobError::BadName { .. })));
         let mut bad_input = spec(Trigger::Manual);
         bad_input.input = "{".into();
-        assert!(bad_input.validate("j").unwrap_err().contains("not valid JSON"));
-        assert!(spec(Trigger::Every(Duration::from_millis(1))).validate("j").is_err());
-        assert!(spec(Trigger::Every(Duration::from_secs(20_000 * 365 * 24 * 3600))).validate("j").is_err());
+        assert!(matches!(validate("j", &bad_input, MAX), Err(JobError::BadInput { .. })));
+        let tiny = spec(Trigger::Interval { every: Duration::from_millis(1) });
+        assert!(matches!(validate("j", &tiny, MAX), Err(JobError::BadInterval { .. })));
+        let huge = spec(Trigger::Interval { every: Duration::from_secs(20_000 * 365 * 24 * 3600) });
+        assert!(matches!(validate("j", &huge, MAX), Err(JobError::BadInterval { .. })));
         let mut weak = spec(Trigger::Webhook);
         weak.webhook_secret = Some("abcd".into());
-        assert!(weak.validate("j").unwrap_err().contains("16 bytes"));
+        assert!(matches!(validate("j", &weak, MAX), Err(JobError::WeakWebhookSecret { .. })));
+        let mut greedy = spec(Trigger::Manual);
+        greedy.memory_bytes = Some(2 * MAX);
+        assert!(matches!(validate("j", &greedy, MAX), Err(JobError::MemoryOverDaemon { .. })));
+        let mut forever = spec(Trigger::Manual);
+        forever.timeout = Some(Duration::from_secs(30 * 24 * 3600));
+        assert!(matches!(validate("j", &forever, MAX), Err(JobError::BadLimit { key: "timeout", .. })));
     }
 
     #[test]
-    fn specs_round_trip_through_json() {
-        let mut job = spec(Trigger::Every(Duration::from_secs(30)));
-        job.timeout = Some(Duration::from_millis(1500));
-        let text = serde_json::to_string(&job).unwrap();
-        assert!(text.contains(r#""every":"30s""#), "{text}");
-        assert_eq!(serde_json::from_str::<JobSpec>(&text).unwrap(), job);
+    fn cron_and_time_zones_are_checked() {
+        let cron = |expr: &str, zone: Option<&str>| {
+            spec(Trigger::Cron { cron: expr.to_owned(), timezone: zone.map(str::to_owned) })
+        };
+        assert!(validate("ok", &cron("*/5 * * * *", None), MAX).is_ok());
+        assert!(validate("p", &cron("30 2 * * *", Some("Europe/Paris")), MAX).is_ok());
+        assert!(matches!(validate("j", &cron("* * * *", None), MAX), Err(JobError::BadCron { .. })));
+        assert!(matches!(validate("j", &cron("61 * * * *", None), MAX), Err(JobError::BadCron { .. })));
+        assert!(matches!(
+            validate("p", &cron("30 2 * * *", Some("Mars/Olympus")), MAX),
+            Err(JobError::BadTimeZone { zone, .. }) if zone == "Mars/Olympus"
+        ));
     }
 }

@@ -1,37 +1,40 @@
-//! The runner daemon: jobs, triggers, supervision, shutdown and recovery.
+//! The runner daemon: wiring, the state directory's lock, and shutdown.
 //!
-//! [`Daemon::serve`] takes the state directory's lock, marks runs a dead
-//! process left `running` as `interrupted`, loads the jobs (config file and
-//! database), and then runs three things side by side until SIGINT or
-//! SIGTERM: the scheduler (interval and cron jobs, one run per misfire), the
-//! control plane ([`control`]: JSON lines over a Unix socket, and optionally
-//! the same over HTTP with a bearer token), and the webhook listener
-//! ([`http`]). Every run goes through one path,
-//! [`Daemon::trigger`]: concurrency limits, no overlap unless a job allows it,
-//! retries with backoff, pausing after repeated failure, and cancellation by
-//! run id. On a stop, triggers end, running runs get the grace period, and
-//! the rest are cancelled and recorded `cancelled`.
+//! [`Daemon::open`] takes the state directory's lock, marks runs a dead
+//! process left `running` as `interrupted`, stores the config file's jobs
+//! and loads every job into memory. [`Daemon::serve`] then runs, side by
+//! side until SIGINT or SIGTERM: the [`scheduler`] (interval and cron jobs),
+//! the [`control`] plane (dispatch, over a Unix socket and optionally HTTP
+//! with a bearer token, beside the webhook listener), and, for each trigger,
+//! the [`supervisor`] (slots, no overlap unless allowed, retries with
+//! backoff, pausing after repeated failure, cancellation, and the
+//! prepared-program cache that runs go through, via the one
+//! [`Runner`](crate::runner::Runner)). On a stop, triggers end, running runs
+//! get the grace period, and the rest are cancelled and recorded
+//! `cancelled`. Errors a request can meet are a [`DaemonError`], each with a
+//! stable code.
 
 pub mod config;
 pub mod control;
-pub mod http;
 pub mod jobs;
+pub mod scheduler;
+pub mod supervisor;
 
-use crate::bundle::Bundle;
-use crate::bundle::signature::TrustPolicy;
-use crate::egress::EgressPolicy;
-use crate::outcome::{ErrorCode, RunReport, RunStatus, new_run_id};
-use crate::sandbox::{EngineOptions, Grants, PoolingOptions, Sandbox};
-use crate::store::{JobRecord, NewRun, StateWrites, Store, StoreError};
-use crate::workflow::{Execution, LimitRequest, Workflow};
-pub use config::{DaemonConfig, RetryPolicy};
-use jobs::{JobSpec, Schedule, Trigger};
-use serde::Serialize;
+pub use config::{ConfigError, ConfigProblem, DaemonConfig};
+pub use jobs::JobError;
+
+use crate::policy::{Policy, TrustMode};
+use crate::runner::{CacheStats, ProgramCache, Runner};
+use crate::sandbox::{EngineOptions, PoolingOptions, Sandbox};
+use crate::store::{JobRecord, JobSource, Store, StoreError};
+use jobs::JobTable;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use supervisor::Running;
 use tokio::sync::{Notify, Semaphore};
 
 /// The socket of the control plane, in the state directory.
@@ -39,48 +42,113 @@ pub const SOCKET_NAME: &str = "wfrun.sock";
 /// Held while a daemon runs on a state directory.
 const LOCK_NAME: &str = "daemon.lock";
 
-/// Why a daemon request was refused. `code` is stable, for scripts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[error("{message}")]
-pub struct DaemonError {
-    /// `not_found`, `invalid`, `busy`, `paused`, `shutting_down` or `internal`.
-    pub code: &'static str,
-    /// What happened, naming the job or run.
-    pub message: String,
+/// Why a daemon request was refused. [`DaemonError::code`] is stable, for
+/// scripts: `not_found`, `invalid`, `busy`, `paused`, `shutting_down` or
+/// `internal`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DaemonError {
+    /// No job by that name.
+    #[error("no job named {name}")]
+    JobNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The job exists but is not a webhook job.
+    #[error("job {name} is not a webhook job")]
+    NotAWebhook {
+        /// The job.
+        name: String,
+    },
+    /// No run by that id is in flight.
+    #[error("no run {run_id} is running")]
+    RunNotRunning {
+        /// The id asked for.
+        run_id: String,
+    },
+    /// No run by that id is recorded.
+    #[error("no run {run_id}")]
+    RunNotFound {
+        /// The id asked for.
+        run_id: String,
+    },
+    /// The job is paused.
+    #[error("job {name} is paused{}; resume it first", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    Paused {
+        /// The job.
+        name: String,
+        /// Why, when the daemon paused it.
+        reason: Option<String>,
+    },
+    /// The job is running and does not allow overlap.
+    #[error("job {name} is already running (allow_overlap is off)")]
+    Busy {
+        /// The job.
+        name: String,
+    },
+    /// The daemon is stopping.
+    #[error("the daemon is stopping; no new runs")]
+    ShuttingDown,
+    /// A job definition that does not validate.
+    #[error(transparent)]
+    InvalidJob(#[from] JobError),
+    /// A request that is malformed: unknown method, bad parameters, input
+    /// that is not JSON.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The daemon failed (its database): not the request's fault.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl DaemonError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        DaemonError { code, message: message.into() }
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DaemonError::JobNotFound { .. }
+            | DaemonError::NotAWebhook { .. }
+            | DaemonError::RunNotRunning { .. }
+            | DaemonError::RunNotFound { .. } => "not_found",
+            DaemonError::Paused { .. } => "paused",
+            DaemonError::Busy { .. } => "busy",
+            DaemonError::ShuttingDown => "shutting_down",
+            DaemonError::InvalidJob(_) | DaemonError::InvalidRequest(_) => "invalid",
+            DaemonError::Internal(_) => "internal",
+        }
+    }
+
+    /// A finer stable code where there is one (for an invalid job: which
+    /// check it failed, e.g. `bad_cron`).
+    pub fn detail(&self) -> Option<&'static str> {
+        match self {
+            DaemonError::InvalidJob(e) => Some(e.detail()),
+            _ => None,
+        }
     }
 }
 
 impl From<StoreError> for DaemonError {
     fn from(e: StoreError) -> Self {
-        DaemonError::new("internal", e.to_string())
+        DaemonError::Internal(e.to_string())
     }
-}
-
-/// A run in flight.
-struct Running {
-    job: String,
-    cancel: Arc<Notify>,
-    started: SystemTime,
 }
 
 /// The daemon's shared state.
 pub struct Daemon {
     config: DaemonConfig,
     state_dir: PathBuf,
-    sandbox: Arc<Sandbox>,
     store: Arc<Store>,
-    trust: TrustPolicy,
-    egress: Arc<EgressPolicy>,
+    runner: Runner,
+    programs: ProgramCache,
+    policy: Policy,
+    jobs: JobTable,
     slots: Arc<Semaphore>,
     running: Mutex<BTreeMap<String, Running>>,
     /// Jobs with a trigger in flight (running or waiting to retry).
     busy: Mutex<BTreeMap<String, u32>>,
+    /// Each time-triggered job's next due time, as the scheduler last set it.
     next_due: Mutex<BTreeMap<String, SystemTime>>,
+    /// Jobs whose schedule the scheduler must compute again.
+    schedule_forget: Mutex<Vec<String>>,
     schedule_changed: Notify,
     stopping: AtomicBool,
     stopped: Notify,
@@ -101,6 +169,9 @@ impl Daemon {
     /// runs, and stores the config file's jobs.
     pub fn open(config: DaemonConfig, state_dir: PathBuf) -> anyhow::Result<Arc<Daemon>> {
         use anyhow::Context;
+        // Configuration first: a daemon that cannot enforce its trust
+        // settings must not start.
+        let policy = config.policy().context("trust")?;
         let store = Arc::new(Store::open(&state_dir)?);
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -119,16 +190,22 @@ impl Daemon {
                 recovered.join(", ")
             );
         }
-        let trust = crate::bundle::signature::trust_policy(&config.trusted_keys)
-            .map_err(|e| anyhow::anyhow!("trust.trusted_keys: {e}"))?;
         for (name, spec) in &config.jobs {
-            store.put_job(name, &serde_json::to_string(spec)?, "config")?;
+            store.put_job(name, spec, JobSource::Config)?;
         }
         // A job that an earlier config declared and this one does not is gone.
         for job in store.jobs()? {
-            if job.source == "config" && !config.jobs.contains_key(&job.name) {
+            if job.source == JobSource::Config && !config.jobs.contains_key(&job.name) {
                 store.remove_job(&job.name)?;
             }
+        }
+        let jobs = JobTable::load(store.clone())?;
+        if policy.trust.mode() == TrustMode::UnsignedAllowed {
+            tracing::warn!(
+                trust_mode = "unsigned_allowed",
+                "no trusted keys are configured: this daemon runs unsigned bundles; set [trust] trusted_keys \
+                 and require_signed = true to run only signed ones"
+            );
         }
         let control_token = match &config.control_http_listen {
             Some(_) => Some(control_token(config.control_token_file.as_deref(), &state_dir)?),
@@ -154,15 +231,17 @@ impl Daemon {
         };
         Ok(Arc::new(Daemon {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
-            egress: Arc::new(config.egress.clone()),
+            runner: Runner::new(Arc::new(sandbox), Some(store.clone())),
+            programs: ProgramCache::default(),
+            policy,
+            jobs,
             config,
             state_dir,
-            sandbox: Arc::new(sandbox),
             store,
-            trust,
             running: Mutex::default(),
             busy: Mutex::default(),
             next_due: Mutex::default(),
+            schedule_forget: Mutex::default(),
             schedule_changed: Notify::new(),
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
@@ -185,26 +264,26 @@ impl Daemon {
 
     /// Runs until SIGINT or SIGTERM (or [`Daemon::stop`]), then drains.
     pub async fn serve(self: &Arc<Self>) -> anyhow::Result<()> {
-        let socket = control::listen(&self.state_dir.join(SOCKET_NAME))?;
-        let control = tokio::spawn(control::serve(self.clone(), socket));
+        let socket = control::unix::listen(&self.state_dir.join(SOCKET_NAME))?;
+        let control = tokio::spawn(control::unix::serve(self.clone(), socket));
         let mut listeners = Vec::new();
         for (addr, routes) in [
-            (self.config.webhook_listen, http::Routes::Webhooks),
-            (self.config.control_http_listen, http::Routes::Control),
+            (self.config.webhook_listen, control::http::Routes::Webhooks),
+            (self.config.control_http_listen, control::http::Routes::Control),
         ] {
             let Some(addr) = addr else { continue };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("{routes:?} listener on {addr}: {e}"))?;
             eprintln!("wfrun daemon: {routes:?} on http://{}", listener.local_addr()?);
-            listeners.push(tokio::spawn(http::serve(self.clone(), listener, routes)));
+            listeners.push(tokio::spawn(control::http::serve(self.clone(), listener, routes)));
         }
-        let scheduler = tokio::spawn(self.clone().schedule());
+        let scheduler = tokio::spawn(scheduler::run(self.clone()));
         eprintln!(
             "wfrun daemon: state directory {}, control socket {}, {} job(s)",
             self.state_dir.display(),
             self.state_dir.join(SOCKET_NAME).display(),
-            self.store.jobs()?.len()
+            self.jobs.len()
         );
 
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -260,322 +339,40 @@ impl Daemon {
         }
     }
 
-    /// The scheduler: sleeps until the next interval or cron job is due,
-    /// triggers it, and computes its next time from now.
-    async fn schedule(self: Arc<Self>) {
-        loop {
-            let changed = self.schedule_changed.notified();
-            let now = SystemTime::now();
-            let jobs = match self.store.jobs() {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::error!("reading jobs: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let mut due_now = Vec::new();
-            let mut earliest: Option<SystemTime> = None;
-            {
-                let mut next_due = self.next_due.lock().unwrap();
-                next_due.retain(|name, _| jobs.iter().any(|j| &j.name == name));
-                for job in &jobs {
-                    let Some(spec) = parse_spec(job) else { continue };
-                    let Some(schedule) = Schedule::of(&spec) else {
-                        next_due.remove(&job.name);
-                        continue;
-                    };
-                    let due = *next_due.entry(job.name.clone()).or_insert_with(|| {
-                        let last = job.last_run_at.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok());
-                        schedule.first_due(last, now)
-                    });
-                    if due <= now {
-                        if !job.paused {
-                            due_now.push(job.name.clone());
-                        }
-                        // One run per due time, even if it was missed by far.
-                        let next = schedule.next_after(now);
-                        next_due.insert(job.name.clone(), next);
-                        earliest = Some(earliest.map_or(next, |e| e.min(next)));
-                    } else {
-                        earliest = Some(earliest.map_or(due, |e| e.min(due)));
-                    }
-                }
-            }
-            for name in due_now {
-                match self.trigger(&name, None) {
-                    Ok(run_id) => tracing::info!("job {name}: started run {run_id} on schedule"),
-                    Err(e) if e.code == "busy" => tracing::warn!("job {name}: due, but still running; skipped"),
-                    Err(e) => tracing::warn!("job {name}: not started: {e}"),
-                }
-            }
-            let wait = earliest
-                .and_then(|e| e.duration_since(SystemTime::now()).ok())
-                .unwrap_or(Duration::from_secs(60))
-                .min(Duration::from_secs(60));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = changed => {}
-            }
-        }
-    }
-
-    /// Starts job `name` now (with `input` instead of its own, if given).
-    /// Returns the first run's id. Refused while stopping, for a paused job,
-    /// and for a job already running unless it allows overlap.
-    pub fn trigger(self: &Arc<Self>, name: &str, input: Option<String>) -> Result<String, DaemonError> {
-        let job = self.job(name)?;
-        if job.paused {
-            let why = job.paused_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-            return Err(DaemonError::new("paused", format!("job {name} is paused{why}; resume it first")));
-        }
-        let spec =
-            parse_spec(&job).ok_or_else(|| DaemonError::new("internal", format!("job {name}: bad stored spec")))?;
-        if let Some(input) = &input {
-            serde_json::from_str::<serde::de::IgnoredAny>(input)
-                .map_err(|e| DaemonError::new("invalid", format!("input for job {name} is not valid JSON: {e}")))?;
-        }
-        {
-            let mut busy = self.busy.lock().unwrap();
-            // Checked under the lock that `idle()` reads, so a stop cannot
-            // slip between this check and the job counting as busy.
-            if self.stopping.load(Ordering::SeqCst) {
-                return Err(DaemonError::new("shutting_down", "the daemon is stopping; no new runs"));
-            }
-            let count = busy.entry(name.to_owned()).or_insert(0);
-            if *count > 0 && !spec.allow_overlap {
-                return Err(DaemonError::new("busy", format!("job {name} is already running (allow_overlap is off)")));
-            }
-            *count += 1;
-        }
-        let run_id = new_run_id();
-        let cancel = Arc::new(Notify::new());
-        self.register(&run_id, name, &cancel);
-        let daemon = self.clone();
-        let name = name.to_owned();
-        let first = run_id.clone();
-        tokio::spawn(async move {
-            // Released however `supervise` ends, a panic included.
-            let _busy = BusyGuard { daemon: daemon.clone(), name: name.clone() };
-            daemon.supervise(&name, spec, input, first, cancel).await;
-        });
-        Ok(run_id)
-    }
-
-    /// Registers `run_id` as in flight for job `name`, so that `cancel` and
-    /// `status` see it (also while it waits for a slot or a retry).
-    fn register(&self, run_id: &str, name: &str, cancel: &Arc<Notify>) {
-        self.running.lock().unwrap().insert(
-            run_id.to_owned(),
-            Running { job: name.to_owned(), cancel: cancel.clone(), started: SystemTime::now() },
-        );
-    }
-
-    /// Runs a triggered job: attempts with backoff until one succeeds, one is
-    /// cancelled, the attempts run out (then the job is paused) or the daemon
-    /// stops.
-    async fn supervise(&self, name: &str, spec: JobSpec, input: Option<String>, first: String, cancel: Arc<Notify>) {
-        let retry = self.config.retry;
-        let mut run_id = first;
-        for attempt in 1..=retry.max_attempts {
-            let report = {
-                let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
-                // A retry does not start once the daemon is stopping, nor
-                // for a job paused or removed while it waited.
-                let gone = attempt > 1
-                    && (self.stopping.load(Ordering::SeqCst) || self.job(name).map_or(true, |job| job.paused));
-                if gone {
-                    self.running.lock().unwrap().remove(&run_id);
-                    return;
-                }
-                self.run_once(name, &spec, input.clone(), &run_id, cancel.clone()).await
-            };
-            self.running.lock().unwrap().remove(&run_id);
-            let status = match report.status {
-                RunStatus::Succeeded => "succeeded",
-                RunStatus::Failed => "failed",
-                RunStatus::Cancelled => "cancelled",
-            };
-            let failures = match self.store.record_job_run(name, &run_id, status) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!("job {name}: recording run {run_id}: {e}");
-                    0
-                }
-            };
-            if report.status != RunStatus::Failed || self.stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            let why = report.error_code.map(|c| c.as_str()).unwrap_or("failed");
-            if failures >= retry.max_attempts {
-                let reason = format!("{failures} consecutive failed runs; the last ({run_id}) ended with {why}");
-                tracing::warn!("job {name}: paused: {reason}");
-                let _ = self.store.set_job_paused(name, true, Some(&reason));
-                return;
-            }
-            if attempt == retry.max_attempts {
-                return;
-            }
-            // The retry is in flight from now: `cancel` and `status` see it.
-            run_id = new_run_id();
-            self.register(&run_id, name, &cancel);
-            let wait = retry.backoff(attempt);
-            tracing::warn!("job {name}: run ended with {why}; retrying as run {run_id} in {wait:?}");
-            let stop = tokio::select! {
-                () = tokio::time::sleep(wait) => false,
-                () = cancel.notified() => true,
-                () = self.stopped_or_stopping() => true,
-            };
-            if stop {
-                self.running.lock().unwrap().remove(&run_id);
-                return;
-            }
-        }
-    }
-
-    async fn stopped_or_stopping(&self) {
-        while !self.stopping.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// One run of `spec`, recorded under `run_id`, whatever happens.
-    async fn run_once(
-        &self,
-        name: &str,
-        spec: &JobSpec,
-        input: Option<String>,
-        run_id: &str,
-        cancel: Arc<Notify>,
-    ) -> RunReport {
-        let rejected = |code: ErrorCode, message: String, digest: Option<String>| {
-            let mut report = RunReport::rejected(code, message);
-            report.run_id = run_id.to_owned();
-            report.bundle_digest = digest.clone();
-            let new = NewRun {
-                id: run_id.to_owned(),
-                workflow: name.to_owned(),
-                version: "-".to_owned(),
-                bundle_path: spec.bundle.display().to_string(),
-                bundle_digest: digest.unwrap_or_default(),
-                kind: "-".to_owned(),
-                job: Some(name.to_owned()),
-            };
-            if let Err(e) =
-                self.store.begin_run(&new).and_then(|()| self.store.finish_run(name, &report, &StateWrites::new()))
-            {
-                tracing::error!("job {name}: recording rejected run {run_id}: {e}");
-            }
-            report
-        };
-        let bundle = match Bundle::read(&spec.bundle) {
-            Ok(bundle) => bundle,
-            Err(e) => return rejected(ErrorCode::InvalidBundle, e.to_string(), None),
-        };
-        let detached = crate::bundle::signature::read_detached(&spec.bundle);
-        let verified = detached
-            .map_err(|e| e.to_string())
-            .and_then(|d| bundle.verify(d.as_ref(), &self.trust).map_err(|e| e.to_string()));
-        if let Err(message) = verified {
-            return rejected(ErrorCode::InvalidBundle, message, Some(bundle.digest()));
-        }
-        let workflow = match Workflow::load(&self.sandbox, &bundle) {
-            Ok(workflow) => Arc::new(workflow),
-            Err(e) => return rejected(ErrorCode::InvalidBundle, e.to_string(), Some(bundle.digest())),
-        };
-        let execution = Execution {
-            input: input.unwrap_or_else(|| spec.input.clone()),
-            args: spec.args.clone(),
-            ceilings: LimitRequest {
-                memory_bytes: Some(spec.memory_bytes.unwrap_or(self.config.max_memory_bytes)),
-                timeout: spec.timeout,
-                fuel: spec.fuel,
-                ..LimitRequest::default()
-            },
-            grants: Grants { egress: Some(self.egress.clone()), ..Grants::default() },
-            cancel: Some(cancel),
-            run_id: Some(run_id.to_owned()),
-            job: Some(name.to_owned()),
-            ..Execution::default()
-        };
-        match workflow.run(&self.sandbox, Some(&self.store), execution).await {
-            Ok(report) => report,
-            Err(e) => {
-                tracing::error!("job {name}: run {run_id} could not be recorded: {e}");
-                RunReport::rejected(ErrorCode::InvalidInput, e.to_string())
-            }
-        }
-    }
-
-    /// Cancels run `run_id`; it is recorded `cancelled` within an epoch tick.
-    pub fn cancel(&self, run_id: &str) -> Result<String, DaemonError> {
-        let running = self.running.lock().unwrap();
-        let run =
-            running.get(run_id).ok_or_else(|| DaemonError::new("not_found", format!("no run {run_id} is running")))?;
-        run.cancel.notify_one();
-        Ok(run.job.clone())
-    }
-
+    /// Job `name`, or `not_found`.
     fn job(&self, name: &str) -> Result<JobRecord, DaemonError> {
-        self.store
-            .jobs()?
-            .into_iter()
-            .find(|j| j.name == name)
-            .ok_or_else(|| DaemonError::new("not_found", format!("no job named {name}")))
+        self.jobs.get(name).ok_or_else(|| DaemonError::JobNotFound { name: name.to_owned() })
     }
 
-    /// Adds or replaces a job from the control plane.
-    pub fn add_job(&self, name: &str, spec: &JobSpec) -> Result<(), DaemonError> {
-        spec.validate(name).map_err(|e| DaemonError::new("invalid", e))?;
-        self.config.check_memory(name, spec).map_err(|e| DaemonError::new("invalid", e))?;
-        if !spec.bundle.is_file() {
-            return Err(DaemonError::new("invalid", format!("job {name}: no bundle at {}", spec.bundle.display())));
-        }
-        let text = serde_json::to_string(spec).map_err(|e| DaemonError::new("internal", e.to_string()))?;
-        self.store.put_job(name, &text, "cli")?;
-        self.next_due.lock().unwrap().remove(name);
-        self.schedule_changed.notify_one();
-        Ok(())
+    /// Called by the scheduler with every time-triggered job's next time.
+    fn publish_next_due(&self, next: BTreeMap<String, SystemTime>) {
+        *self.next_due.lock().unwrap() = next;
     }
 
-    /// Removes a job; runs in flight finish.
-    pub fn remove_job(&self, name: &str) -> Result<(), DaemonError> {
-        if !self.store.remove_job(name)? {
-            return Err(DaemonError::new("not_found", format!("no job named {name}")));
-        }
+    /// Makes the scheduler compute `name`'s schedule again, now.
+    fn reschedule(&self, name: &str) {
+        self.schedule_forget.lock().unwrap().push(name.to_owned());
         self.schedule_changed.notify_one();
-        Ok(())
-    }
-
-    /// Pauses or resumes a job.
-    pub fn set_paused(&self, name: &str, paused: bool) -> Result<(), DaemonError> {
-        let reason = paused.then_some("paused by the operator");
-        if !self.store.set_job_paused(name, paused, reason)? {
-            return Err(DaemonError::new("not_found", format!("no job named {name}")));
-        }
-        self.schedule_changed.notify_one();
-        Ok(())
     }
 
     /// What `wfrun status` shows.
     pub fn status(&self) -> Result<Status, DaemonError> {
         let next_due = self.next_due.lock().unwrap().clone();
+        let running_jobs: Vec<String> = self.running.lock().unwrap().values().map(|r| r.job.clone()).collect();
         let jobs = self
-            .store
-            .jobs()?
+            .jobs
+            .all()
             .into_iter()
             .map(|mut job| {
-                let spec = parse_spec(&job);
                 // The webhook secret never leaves the daemon.
-                if let Some(spec) = spec.as_ref().filter(|s| s.webhook_secret.is_some()) {
-                    let redacted = JobSpec { webhook_secret: Some("redacted".to_owned()), ..spec.clone() };
-                    job.spec = serde_json::to_string(&redacted).unwrap_or_default();
+                if job.spec.webhook_secret.is_some() {
+                    job.spec.webhook_secret = Some("redacted".to_owned());
                 }
                 JobStatus {
-                    trigger: spec.as_ref().map(describe).unwrap_or_default(),
-                    bundle: spec.as_ref().map(|s| s.bundle.display().to_string()).unwrap_or_default(),
+                    trigger: job.spec.trigger.to_string(),
+                    bundle: job.spec.bundle.display().to_string(),
                     next_due: next_due.get(&job.name).map(|t| humantime::format_rfc3339_seconds(*t).to_string()),
-                    running: self.running.lock().unwrap().values().filter(|r| r.job == job.name).count(),
+                    running: running_jobs.iter().filter(|j| **j == job.name).count(),
                     job,
                 }
             })
@@ -593,12 +390,14 @@ impl Daemon {
             .collect();
         Ok(Status {
             pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             state_dir: self.state_dir.display().to_string(),
             started_at: humantime::format_rfc3339_seconds(self.started).to_string(),
             uptime_s: self.started.elapsed().unwrap_or_default().as_secs(),
             max_concurrent_runs: self.config.max_concurrent_runs,
             stopping: self.stopping.load(Ordering::SeqCst),
+            trust: TrustStatus { mode: self.policy.trust.mode(), trusted_keys: self.policy.trust.key_ids() },
+            programs: self.programs.stats(),
             running,
             jobs,
         })
@@ -607,16 +406,6 @@ impl Daemon {
     /// The control API's bearer token, if the HTTP control API is on.
     fn control_token(&self) -> Option<&str> {
         self.control_token.as_deref()
-    }
-
-    /// The spec of a webhook job, for the webhook listener.
-    fn webhook_job(&self, name: &str) -> Result<JobSpec, DaemonError> {
-        let job = self.job(name)?;
-        let spec = parse_spec(&job).ok_or_else(|| DaemonError::new("internal", "bad stored spec"))?;
-        if spec.trigger != Trigger::Webhook {
-            return Err(DaemonError::new("not_found", format!("job {name} is not a webhook job")));
-        }
-        Ok(spec)
     }
 }
 
@@ -655,55 +444,13 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Counts a job's trigger as finished when dropped, and wakes `idle()`.
-struct BusyGuard {
-    daemon: Arc<Daemon>,
-    name: String,
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        let mut busy = self.daemon.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = busy.get_mut(&self.name) {
-            *count -= 1;
-            if *count == 0 {
-                busy.remove(&self.name);
-            }
-        }
-        if busy.is_empty() {
-            self.daemon.became_idle.notify_waiters();
-        }
-    }
-}
-
-fn parse_spec(job: &JobRecord) -> Option<JobSpec> {
-    match serde_json::from_str(&job.spec) {
-        Ok(spec) => Some(spec),
-        Err(e) => {
-            tracing::error!("job {}: stored definition does not parse: {e}", job.name);
-            None
-        }
-    }
-}
-
-/// A job's trigger in words: `every 30s`, `cron "*/5 * * * *" (UTC)`,
-/// `webhook`, `manual`.
-pub fn describe(spec: &JobSpec) -> String {
-    match &spec.trigger {
-        Trigger::Every(d) => format!("every {}", humantime::format_duration(*d)),
-        Trigger::Cron(expr) => format!("cron \"{expr}\" ({})", spec.timezone.as_deref().unwrap_or("UTC")),
-        Trigger::Webhook => "webhook".to_owned(),
-        Trigger::Manual => "manual".to_owned(),
-    }
-}
-
 /// The daemon's state, as `status` returns it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     /// The daemon's process id.
     pub pid: u32,
     /// wfrun's version.
-    pub version: &'static str,
+    pub version: String,
     /// The state directory.
     pub state_dir: String,
     /// When it started.
@@ -714,14 +461,27 @@ pub struct Status {
     pub max_concurrent_runs: usize,
     /// Whether it is draining.
     pub stopping: bool,
+    /// How bundles' signatures are treated.
+    pub trust: TrustStatus,
+    /// The prepared-program cache.
+    pub programs: CacheStats,
     /// Runs in flight.
     pub running: Vec<RunningStatus>,
     /// Every job.
     pub jobs: Vec<JobStatus>,
 }
 
+/// The trust mode, as `status` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrustStatus {
+    /// `signed_only` or `unsigned_allowed`.
+    pub mode: TrustMode,
+    /// The ids of the trusted keys.
+    pub trusted_keys: Vec<String>,
+}
+
 /// A run in flight.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RunningStatus {
     /// Its id.
     pub run_id: String,
@@ -732,7 +492,7 @@ pub struct RunningStatus {
 }
 
 /// A job with its schedule.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct JobStatus {
     /// The stored job.
     #[serde(flatten)]

@@ -10,7 +10,8 @@
 //! the `[egress]` table that release manifests will share.
 
 use super::rule::{Host, Rule, RuleError, Scheme, Target};
-use serde::{Deserialize, Serialize};
+pub use crate::outcome::{PolicyViolation, RuleSet};
+use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
@@ -37,34 +38,6 @@ impl Default for HttpLimits {
             max_concurrent_requests: 8,
         }
     }
-}
-
-/// Which check refused a request. Serialised in `snake_case`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleSet {
-    /// No operator rule (`--allow-host`, `--policy`) allows the target.
-    Operator,
-    /// The bundle's `capabilities.egress` does not request the target.
-    Bundle,
-    /// The host resolved only to addresses that no IP or CIDR rule names.
-    Address,
-    /// A bound: response size, concurrent requests.
-    Limits,
-}
-
-/// One refused request or connection, as recorded in the run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyViolation {
-    /// Which check refused it.
-    pub rule_set: RuleSet,
-    /// What was asked for: `scheme://host:port`.
-    pub target: String,
-    /// Why, in words.
-    pub reason: String,
-    /// For a workflow: the node that asked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
 }
 
 /// The egress policy of a run.

@@ -9,18 +9,18 @@
 //!
 //! Loading an artifact is `unsafe` in wasmtime: it is machine code, trusted
 //! as is. The cache is safe by construction:
-//! - entries are written to a temporary file (mode 0600) and renamed into a
-//!   directory private to the user (0700), so a reader never sees half a file;
+//! - entries are written atomically ([`write_atomic`]: a temporary file,
+//!   mode 0600, fsynced and renamed) into a directory private to the user
+//!   (0700), so a reader never sees half a file;
 //! - each entry starts with the SHA-256 of the artifact, and the bytes that
 //!   are hashed are the bytes that are deserialized (no re-read, no window
 //!   to swap the file);
 //! - an entry that is truncated, corrupt or made by an incompatible engine
 //!   is removed and the component compiled again; it is never executed.
 
-use crate::files::{create_private_dir, create_private_file};
+use crate::files::{Mode, create_private_dir, write_atomic};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -61,14 +61,19 @@ impl ArtifactCache {
         &self.dir
     }
 
-    fn entry(&self, component: &[u8]) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", hex::encode(Sha256::digest(component)), self.engine_key))
+    fn entry(&self, digest: &[u8]) -> PathBuf {
+        self.dir.join(format!("{}-{}.cwasm", hex::encode(digest), self.engine_key))
     }
 
-    /// The compiled form of `component`: from the cache if a sound entry is
-    /// there, else compiled and stored.
-    pub fn load_or_compile(&self, engine: &Engine, component: &[u8]) -> wasmtime::Result<(Component, Origin)> {
-        let path = self.entry(component);
+    /// The compiled form of `component` (whose SHA-256 is `digest`): from
+    /// the cache if a sound entry is there, else compiled and stored.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        component: &[u8],
+        digest: &[u8],
+    ) -> wasmtime::Result<(Component, Origin)> {
+        let path = self.entry(digest);
         let mut origin = Origin::Compiled;
         if let Ok(bytes) = std::fs::read(&path) {
             match checked_artifact(&bytes).map(|artifact| deserialize(engine, artifact)) {
@@ -91,13 +96,11 @@ impl ArtifactCache {
     fn store(&self, path: &Path, compiled: &Component) -> anyhow::Result<()> {
         let artifact = compiled.serialize()?;
         create_private_dir(&self.dir)?;
-        let temp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut file = create_private_file(&temp, false)?;
-        file.write_all(MAGIC)?;
-        file.write_all(&Sha256::digest(&artifact))?;
-        file.write_all(&artifact)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
+        let mut entry = Vec::with_capacity(MAGIC.len() + 32 + artifact.len());
+        entry.extend_from_slice(MAGIC);
+        entry.extend_from_slice(&Sha256::digest(&artifact));
+        entry.extend_from_slice(&artifact);
+        write_atomic(path, &entry, Mode::Private)?;
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! The per-run store data and the host side of the guest's imports.
 //!
-//! [`RunState`] is what each `Store` carries: the WASI context (with only the
+//! [`GuestState`] is what each `Store` carries: the WASI context (with only the
 //! granted files and environment), the resource table, the
 //! [`StoreLimiter`](super::limits::StoreLimiter), and the bounded log of
 //! `log` import calls. It implements the `Host` traits of the `wfrun:node`
@@ -127,7 +127,7 @@ impl Trace {
 }
 
 /// The data of one run's `Store`.
-pub struct RunState {
+pub struct GuestState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limiter: StoreLimiter,
@@ -138,19 +138,19 @@ pub struct RunState {
     pub(super) egress: EgressHooks,
 }
 
-impl WasiView for RunState {
+impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
-impl WasiHttpView for RunState {
+impl WasiHttpView for GuestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
     }
 }
 
-impl log::Host for RunState {
+impl log::Host for GuestState {
     async fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let level = match level {
             log::Level::Trace => "trace",
@@ -164,7 +164,7 @@ impl log::Host for RunState {
     }
 }
 
-impl state::Host for RunState {
+impl state::Host for GuestState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, state::StateError>> {
         let Some(state) = &self.services.state else { return Ok(Err(state::StateError::Unavailable)) };
         let result = state.get(&key)?;
@@ -197,7 +197,7 @@ impl state::Host for RunState {
     }
 }
 
-impl config::Host for RunState {
+impl config::Host for GuestState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, config::ConfigError>> {
         let Some(config) = &self.services.config else { return Ok(Err(config::ConfigError::Unavailable)) };
         let value = config.get(&key).cloned();

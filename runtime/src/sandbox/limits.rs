@@ -1,84 +1,14 @@
-//! Per-run limits and their enforcement inside the store.
+//! The enforcement of a run's [`Limits`] inside the store.
 //!
-//! [`Limits`] is the budget of one run: fuel, linear memory, wall-clock time,
-//! output and captured bytes, table elements, host resources, and counts of
-//! core instances, tables and memories.
+//! [`Limits`] (in [`crate::limits`]) is the budget of one run.
 //! [`StoreLimiter`] is the `wasmtime::ResourceLimiter` that enforces the
 //! memory side and records the peak. When a guest goes past a limit, the host
 //! raises a [`LimitExceeded`] error as a trap; [`classify`] later turns any
 //! trap into one stable [`ErrorCode`].
 
+pub use crate::limits::Limits;
 use crate::outcome::ErrorCode;
-use std::time::Duration;
 use wasmtime::{ResourceLimiter, Trap};
-
-/// The budget of one run. Every field has a default, documented in
-/// `wfrun exec --help` and `docs/cli.md`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Fuel units the guest may consume (about one per wasm instruction).
-    pub fuel: u64,
-    /// Bytes of linear memory, summed over every memory of the instance.
-    pub memory_bytes: u64,
-    /// Wall-clock time from instantiation to the end of the run.
-    pub timeout: Duration,
-    /// Bytes of a node's output JSON.
-    pub output_bytes: u64,
-    /// Bytes captured from stdout and from stderr (each).
-    pub stdio_bytes: u64,
-    /// Bytes of `log` messages.
-    pub log_bytes: u64,
-    /// Core instances created by one run.
-    pub instances: usize,
-    /// Tables created by one run.
-    pub tables: usize,
-    /// Linear memories created by one run.
-    pub memories: usize,
-    /// Table elements, summed over all tables of the instance.
-    pub table_elements: usize,
-    /// Host resources (open files, streams, pollables) the guest may hold at
-    /// once in its resource table.
-    pub resources: usize,
-}
-
-impl Limits {
-    /// Default fuel: 10 billion units, under a second of tight-loop guest
-    /// CPU on this project's machines (15–22 G units/s, docs/performance.md).
-    pub const DEFAULT_FUEL: u64 = 10_000_000_000;
-    /// Default memory: 128 MiB across all linear memories.
-    pub const DEFAULT_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
-    /// Default timeout: 30 seconds.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-    /// Default node output: 16 MiB.
-    pub const DEFAULT_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
-    /// Default captured stdout and stderr: 8 MiB each.
-    pub const DEFAULT_STDIO_BYTES: u64 = 8 * 1024 * 1024;
-    /// Default log bytes: 4 MiB.
-    pub const DEFAULT_LOG_BYTES: u64 = 4 * 1024 * 1024;
-    /// The longest timeout a run may have: 7 days. Longer ones are clamped.
-    pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            fuel: Self::DEFAULT_FUEL,
-            memory_bytes: Self::DEFAULT_MEMORY_BYTES,
-            timeout: Self::DEFAULT_TIMEOUT,
-            output_bytes: Self::DEFAULT_OUTPUT_BYTES,
-            stdio_bytes: Self::DEFAULT_STDIO_BYTES,
-            log_bytes: Self::DEFAULT_LOG_BYTES,
-            // A Rust wasm32-wasip2 component needs about 6 core instances,
-            // 2 tables and 2 memories; these leave generous headroom while
-            // bounding what a hostile component can make the host allocate.
-            instances: 100,
-            tables: 100,
-            memories: 16,
-            table_elements: 100_000,
-            resources: 10_000,
-        }
-    }
-}
 
 /// A limit the guest went past, raised by the host as a trap.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,10 +3,11 @@
 //! [`Sandbox`] owns the `Engine` (component model, fuel metering, epoch
 //! interruption, a bounded wasm stack), the `Linker` with WASI 0.2 and the
 //! `wfrun:node` imports, and the thread that advances the epoch. It is built
-//! once and shared. [`Sandbox::load`] compiles a [`Bundle`] into a
+//! once and shared. [`Sandbox::load`] compiles a component's bytes into a
 //! [`Program`]: the component classified as a node or a job and
 //! pre-instantiated, so nothing that can be done at load time is done per
-//! run. [`Sandbox::run`] runs a program once under a [`RunRequest`]'s limits
+//! run. The sandbox knows nothing of bundle files, workflows or the store:
+//! it takes bytes and a name, and reports a [`LoadError`]. [`Sandbox::run`] runs a program once under a [`RunRequest`]'s limits
 //! and grants and always returns a [`RunReport`]: a guest can make a run fail,
 //! never the host.
 //!
@@ -24,14 +25,14 @@ pub use capture::Tee;
 pub use host::{NodeServices, StateAccess};
 pub use limits::{LimitExceeded, Limits};
 
-use crate::bundle::{Bundle, BundleError};
 use crate::egress::client::EgressHooks;
 use crate::egress::{EgressPolicy, EgressRun, rule::Scheme};
 use crate::outcome::{ErrorCode, GuestKind, NodeFailure, RunReport, RunStatus};
 use capture::{Capture, EchoThread};
-use host::{LogSink, RunState, Trace};
+use host::{GuestState, LogSink, Trace};
 use limits::{StoreLimiter, classify};
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +98,50 @@ impl Default for EngineOptions {
     }
 }
 
+/// Why a component cannot be loaded. Every variant names the component.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// The component does not validate or compile.
+    #[error("{name}: invalid component: {reason}")]
+    Invalid {
+        /// The component's name (its bundle path, or `path#node`).
+        name: String,
+        /// What the validator or compiler said.
+        reason: String,
+    },
+    /// The component exports neither a node nor a command.
+    #[error(
+        "{name}: exports neither `{node}` (a node) nor `wasi:cli/run@0.2.x` (a job); \
+         its exports are: {exports}",
+        node = wfrun_host_api::HANDLER_EXPORT
+    )]
+    NoKnownWorld {
+        /// The component's name.
+        name: String,
+        /// The component's export names, comma-separated (or `none`).
+        exports: String,
+    },
+    /// The component imports something wfrun does not offer.
+    #[error("{name}: cannot be linked: {reason}")]
+    Unlinkable {
+        /// The component's name.
+        name: String,
+        /// The linker's explanation, naming the import.
+        reason: String,
+    },
+}
+
+impl LoadError {
+    /// The stable detail code under `invalid_bundle`.
+    pub fn detail(&self) -> &'static str {
+        match self {
+            LoadError::Invalid { .. } => "invalid_component",
+            LoadError::NoKnownWorld { .. } => "no_known_world",
+            LoadError::Unlinkable { .. } => "unlinkable",
+        }
+    }
+}
+
 /// Why a sandbox could not be built: a broken engine configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot configure the wasm engine: {0}")]
@@ -105,7 +150,7 @@ pub struct SandboxError(String);
 /// One process's wasm engine, linker and epoch clock.
 pub struct Sandbox {
     engine: Engine,
-    linker: Linker<RunState>,
+    linker: Linker<GuestState>,
     options: EngineOptions,
     cache: Option<cache::ArtifactCache>,
     _ticker: Option<EpochTicker>,
@@ -128,8 +173,8 @@ pub struct Program {
 
 #[derive(Clone)]
 enum ProgramPre {
-    Node(NodePre<RunState>),
-    Job(CommandPre<RunState>),
+    Node(NodePre<GuestState>),
+    Job(CommandPre<GuestState>),
 }
 
 impl std::fmt::Debug for Program {
@@ -147,7 +192,7 @@ impl Program {
         }
     }
 
-    /// `sha256:<hex>` of the bundle it was loaded from.
+    /// `sha256:<hex>` of the component it was loaded from.
     pub fn digest(&self) -> &str {
         &self.digest
     }
@@ -260,40 +305,43 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
-        Node::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
+        Node::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
         let ticker = options.epoch_interruption.then(|| EpochTicker::start(engine.clone()));
         let cache = options.cache_dir.as_deref().map(|dir| cache::ArtifactCache::new(dir, &engine));
         Ok(Sandbox { engine, linker, options, cache, _ticker: ticker })
     }
 
-    /// Compiles `bundle`, decides whether it is a node or a job, and
-    /// pre-instantiates it against the linker.
-    pub fn load(&self, bundle: &Bundle) -> Result<Program, BundleError> {
-        let path = bundle.path().to_path_buf();
+    /// Compiles `component` (the bytes of one component, named `name` in
+    /// errors and as a job's `argv[0]`), decides whether it is a node or a
+    /// job, and pre-instantiates it against the linker.
+    pub fn load(&self, component: &[u8], name: &str) -> Result<Program, LoadError> {
+        let digest = Sha256::digest(component);
         let compiled = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, bundle.bytes()),
-            None => Component::new(&self.engine, bundle.bytes()).map(|c| (c, Origin::Compiled)),
+            Some(cache) => cache.load_or_compile(&self.engine, component, &digest),
+            None => Component::new(&self.engine, component).map(|c| (c, Origin::Compiled)),
         };
         let (component, origin) =
-            compiled.map_err(|e| BundleError::Invalid { path: path.clone(), reason: format!("{e:#}") })?;
+            compiled.map_err(|e| LoadError::Invalid { name: name.to_owned(), reason: format!("{e:#}") })?;
         let exports: Vec<String> =
             component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
         let is_node = exports.iter().any(|e| e == wfrun_host_api::HANDLER_EXPORT);
         let is_job = exports.iter().any(|e| e.starts_with(wfrun_host_api::COMMAND_EXPORT_PREFIX));
         if !is_node && !is_job {
             let exports = if exports.is_empty() { "none".to_owned() } else { exports.join(", ") };
-            return Err(BundleError::NoKnownWorld { path, exports });
+            return Err(LoadError::NoKnownWorld { name: name.to_owned(), exports });
         }
-        let unlinkable = |e: wasmtime::Error| BundleError::Unlinkable { path: path.clone(), reason: format!("{e:#}") };
+        let unlinkable = |e: wasmtime::Error| LoadError::Unlinkable { name: name.to_owned(), reason: format!("{e:#}") };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(unlinkable)?;
         let pre = if is_node {
             ProgramPre::Node(NodePre::new(instance_pre).map_err(unlinkable)?)
         } else {
             ProgramPre::Job(CommandPre::new(instance_pre).map_err(unlinkable)?)
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "guest".to_owned());
-        Ok(Program { pre, digest: bundle.digest(), name, origin })
+        // argv[0] of a job: the file name, as `wasmtime run` gives it.
+        let file_name = name.rsplit('/').next().unwrap_or(name);
+        let argv0 = if file_name.is_empty() { "guest" } else { file_name };
+        Ok(Program { pre, digest: format!("sha256:{}", hex::encode(digest)), name: argv0.to_owned(), origin })
     }
 
     /// Runs `program` once. Every failure the guest can cause, and every
@@ -329,7 +377,7 @@ impl Sandbox {
         };
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.resources);
-        let state = RunState {
+        let state = GuestState {
             wasi,
             table,
             limiter: StoreLimiter::new(limits),
@@ -370,7 +418,7 @@ impl Sandbox {
         report.stderr = stderr.contents();
         // Destructuring drops the rest (the WASI context and its stream
         // handles) here, before the echo thread is told to finish.
-        let RunState { logs, trace, .. } = store.into_data();
+        let GuestState { logs, trace, .. } = store.into_data();
         report.logs = logs.into_lines();
         report.trace = trace.into_calls();
         report.policy_violations = egress.violations();
@@ -424,7 +472,7 @@ enum Returned {
     Job(Result<(), ()>),
 }
 
-async fn call(pre: &ProgramPre, store: &mut Store<RunState>, input: &str) -> wasmtime::Result<Returned> {
+async fn call(pre: &ProgramPre, store: &mut Store<GuestState>, input: &str) -> wasmtime::Result<Returned> {
     match pre {
         ProgramPre::Node(pre) => {
             let node = pre.instantiate_async(&mut *store).await?;

@@ -1,31 +1,37 @@
-//! Workflows: the definition, its validation, and the executor.
+//! Workflows: planning and the executor.
 //!
 //! [`Workflow::load`] turns a [`Bundle`] into something runnable: a plain
 //! component becomes a one-node workflow (named after its file, its node
-//! called `main`), a workflow bundle is planned (see [`definition`]) and each
-//! of its nested components compiled once. [`Workflow::run`] executes it:
-//! nodes in dependency order, independent ones at the same time up to
-//! `max_parallel`, each node's input built from the workflow input and its
-//! dependencies' outputs, retryable node errors retried with exponential
-//! backoff, and on a failure every node not yet started marked `skipped`.
+//! called `main`), a workflow bundle is planned ([`plan`]) and each of its
+//! nested components compiled once through the sandbox. [`Workflow::run`]
+//! executes it under a [`Grant`] (what the operator's policy admitted: limits
+//! per node, egress, parallelism, the state quota): nodes in dependency
+//! order, independent ones at the same time up to `max_parallel`, each
+//! node's input built from the workflow input and its dependencies' outputs,
+//! retryable node errors retried with exponential backoff, and on a failure
+//! every node not yet started marked `skipped`. [`pack`] makes a workflow
+//! bundle from a `workflow.toml`.
 //!
 //! Durable state goes through a two-level overlay ([`state`]): a node
 //! attempt's writes are kept only if the attempt succeeds, and the run's
 //! writes reach SQLite only if the whole run succeeds, in the same
 //! transaction that records the run.
 
-mod definition;
+mod pack;
+pub mod plan;
 mod state;
 
-pub use definition::{
-    Capabilities, DefinitionError, LimitRequest, LimitSpec, MAX_BACKOFF, NodeDef, Plan, Reference, RetryPolicy,
-    RetrySpec, StateQuota, Trigger, WorkflowDef,
-};
+pub use pack::{PackError, pack};
+pub use plan::{MAIN_NODE, MAX_BACKOFF, Plan, Reference, RetryError, RetryPolicy};
 
 use crate::bundle::{Bundle, BundleError};
-use crate::egress::{EgressPolicy, PolicyViolation, Rule};
-use crate::outcome::{ErrorCode, GuestKind, NodeRecord, RunReport, RunStatus, new_run_id};
-use crate::sandbox::{Echo, Grants, NodeServices, Program, RunRequest, Sandbox, StateAccess};
+use crate::egress::{EgressPolicy, PolicyViolation};
+use crate::limits::Limits;
+use crate::manifest::{DefinitionError, NodeDef, StateQuota};
+use crate::outcome::{ErrorCode, GuestKind, NodeRecord, NodeStatus, RunReport, RunStatus, new_run_id};
+use crate::sandbox::{
+    Echo, Grants, LoadError as ProgramError, NodeServices, Program, RunRequest, Sandbox, StateAccess,
+};
 use crate::store::{NewRun, StateWrites, Store, StoreError, now};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -41,19 +47,15 @@ use tokio::task::JoinSet;
 /// Nodes of one run at the same time, unless the operator says otherwise.
 pub const DEFAULT_MAX_PARALLEL: usize = 4;
 
-/// The most state any workflow may ask for, whatever its quota says.
-pub const STATE_QUOTA_CEILING: StateQuota =
-    StateQuota { max_keys: 100_000, max_value_bytes: 1024 * 1024, max_total_bytes: 64 * 1024 * 1024 };
-
-/// The node id of a plain component run as a one-node workflow.
-pub const MAIN_NODE: &str = "main";
-
 /// Why a bundle cannot be run as a workflow.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The bundle or one of its components is unusable.
+    /// The bundle file is unusable.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// One of its components does not compile or link.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
     /// The embedded definition does not validate.
     #[error("{path}: workflow `{name}`: {source}")]
     Definition {
@@ -74,6 +76,33 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The stable detail code under `invalid_bundle`.
+    pub fn detail(&self) -> &'static str {
+        match self {
+            LoadError::Bundle(e) => e.detail(),
+            LoadError::Program(e) => e.detail(),
+            LoadError::Definition { .. } => "invalid_definition",
+            LoadError::NotANode { .. } => "not_a_node",
+        }
+    }
+}
+
+/// What the operator's policy granted one run of a workflow
+/// (`policy::Policy::admit` makes it).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The limits of each node, by id.
+    pub limits: BTreeMap<String, Limits>,
+    /// The egress every node gets: the operator's grant narrowed to what
+    /// the workflow requests.
+    pub egress: Arc<EgressPolicy>,
+    /// Nodes at once, at most.
+    pub max_parallel: usize,
+    /// The workflow's state quota.
+    pub quota: StateQuota,
+}
+
 struct Step {
     program: Program,
     def: Option<NodeDef>,
@@ -82,22 +111,18 @@ struct Step {
 
 /// A bundle ready to run: its plan and one compiled program per node.
 pub struct Workflow {
-    name: String,
-    version: String,
-    kind: GuestKind,
     bundle_path: String,
     digest: String,
     plan: Plan,
     steps: BTreeMap<String, Step>,
-    max_parallel: usize,
-    quota: StateQuota,
-    /// The egress a workflow requests; `None` for a plain component.
-    egress_request: Option<Vec<Rule>>,
 }
 
 impl std::fmt::Debug for Workflow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workflow").field("name", &self.name).field("order", &self.plan.order).finish_non_exhaustive()
+        f.debug_struct("Workflow")
+            .field("name", &self.plan.name)
+            .field("order", &self.plan.order)
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,13 +135,8 @@ pub struct Execution {
     pub args: Vec<String>,
     /// Give a plain job this process's stdin.
     pub inherit_stdin: bool,
-    /// The operator's ceilings: each node gets what it requests, never more
-    /// than these (each `None` meaning the default limit).
-    pub ceilings: LimitRequest,
-    /// Nodes at once, at most, whatever the workflow asks for
-    /// (`None`: [`DEFAULT_MAX_PARALLEL`]).
-    pub max_parallel: Option<usize>,
-    /// Files and environment granted to every node.
+    /// Files and environment granted to every node (the egress grant comes
+    /// from the [`Grant`]).
     pub grants: Grants,
     /// What to echo live.
     pub echo: Echo,
@@ -137,8 +157,6 @@ impl std::fmt::Debug for Execution {
         f.debug_struct("Execution")
             .field("input_bytes", &self.input.len())
             .field("args", &self.args)
-            .field("ceilings", &self.ceilings)
-            .field("max_parallel", &self.max_parallel)
             .field("grants", &self.grants)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
@@ -170,33 +188,15 @@ impl Workflow {
     pub fn load(sandbox: &Sandbox, bundle: &Bundle) -> Result<Workflow, LoadError> {
         let path = bundle.path().display().to_string();
         let Some(embedded) = bundle.workflow() else {
-            let program = sandbox.load(bundle)?;
+            let program = sandbox.load(bundle.bytes(), &path)?;
             let name =
                 bundle.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "main".into());
-            let kind = program.kind();
+            let plan = Plan::single(name, program.kind(), program.digest().to_owned());
             let steps = BTreeMap::from([(MAIN_NODE.to_owned(), Step { program, def: None, config: Arc::default() })]);
-            let plan = Plan {
-                order: vec![MAIN_NODE.to_owned()],
-                // A plain component asks for nothing: it gets the ceilings.
-                limits: BTreeMap::from([(MAIN_NODE.to_owned(), LimitRequest::default())]),
-                retries: BTreeMap::new(),
-                outputs: vec![MAIN_NODE.to_owned()],
-            };
-            return Ok(Workflow {
-                name,
-                version: "-".to_owned(),
-                kind,
-                bundle_path: path,
-                digest: bundle.digest(),
-                plan,
-                steps,
-                max_parallel: 1,
-                quota: StateQuota::default(),
-                egress_request: None,
-            });
+            return Ok(Workflow { bundle_path: path, digest: bundle.digest(), plan, steps });
         };
         let def = &embedded.definition;
-        let plan = def.plan().map_err(|source| LoadError::Definition {
+        let mut plan = Plan::of(def).map_err(|source| LoadError::Definition {
             path: path.clone(),
             name: def.name.clone(),
             source: Box::new(source),
@@ -209,14 +209,14 @@ impl Workflow {
                 std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
                 std::collections::btree_map::Entry::Vacant(slot) => {
                     let bytes = bundle.nested_component(index).expect("checked when the bundle was read");
-                    let component = Bundle::from_bytes(format!("{path}#{id}"), bytes.to_vec())?;
-                    let program = sandbox.load(&component)?;
+                    let program = sandbox.load(bytes, &format!("{path}#{id}"))?;
                     if program.kind() != GuestKind::Node {
                         return Err(LoadError::NotANode { path, node: id.clone() });
                     }
                     slot.insert(program)
                 }
             };
+            plan.components.insert(id.clone(), program.digest().to_owned());
             let step = Step {
                 program: program.clone(),
                 def: Some(node.clone()),
@@ -224,33 +224,27 @@ impl Workflow {
             };
             steps.insert(id.clone(), step);
         }
-        Ok(Workflow {
-            name: def.name.clone(),
-            version: def.version.clone(),
-            kind: GuestKind::Workflow,
-            bundle_path: path,
-            digest: bundle.digest(),
-            plan,
-            steps,
-            max_parallel: def.max_parallel,
-            quota: StateQuota {
-                max_keys: def.capabilities.state.max_keys.min(STATE_QUOTA_CEILING.max_keys),
-                max_value_bytes: def.capabilities.state.max_value_bytes.min(STATE_QUOTA_CEILING.max_value_bytes),
-                max_total_bytes: def.capabilities.state.max_total_bytes.min(STATE_QUOTA_CEILING.max_total_bytes),
-            },
-            // Every rule parsed when plan() validated the definition.
-            egress_request: Some(def.capabilities.egress.iter().filter_map(|rule| Rule::parse(rule).ok()).collect()),
-        })
+        Ok(Workflow { bundle_path: path, digest: bundle.digest(), plan, steps })
     }
 
     /// The workflow's name (a plain component's file stem).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.plan.name
     }
 
     /// Workflow, node or job.
     pub fn kind(&self) -> GuestKind {
-        self.kind
+        self.plan.kind
+    }
+
+    /// What it asks for: its plan, for the policy to admit.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// `sha256:<hex>` of the bundle file.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// Runs the workflow once, recording it in `store` if given. Fails only
@@ -259,39 +253,38 @@ impl Workflow {
         self: &Arc<Self>,
         sandbox: &Arc<Sandbox>,
         store: Option<&Arc<Store>>,
+        grant: &Grant,
         execution: Execution,
     ) -> Result<RunReport, StoreError> {
         let run_id = execution.run_id.clone().unwrap_or_else(new_run_id);
         if let Some(store) = store {
             store.begin_run(&NewRun {
                 id: run_id.clone(),
-                workflow: self.name.clone(),
-                version: self.version.clone(),
+                workflow: self.plan.name.clone(),
+                version: self.plan.version.clone(),
                 bundle_path: self.bundle_path.clone(),
                 bundle_digest: self.digest.clone(),
-                kind: serde_json::to_value(self.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                kind: Some(self.plan.kind),
                 job: execution.job.clone(),
             })?;
         }
         let started = Instant::now();
-        let overlay = store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.name.clone(), self.quota)));
+        let overlay = store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.plan.name.clone(), grant.quota)));
         // The effective egress policy, once per run: every node shares it.
-        let egress = self.egress(&execution);
-        let execution = Execution { grants: Grants { egress: Some(egress.clone()), ..execution.grants }, ..execution };
-        let (mut report, records) = self.execute(sandbox, store, &run_id, overlay.clone(), &execution).await;
+        let execution =
+            Execution { grants: Grants { egress: Some(grant.egress.clone()), ..execution.grants }, ..execution };
+        let (mut report, records) = self.execute(sandbox, store, &run_id, overlay.clone(), grant, &execution).await;
         report.run_id = run_id.clone();
-        report.kind = Some(self.kind);
-        report.workflow = Some(self.name.clone());
+        report.kind = Some(self.plan.kind);
+        report.workflow = Some(self.plan.name.clone());
         report.bundle_digest = Some(self.digest.clone());
-        if self.kind == GuestKind::Workflow || report.status == RunStatus::Cancelled {
+        let kind = self.plan.kind;
+        if kind == GuestKind::Workflow || report.status == RunStatus::Cancelled {
             report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
             report.fuel_consumed = records.iter().map(|r| r.fuel_consumed).sum();
             report.peak_memory_bytes = records.iter().map(|r| r.peak_memory_bytes).max().unwrap_or(0);
         }
-        let workflow = self.kind == GuestKind::Workflow;
+        let workflow = kind == GuestKind::Workflow;
         report.policy_violations = records
             .iter()
             .flat_map(|r| {
@@ -300,11 +293,11 @@ impl Workflow {
                     .map(|v| PolicyViolation { node: workflow.then(|| r.node.clone()), ..v.clone() })
             })
             .collect();
-        report.egress_not_granted = egress.not_granted().iter().map(|r| r.to_string()).collect();
+        report.egress_not_granted = grant.egress.not_granted().iter().map(|r| r.to_string()).collect();
         report.nodes = records;
         if let Some(store) = store {
             let writes: StateWrites = overlay.map(|o| o.take_writes()).unwrap_or_default();
-            store.finish_run(&self.name, &report, &writes)?;
+            store.finish_run(&self.plan.name, &report, &writes)?;
         }
         Ok(report)
     }
@@ -315,12 +308,13 @@ impl Workflow {
         store: Option<&Arc<Store>>,
         run_id: &str,
         overlay: Option<Arc<RunOverlay>>,
+        grant: &Grant,
         execution: &Execution,
     ) -> (RunReport, Vec<NodeRecord>) {
         let mut report = RunReport::rejected(ErrorCode::Trap, String::new());
         // A plain component's input goes through untouched (byte for byte);
         // a workflow's is parsed once to build each node's input.
-        let workflow_input: Value = if self.kind == GuestKind::Workflow {
+        let workflow_input: Value = if self.plan.kind == GuestKind::Workflow {
             match serde_json::from_str(&execution.input) {
                 Ok(value) => value,
                 Err(e) => {
@@ -343,7 +337,7 @@ impl Workflow {
         // Node ids of the tasks still running, by tokio task id.
         let mut in_flight: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
         let mut cancelled = false;
-        let max_parallel = self.max_parallel.min(execution.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL)).max(1);
+        let max_parallel = grant.max_parallel.max(1);
 
         loop {
             while failure.is_none() && !cancelled && running.len() < max_parallel {
@@ -363,7 +357,7 @@ impl Workflow {
                         break;
                     }
                 };
-                let request = self.request(&id, input, execution);
+                let request = self.request(&id, input, grant, execution);
                 let task = NodeTask {
                     sandbox: sandbox.clone(),
                     program: self.steps[&id].program.clone(),
@@ -405,6 +399,7 @@ impl Workflow {
             };
             records.push(node_record(&id, run.attempts, run.started_at.clone(), &run.report, Some(&run.input_digest)));
             if let Some(store) = store
+                && wrote_something(&run.report)
                 && let Err(e) = write_node_log(store, run_id, &id, &run.report)
             {
                 tracing::warn!("cannot write the log of node `{id}` of run {run_id}: {e}");
@@ -421,12 +416,14 @@ impl Workflow {
                 failure = Some((id, run.report));
             }
         }
-        let unfinished =
-            in_flight.into_values().map(|id| (id, "cancelled")).chain(pending.into_iter().map(|id| (id, "skipped")));
+        let unfinished = in_flight
+            .into_values()
+            .map(|id| (id, NodeStatus::Cancelled))
+            .chain(pending.into_iter().map(|id| (id, NodeStatus::Skipped)));
         for (id, status) in unfinished {
             records.push(NodeRecord {
                 node: id,
-                status: status.to_owned(),
+                status,
                 attempts: 0,
                 started_at: None,
                 duration_ms: 0.0,
@@ -434,6 +431,7 @@ impl Workflow {
                 peak_memory_bytes: 0,
                 output_bytes: 0,
                 error_code: None,
+                error_detail: None,
                 error_message: None,
                 input_digest: None,
                 output_digest: None,
@@ -448,7 +446,7 @@ impl Workflow {
             report.error_message = Some("the run was cancelled".to_owned());
             return (report, records);
         }
-        if self.kind != GuestKind::Workflow {
+        if self.plan.kind != GuestKind::Workflow {
             // A plain component: its one report is the run's report.
             let single = match failure {
                 Some((_, report)) => report,
@@ -520,23 +518,15 @@ impl Workflow {
         Ok(Value::Object(object).to_string())
     }
 
-    /// The egress policy the nodes get: the operator's grant, narrowed to
-    /// what a workflow requests (a plain component requests nothing
-    /// declaratively and gets the grant as it is).
-    fn egress(&self, execution: &Execution) -> Arc<EgressPolicy> {
-        let granted = execution.grants.egress.as_deref().cloned().unwrap_or_else(EgressPolicy::deny_all);
-        Arc::new(granted.with_requested(self.egress_request.clone()))
-    }
-
-    fn request(&self, id: &str, input: String, execution: &Execution) -> RunRequest {
+    fn request(&self, id: &str, input: String, grant: &Grant, execution: &Execution) -> RunRequest {
         let step = &self.steps[id];
         let granted: BTreeSet<&String> = step.def.iter().flat_map(|d| &d.secrets).collect();
         let secrets = granted.iter().map(|name| ((*name).clone(), execution.secrets.get(*name).cloned())).collect();
         RunRequest {
             input,
             args: execution.args.clone(),
-            inherit_stdin: execution.inherit_stdin && self.kind == GuestKind::Job,
-            limits: self.plan.limits[id].grant(&execution.ceilings),
+            inherit_stdin: execution.inherit_stdin && self.plan.kind == GuestKind::Job,
+            limits: grant.limits.get(id).cloned().unwrap_or_default(),
             grants: execution.grants.clone(),
             echo: execution.echo,
             services: NodeServices {
@@ -618,7 +608,7 @@ fn node_record(
     let output = report.output.as_ref().map(|o| o.get());
     NodeRecord {
         node: id.to_owned(),
-        status: if report.succeeded() { "succeeded" } else { "failed" }.to_owned(),
+        status: if report.succeeded() { NodeStatus::Succeeded } else { NodeStatus::Failed },
         attempts,
         started_at,
         duration_ms: report.duration_ms,
@@ -626,6 +616,7 @@ fn node_record(
         peak_memory_bytes: report.peak_memory_bytes,
         output_bytes: output.map(|o| o.len() as u64).unwrap_or(0),
         error_code: report.error_code,
+        error_detail: report.error_detail.clone(),
         error_message: report.error_message.clone(),
         input_digest: input_digest.cloned(),
         output_digest: output.map(|o| digest(o.as_bytes())),
@@ -634,71 +625,9 @@ fn node_record(
     }
 }
 
-/// Why `wfrun pack` cannot make a bundle.
-#[derive(Debug, thiserror::Error)]
-pub enum PackError {
-    /// The workflow file cannot be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The workflow file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The definition does not parse or validate.
-    #[error("{path}: {source}")]
-    Definition {
-        /// The workflow file.
-        path: String,
-        /// What is wrong.
-        source: DefinitionError,
-    },
-    /// A node's component file is missing, not a component, or not a node.
-    #[error("node `{node}`: {reason}")]
-    Component {
-        /// The node.
-        node: String,
-        /// What is wrong with its component.
-        reason: String,
-    },
-}
-
-/// Packs the workflow defined in `manifest` (a `workflow.toml`) into one
-/// bundle: validates the definition, checks that every component exists and
-/// is a node, and nests each distinct component once.
-pub fn pack(sandbox: &Sandbox, manifest: &std::path::Path) -> Result<Vec<u8>, PackError> {
-    let path = manifest.display().to_string();
-    let text = std::fs::read_to_string(manifest).map_err(|source| PackError::Read { path: path.clone(), source })?;
-    let definition =
-        WorkflowDef::from_toml(&text, &path).map_err(|source| PackError::Definition { path: path.clone(), source })?;
-    definition.plan().map_err(|source| PackError::Definition { path: path.clone(), source })?;
-    let base = manifest.parent().unwrap_or(std::path::Path::new("."));
-    let mut components: Vec<Vec<u8>> = Vec::new();
-    let mut by_digest: BTreeMap<String, usize> = BTreeMap::new();
-    let mut index_of = BTreeMap::new();
-    for (id, node) in &definition.nodes {
-        let file = base.join(&node.component);
-        let error = |reason: String| PackError::Component { node: id.clone(), reason };
-        let bundle = Bundle::read(&file).map_err(|e| error(e.to_string()))?;
-        if bundle.workflow().is_some() {
-            return Err(error(format!("{}: is itself a workflow bundle; nodes must be components", file.display())));
-        }
-        let program = sandbox.load(&bundle).map_err(|e| error(e.to_string()))?;
-        if program.kind() != GuestKind::Node {
-            return Err(error(format!(
-                "{}: is a command (job); workflow nodes must export wfrun:node/handler",
-                file.display()
-            )));
-        }
-        let index = *by_digest.entry(bundle.digest()).or_insert_with(|| {
-            components.push(bundle.bytes().to_vec());
-            components.len() - 1
-        });
-        index_of.insert(id.clone(), index);
-    }
-    let embedded =
-        crate::bundle::EmbeddedWorkflow { format: crate::bundle::WORKFLOW_FORMAT, definition, components: index_of };
-    Ok(crate::bundle::pack(&embedded, &components))
+/// Whether a node run left anything for its log file.
+fn wrote_something(report: &RunReport) -> bool {
+    !(report.logs.is_empty() && report.stdout.is_empty() && report.stderr.is_empty())
 }
 
 /// Writes one node's captured stdout, stderr and log lines to

@@ -14,7 +14,7 @@
 //! side cannot together go past the quota when they all succeed. The stored
 //! sizes are read from SQLite once per run, not once per write.
 
-use super::StateQuota;
+use crate::manifest::StateQuota;
 use crate::sandbox::StateAccess;
 use crate::store::{StateWrites, Store};
 use std::collections::BTreeMap;

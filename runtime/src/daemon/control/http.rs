@@ -8,15 +8,16 @@
 //! id, or 4xx/5xx with a code and a message.
 //!
 //! **Control API** (`[control_http]`): `POST /v1/rpc` with one control
-//! [`Request`](super::control::Request) as the body answers one
-//! [`Response`](super::control::Response), through the same dispatcher as the
+//! [`Request`](super::Request) as the body answers one
+//! [`Response`](super::Response), through the same dispatcher as the
 //! Unix socket. Every request needs `Authorization: Bearer <token>`
 //! (compared in constant time).
 //!
 //! Both listen on loopback unless configured otherwise, and no connection
 //! may last more than a minute.
 
-use super::Daemon;
+use super::super::scheduler::Source;
+use crate::daemon::{Daemon, DaemonError};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
@@ -44,7 +45,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, route
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                super::accept_failed(e).await;
+                crate::daemon::accept_failed(e).await;
                 continue;
             }
         };
@@ -126,11 +127,11 @@ async fn control(daemon: &Arc<Daemon>, request: Request<hyper::body::Incoming>) 
         Ok(body) => body,
         Err(response) => return response,
     };
-    let request: super::control::Request = match serde_json::from_slice(&body) {
+    let request: super::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid", format!("not a control request: {e}")),
     };
-    let response = super::control::dispatch(daemon, request);
+    let response = super::dispatch(daemon, request);
     let status = if response.ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     answer(status, serde_json::to_value(&response).unwrap_or_default())
 }
@@ -154,7 +155,7 @@ async fn handle(daemon: &Arc<Daemon>, request: Request<hyper::body::Incoming>) -
     }
     let spec = match daemon.webhook_job(&name) {
         Ok(spec) => spec,
-        Err(e) => return refuse(StatusCode::NOT_FOUND, e.code, e.message),
+        Err(e) => return refuse(StatusCode::NOT_FOUND, e.code(), e.to_string()),
     };
     let body = match body {
         Ok(body) => body,
@@ -184,17 +185,20 @@ async fn handle(daemon: &Arc<Daemon>, request: Request<hyper::body::Incoming>) -
             Err(_) => return refuse(StatusCode::BAD_REQUEST, "invalid", "the body is not UTF-8 JSON"),
         }
     };
-    match daemon.trigger(&name, input) {
+    match daemon.trigger(&name, input, Source::Webhook) {
         Ok(run_id) => answer(StatusCode::ACCEPTED, json!({ "ok": true, "job": name, "run_id": run_id })),
         Err(e) => {
-            let status = match e.code {
-                "invalid" => StatusCode::BAD_REQUEST,
-                "busy" | "paused" => StatusCode::CONFLICT,
-                "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-                "not_found" => StatusCode::NOT_FOUND,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            let status = match &e {
+                DaemonError::InvalidJob(_) | DaemonError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+                DaemonError::Busy { .. } | DaemonError::Paused { .. } => StatusCode::CONFLICT,
+                DaemonError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                DaemonError::JobNotFound { .. }
+                | DaemonError::NotAWebhook { .. }
+                | DaemonError::RunNotFound { .. }
+                | DaemonError::RunNotRunning { .. } => StatusCode::NOT_FOUND,
+                DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            refuse(status, e.code, e.message)
+            refuse(status, e.code(), e.to_string())
         }
     }
 }

@@ -1,0 +1,264 @@
+//! The supervisor: what happens to a triggered job until it is done.
+//!
+//! [`Daemon::trigger`] is the one entry every trigger source goes through
+//! ([`Source`]): it refuses a paused job, a job already running (unless it
+//! allows overlap) and any trigger once the daemon is stopping, then starts
+//! the job's first attempt. Each attempt waits for one of the daemon's run
+//! slots, takes the job's prepared program from the [`ProgramCache`] (read,
+//! verified and loaded only when the bundle file changed), and runs it
+//! through the [`Runner`](crate::runner::Runner) under the daemon's policy
+//! with the job's ceilings. A failed attempt is retried with backoff; a job
+//! whose runs keep failing is paused; a cancelled run is recorded
+//! `cancelled` and not retried.
+
+use super::scheduler::Source;
+use super::{Daemon, DaemonError};
+use crate::limits::LimitRequest;
+use crate::manifest::JobSpec;
+use crate::outcome::{ErrorCode, RunReport, RunStatus, new_run_id};
+use crate::policy::Policy;
+use crate::runner::ProgramCache;
+use crate::workflow::Execution;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+
+/// A run in flight.
+pub(super) struct Running {
+    pub(super) job: String,
+    pub(super) cancel: Arc<Notify>,
+    pub(super) started: SystemTime,
+}
+
+impl Daemon {
+    /// Starts job `name` now (with `input` instead of its own, if given),
+    /// on behalf of `source`. Returns the first run's id. Refused while
+    /// stopping, for a paused job, and for a job already running unless it
+    /// allows overlap.
+    pub fn trigger(self: &Arc<Self>, name: &str, input: Option<String>, source: Source) -> Result<String, DaemonError> {
+        let job = self.job(name)?;
+        if job.paused {
+            return Err(DaemonError::Paused { name: name.to_owned(), reason: job.paused_reason });
+        }
+        if let Some(input) = &input {
+            serde_json::from_str::<serde::de::IgnoredAny>(input)
+                .map_err(|e| DaemonError::InvalidRequest(format!("input for job {name} is not valid JSON: {e}")))?;
+        }
+        {
+            let mut busy = self.busy.lock().unwrap();
+            // Checked under the lock that `idle()` reads, so a stop cannot
+            // slip between this check and the job counting as busy.
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err(DaemonError::ShuttingDown);
+            }
+            let count = busy.entry(name.to_owned()).or_insert(0);
+            if *count > 0 && !job.spec.allow_overlap {
+                return Err(DaemonError::Busy { name: name.to_owned() });
+            }
+            *count += 1;
+        }
+        let run_id = new_run_id();
+        let cancel = Arc::new(Notify::new());
+        self.register(&run_id, name, &cancel);
+        tracing::debug!("job {name}: run {run_id} triggered ({})", source.as_str());
+        let daemon = self.clone();
+        let name = name.to_owned();
+        let first = run_id.clone();
+        tokio::spawn(async move {
+            // Released however `supervise` ends, a panic included.
+            let _busy = BusyGuard { daemon: daemon.clone(), name: name.clone() };
+            daemon.supervise(&name, job.spec, input, first, cancel).await;
+        });
+        Ok(run_id)
+    }
+
+    fn register(&self, run_id: &str, name: &str, cancel: &Arc<Notify>) {
+        self.running.lock().unwrap().insert(
+            run_id.to_owned(),
+            Running { job: name.to_owned(), cancel: cancel.clone(), started: SystemTime::now() },
+        );
+    }
+
+    /// Runs a triggered job: attempts with backoff until one succeeds, one is
+    /// cancelled, the attempts run out (then the job is paused) or the daemon
+    /// stops.
+    async fn supervise(&self, name: &str, spec: JobSpec, input: Option<String>, first: String, cancel: Arc<Notify>) {
+        let retry = self.policy.retry;
+        let mut run_id = first;
+        for attempt in 1..=retry.max_attempts {
+            let report = {
+                let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
+                // A retry does not start once the daemon is stopping, nor
+                // for a job paused or removed while it waited.
+                let gone = attempt > 1
+                    && (self.stopping.load(Ordering::SeqCst) || self.jobs.get(name).is_none_or(|job| job.paused));
+                if gone {
+                    self.running.lock().unwrap().remove(&run_id);
+                    return;
+                }
+                self.run_once(name, &spec, input.clone(), &run_id, cancel.clone()).await
+            };
+            self.running.lock().unwrap().remove(&run_id);
+            let failures = match self.jobs.record_run(name, &run_id, report.status) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!("job {name}: recording run {run_id}: {e}");
+                    0
+                }
+            };
+            if report.status != RunStatus::Failed || self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let why = report.error_code.map(|c| c.as_str()).unwrap_or("failed");
+            if failures >= retry.max_attempts {
+                let reason = format!("{failures} consecutive failed runs; the last ({run_id}) ended with {why}");
+                tracing::warn!("job {name}: paused: {reason}");
+                let _ = self.jobs.set_paused(name, true, Some(&reason));
+                return;
+            }
+            if attempt == retry.max_attempts {
+                return;
+            }
+            // The retry is in flight from now: `cancel` and `status` see it.
+            run_id = new_run_id();
+            self.register(&run_id, name, &cancel);
+            let wait = retry.backoff(attempt);
+            tracing::warn!("job {name}: run ended with {why}; retrying as run {run_id} in {wait:?}");
+            let stop = tokio::select! {
+                () = tokio::time::sleep(wait) => false,
+                () = cancel.notified() => true,
+                () = self.stopped_or_stopping() => true,
+            };
+            if stop {
+                self.running.lock().unwrap().remove(&run_id);
+                return;
+            }
+        }
+    }
+
+    async fn stopped_or_stopping(&self) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The daemon's policy with job `spec`'s ceilings: the job's own, else
+    /// the daemon's (`[daemon] max_memory`), else the defaults.
+    fn job_policy(&self, spec: &JobSpec) -> Policy {
+        let job = LimitRequest {
+            memory_bytes: spec.memory_bytes,
+            timeout: spec.timeout,
+            fuel: spec.fuel,
+            ..LimitRequest::default()
+        };
+        Policy { ceilings: crate::settings::ceilings(&job, &self.policy.ceilings), ..self.policy.clone() }
+    }
+
+    /// One run of `spec`, recorded under `run_id`, whatever happens.
+    async fn run_once(
+        &self,
+        name: &str,
+        spec: &JobSpec,
+        input: Option<String>,
+        run_id: &str,
+        cancel: Arc<Notify>,
+    ) -> RunReport {
+        let execution = Execution {
+            input: input.unwrap_or_else(|| spec.input.clone()),
+            args: spec.args.clone(),
+            cancel: Some(cancel),
+            run_id: Some(run_id.to_owned()),
+            job: Some(name.to_owned()),
+            ..Execution::default()
+        };
+        let recorded = match self.programs.prepare(&self.runner, &spec.bundle, &self.policy.trust) {
+            Ok(prepared) => self.runner.run(&prepared, &self.job_policy(spec), execution).await,
+            Err(rejection) => {
+                tracing::warn!("job {name}: run {run_id} refused: {}", rejection.message);
+                self.runner.reject(&spec.bundle, &rejection, &execution)
+            }
+        };
+        recorded.unwrap_or_else(|e| {
+            tracing::error!("job {name}: run {run_id} could not be recorded: {e}");
+            let mut report = RunReport::rejected(ErrorCode::InvalidInput, e.to_string());
+            report.run_id = run_id.to_owned();
+            report
+        })
+    }
+
+    /// Cancels run `run_id`; it is recorded `cancelled` within an epoch tick.
+    pub fn cancel(&self, run_id: &str) -> Result<String, DaemonError> {
+        let running = self.running.lock().unwrap();
+        let run = running.get(run_id).ok_or_else(|| DaemonError::RunNotRunning { run_id: run_id.to_owned() })?;
+        run.cancel.notify_one();
+        Ok(run.job.clone())
+    }
+
+    /// Adds or replaces a job from the control plane.
+    pub fn add_job(&self, name: &str, spec: &JobSpec) -> Result<(), DaemonError> {
+        super::jobs::validate(name, spec, self.config.max_memory_bytes)?;
+        if !spec.bundle.is_file() {
+            return Err(super::JobError::NoBundle { name: name.to_owned(), path: spec.bundle.clone() }.into());
+        }
+        self.jobs.put(name, spec, crate::store::JobSource::Cli)?;
+        self.reschedule(name);
+        Ok(())
+    }
+
+    /// Removes a job; runs in flight finish.
+    pub fn remove_job(&self, name: &str) -> Result<(), DaemonError> {
+        if !self.jobs.remove(name)? {
+            return Err(DaemonError::JobNotFound { name: name.to_owned() });
+        }
+        let bundles: Vec<_> = self.jobs.all().into_iter().map(|j| j.spec.bundle).collect();
+        self.programs.retain(|path| bundles.iter().any(|b| b == path));
+        self.reschedule(name);
+        Ok(())
+    }
+
+    /// Pauses or resumes a job.
+    pub fn set_paused(&self, name: &str, paused: bool) -> Result<(), DaemonError> {
+        let reason = paused.then_some("paused by the operator");
+        if !self.jobs.set_paused(name, paused, reason)? {
+            return Err(DaemonError::JobNotFound { name: name.to_owned() });
+        }
+        self.schedule_changed.notify_one();
+        Ok(())
+    }
+
+    /// The spec of a webhook job, for the webhook listener.
+    pub(super) fn webhook_job(&self, name: &str) -> Result<JobSpec, DaemonError> {
+        let job = self.job(name)?;
+        if job.spec.trigger != crate::manifest::Trigger::Webhook {
+            return Err(DaemonError::NotAWebhook { name: name.to_owned() });
+        }
+        Ok(job.spec)
+    }
+
+    /// The prepared-program cache.
+    pub fn programs(&self) -> &ProgramCache {
+        &self.programs
+    }
+}
+
+/// Counts a job's trigger as finished when dropped, and wakes `idle()`.
+struct BusyGuard {
+    daemon: Arc<Daemon>,
+    name: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let mut busy = self.daemon.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = busy.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                busy.remove(&self.name);
+            }
+        }
+        if busy.is_empty() {
+            self.daemon.became_idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The daemon's jobs: each one's definition and its run state.
+//!
+//! A job's [`JobSpec`] is stored as JSON and parsed once, when read: the
+//! daemon keeps the typed records in memory and writes each change through.
+//! A row whose definition no longer parses is skipped with an error logged,
+//! never a failure of every job.
+
+use super::{Store, StoreError, now};
+use crate::manifest::JobSpec;
+use crate::outcome::RunStatus;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// Where a job came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSource {
+    /// Declared in the config file (`[jobs.NAME]`); removed when the file
+    /// no longer declares it.
+    Config,
+    /// Added at run time (`wfrun jobs add`).
+    Cli,
+}
+
+impl JobSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobSource::Config => "config",
+            JobSource::Cli => "cli",
+        }
+    }
+}
+
+/// A job as stored: its definition and its run state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job's name.
+    pub name: String,
+    /// The definition.
+    pub spec: JobSpec,
+    /// The config file or the CLI.
+    pub source: JobSource,
+    /// Whether triggers are held.
+    pub paused: bool,
+    /// Why, when the daemon paused it.
+    pub paused_reason: Option<String>,
+    /// Failed runs since the last success.
+    pub consecutive_failures: u32,
+    /// When its last run ended.
+    pub last_run_at: Option<String>,
+    /// Its last run.
+    pub last_run_id: Option<String>,
+    /// How its last run ended.
+    pub last_status: Option<RunStatus>,
+    /// When it was first stored.
+    pub created_at: String,
+}
+
+impl Store {
+    /// Stores (or replaces) job `name`'s definition, keeping its run state.
+    pub fn put_job(&self, name: &str, spec: &JobSpec, source: JobSource) -> Result<(), StoreError> {
+        let at = now();
+        let text = serde_json::to_string(spec).expect("job specs serialise");
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO jobs (name, spec, source, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, source = excluded.source",
+                params![name, text, source.as_str(), at],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes job `name`; false if there was none.
+    pub fn remove_job(&self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM jobs WHERE name = ?1", params![name])? > 0))
+    }
+
+    /// Pauses (with a reason) or resumes job `name`; false if there is none.
+    /// Resuming clears the failure count.
+    pub fn set_job_paused(&self, name: &str, paused: bool, reason: Option<&str>) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let changed = if paused {
+                tx.execute("UPDATE jobs SET paused = 1, paused_reason = ?2 WHERE name = ?1", params![name, reason])?
+            } else {
+                tx.execute(
+                    "UPDATE jobs SET paused = 0, paused_reason = NULL, consecutive_failures = 0 WHERE name = ?1",
+                    params![name],
+                )?
+            };
+            Ok(changed > 0)
+        })
+    }
+
+    /// Records how a job's run ended; returns its consecutive failures (a
+    /// success clears them, a failure adds one, anything else leaves them).
+    pub fn record_job_run(&self, name: &str, run_id: &str, status: RunStatus) -> Result<u32, StoreError> {
+        let at = now();
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET last_run_at = ?2, last_run_id = ?3, last_status = ?4,
+                 consecutive_failures = CASE ?4 WHEN 'succeeded' THEN 0 WHEN 'failed' THEN consecutive_failures + 1
+                                        ELSE consecutive_failures END
+                 WHERE name = ?1",
+                params![name, at, run_id, status.as_str()],
+            )?;
+            tx.query_row("SELECT consecutive_failures FROM jobs WHERE name = ?1", params![name], |r| r.get(0))
+                .optional()
+                .map(|n| n.unwrap_or(0))
+        })
+    }
+
+    /// Every job, by name. Rows that no longer parse are skipped (and logged).
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT name, spec, source, paused, paused_reason, consecutive_failures, last_run_at, last_run_id,
+                        last_status, created_at FROM jobs ORDER BY name",
+            )?;
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)? != 0,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, String>(9)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for (name, spec, source, paused, paused_reason, failures, last_run_at, last_run_id, last_status, created_at) in
+            rows
+        {
+            let spec = match serde_json::from_str::<JobSpec>(&spec) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!("job {name}: the stored definition does not parse ({e}); skipped");
+                    continue;
+                }
+            };
+            jobs.push(JobRecord {
+                name,
+                spec,
+                source: if source == "config" { JobSource::Config } else { JobSource::Cli },
+                paused,
+                paused_reason,
+                consecutive_failures: failures,
+                last_run_at,
+                last_run_id,
+                last_status: last_status.as_deref().and_then(RunStatus::parse),
+                created_at,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Job `name`, if there is one.
+    pub fn job(&self, name: &str) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.jobs()?.into_iter().find(|j| j.name == name))
+    }
+}

@@ -1,0 +1,230 @@
+//! The database schema, one numbered migration at a time.
+//!
+//! `PRAGMA user_version` records how many of [`MIGRATIONS`] a database has
+//! had. [`migrate`] applies the missing ones, each in the same immediate
+//! transaction as the version bump, so a crash leaves a database at one
+//! version or the next, and several processes opening it at once apply each
+//! migration exactly once (the version is read again under the write lock).
+//! A database newer than this wfrun is left alone and reported.
+//!
+//! Migration 1 is the schema wfrun used before versioning, including the
+//! columns it once added by probing (`policy_violations`, `owner_pid`,
+//! `job`, `owner_boot`), so a database made by any earlier wfrun arrives at
+//! version 1 whole.
+
+use rusqlite::{Connection, params};
+
+/// One step of the schema.
+struct Migration {
+    /// What it changes, for the record.
+    #[allow(dead_code)]
+    what: &'static str,
+    apply: fn(&Connection) -> rusqlite::Result<()>,
+}
+
+/// Every migration, in order: migration `n` (1-based) brings a database
+/// from version `n - 1` to `n`.
+const MIGRATIONS: &[Migration] = &[
+    Migration { what: "the schema before versioning", apply: baseline },
+    Migration { what: "runs.error_detail; the `interrupted` status", apply: error_detail_and_interrupted },
+];
+
+/// The schema version this wfrun writes.
+pub const LATEST: u32 = MIGRATIONS.len() as u32;
+
+/// What [`migrate`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The database is at [`LATEST`] (now).
+    Current,
+    /// The database is at a version this wfrun does not know.
+    TooNew {
+        /// Its version.
+        found: u32,
+    },
+}
+
+fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Brings `conn`'s database up to [`LATEST`].
+pub fn migrate(conn: &Connection) -> rusqlite::Result<Outcome> {
+    loop {
+        let found = version(conn)?;
+        if found == LATEST {
+            return Ok(Outcome::Current);
+        }
+        if found > LATEST {
+            return Ok(Outcome::TooNew { found });
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let step = (|| {
+            // Another process may have migrated while we waited for the lock.
+            let at = version(conn)?;
+            if at >= LATEST {
+                return Ok(());
+            }
+            (MIGRATIONS[at as usize].apply)(conn)?;
+            conn.pragma_update(None, "user_version", at + 1)
+        })();
+        match step {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+}
+
+const BASELINE: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    version TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    bundle_path TEXT NOT NULL,
+    bundle_digest TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error_code TEXT,
+    error_message TEXT,
+    failed_node TEXT,
+    output TEXT,
+    exit_code INTEGER,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    duration_ms REAL,
+    fuel_consumed INTEGER,
+    peak_memory_bytes INTEGER,
+    policy_violations TEXT,
+    owner_pid INTEGER,
+    job TEXT,
+    owner_boot TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
+CREATE TABLE IF NOT EXISTS run_transitions (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS node_runs (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    seq INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    source TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    paused_reason TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    last_run_at TEXT,
+    last_run_id TEXT,
+    last_status TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    workflow TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (workflow, key)
+);
+";
+
+/// Columns the unversioned schema added to `runs` over time, for databases
+/// made before each.
+const PROBED_RUN_COLUMNS: [(&str, &str); 4] =
+    [("policy_violations", "TEXT"), ("owner_pid", "INTEGER"), ("job", "TEXT"), ("owner_boot", "TEXT")];
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?.exists(params![table, column])
+}
+
+fn baseline(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(BASELINE)?;
+    for (column, kind) in PROBED_RUN_COLUMNS {
+        if !has_column(conn, "runs", column)? {
+            conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn error_detail_and_interrupted(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE runs ADD COLUMN error_detail TEXT;
+         UPDATE run_transitions SET status = 'interrupted'
+          WHERE status = 'failed'
+            AND run_id IN (SELECT id FROM runs WHERE status = 'failed' AND error_code = 'interrupted');
+         UPDATE runs SET status = 'interrupted' WHERE status = 'failed' AND error_code = 'interrupted';
+         UPDATE jobs SET last_status = 'interrupted'
+          WHERE last_run_id IN (SELECT id FROM runs WHERE status = 'interrupted');",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema as wfrun wrote it before versioning, with a run of each
+    /// kind that must survive.
+    fn unversioned(conn: &Connection, with_probed_columns: bool) {
+        let schema = if with_probed_columns {
+            BASELINE.to_owned()
+        } else {
+            BASELINE
+                .replace(
+                    "    policy_violations TEXT,\n    owner_pid INTEGER,\n    job TEXT,\n    owner_boot TEXT\n",
+                    "",
+                )
+                .replace("peak_memory_bytes INTEGER,\n);", "peak_memory_bytes INTEGER\n);")
+        };
+        conn.execute_batch(&schema).unwrap();
+        for (id, status, code) in [("ok", "succeeded", None), ("crashed", "failed", Some("interrupted"))] {
+            conn.execute(
+                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, error_code, created_at)
+                 VALUES (?1, 'w', '1', 'node', 'b.wasm', 'sha256:00', ?2, ?3, '2026-01-01T00:00:00Z')",
+                params![id, status, code],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO run_transitions VALUES (?1, 0, ?2, '2026-01-01T00:00:00Z')", params![id, status])
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_database_made_before_versioning_is_migrated_with_its_runs() {
+        for with_probed_columns in [true, false] {
+            let conn = Connection::open_in_memory().unwrap();
+            unversioned(&conn, with_probed_columns);
+            assert_eq!(migrate(&conn).unwrap(), Outcome::Current);
+            assert_eq!(version(&conn).unwrap(), LATEST);
+            assert!(has_column(&conn, "runs", "error_detail").unwrap());
+            assert!(has_column(&conn, "runs", "owner_boot").unwrap());
+            let status = |id: &str| -> String {
+                conn.query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+            };
+            assert_eq!(status("ok"), "succeeded");
+            assert_eq!(status("crashed"), "interrupted");
+            let history: String = conn
+                .query_row("SELECT status FROM run_transitions WHERE run_id = 'crashed'", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(history, "interrupted");
+            // Opening again changes nothing.
+            assert_eq!(migrate(&conn).unwrap(), Outcome::Current);
+        }
+    }
+
+    #[test]
+    fn a_newer_database_is_left_alone() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", LATEST + 1).unwrap();
+        assert_eq!(migrate(&conn).unwrap(), Outcome::TooNew { found: LATEST + 1 });
+    }
+}

@@ -1,0 +1,321 @@
+//! Run history: each run's status transitions, outcome and node records.
+//!
+//! A run is recorded when it starts ([`Store::begin_run`]: `pending`, then
+//! `running`, with the owning process and boot) and when it ends
+//! ([`Store::finish_run`]: outcome, node records and, for a success, the
+//! workflow's state writes, in one transaction). A run refused before it
+//! started is recorded whole by [`Store::record_rejected`].
+//! [`Store::recover_interrupted`] marks runs whose process is gone
+//! `interrupted`. [`RunRecord`] is a run as read back, typed.
+
+use super::{StateWrites, Store, StoreError, now};
+use crate::outcome::{ErrorCode, GuestKind, NodeRecord, PolicyViolation, RunReport, RunStatus};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What is known when a run starts.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The run id (UUIDv7).
+    pub id: String,
+    /// The workflow name (a plain component's file stem).
+    pub workflow: String,
+    /// The workflow version (`-` for a plain component).
+    pub version: String,
+    /// The bundle path as given.
+    pub bundle_path: String,
+    /// `sha256:<hex>` of the bundle (empty if it could not be read).
+    pub bundle_digest: String,
+    /// Workflow, node or job; `None` for a bundle refused before loading.
+    pub kind: Option<GuestKind>,
+    /// The daemon job that started it, if any.
+    pub job: Option<String>,
+}
+
+/// One run as `wfrun runs list/show` present it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The run id.
+    pub run_id: String,
+    /// The workflow name.
+    pub workflow: String,
+    /// The workflow version.
+    pub version: String,
+    /// Workflow, node or job; `None` for a bundle refused before loading.
+    pub kind: Option<GuestKind>,
+    /// The bundle path as given.
+    pub bundle_path: String,
+    /// `sha256:<hex>` of the bundle.
+    pub bundle_digest: String,
+    /// The daemon job that started it, if any.
+    pub job: Option<String>,
+    /// The current status.
+    pub status: RunStatus,
+    /// Why it failed.
+    pub error_code: Option<ErrorCode>,
+    /// The finer reason under `error_code`, e.g. `signature_invalid`.
+    pub error_detail: Option<String>,
+    /// The explanation.
+    pub error_message: Option<String>,
+    /// The node that failed the run.
+    pub failed_node: Option<String>,
+    /// The run's output JSON text.
+    pub output: Option<String>,
+    /// A job's exit status.
+    pub exit_code: Option<i32>,
+    /// When the run was recorded (RFC 3339).
+    pub created_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// Wall time.
+    pub duration_ms: Option<f64>,
+    /// Fuel over all nodes.
+    pub fuel_consumed: Option<u64>,
+    /// Largest linear memory of any node.
+    pub peak_memory_bytes: Option<u64>,
+    /// Requests and connections the egress policy refused.
+    pub policy_violations: Vec<PolicyViolation>,
+    /// Every status change, oldest first: (status, time).
+    pub transitions: Vec<(RunStatus, String)>,
+    /// Node records, in the order they were recorded.
+    pub nodes: Vec<NodeRecord>,
+}
+
+impl Store {
+    /// Records a new run as `pending`, then `running`.
+    pub fn begin_run(&self, run: &NewRun) -> Result<(), StoreError> {
+        let at = now();
+        self.write(|tx| insert_run(tx, run, &at))
+    }
+
+    /// Records how run `report.run_id` ended, its node records and, for a
+    /// run that succeeded, its state writes to `workflow`: all in one
+    /// transaction.
+    pub fn finish_run(&self, workflow: &str, report: &RunReport, state: &StateWrites) -> Result<(), StoreError> {
+        let at = now();
+        self.write(|tx| {
+            update_finished(tx, report, &at)?;
+            if report.status == RunStatus::Succeeded {
+                super::state::apply(tx, workflow, state)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records a run that was refused before its guest started (a bundle
+    /// that does not read, verify, load or pass the policy; unusable input):
+    /// begun and finished in one transaction.
+    pub fn record_rejected(&self, run: &NewRun, report: &RunReport) -> Result<(), StoreError> {
+        let at = now();
+        self.write(|tx| {
+            insert_run(tx, run, &at)?;
+            update_finished(tx, report, &at)
+        })
+    }
+
+    /// Marks every run left `running` by a process that is gone (a crash, a
+    /// kill -9, a reboot) as `interrupted` (error code `interrupted`). Runs
+    /// of processes still alive in this boot (another `wfrun exec`) are left
+    /// alone. Returns the ids.
+    pub fn recover_interrupted(&self) -> Result<Vec<String>, StoreError> {
+        let at = now();
+        self.write(|tx| {
+            let mut stmt = tx.prepare("SELECT id, owner_pid, owner_boot FROM runs WHERE status = 'running'")?;
+            let running: Vec<(String, Option<u32>, Option<String>)> =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+            drop(stmt);
+            let boot = boot_id();
+            let mut recovered = Vec::new();
+            for (id, pid, owner_boot) in running {
+                // A process id from before a reboot may belong to anything now.
+                let same_boot = owner_boot.is_none() || owner_boot == boot;
+                if same_boot && pid.is_some_and(|pid| pid != std::process::id() && process_alive(pid)) {
+                    continue;
+                }
+                tx.execute(
+                    "UPDATE runs SET status = 'interrupted', error_code = 'interrupted', finished_at = ?2,
+                     error_message = 'wfrun stopped before the run finished (a crash, a kill or a power loss)'
+                     WHERE id = ?1",
+                    params![id, at],
+                )?;
+                add_transition(tx, &id, RunStatus::Interrupted, &at)?;
+                recovered.push(id);
+            }
+            Ok(recovered)
+        })
+    }
+
+    /// Runs, newest first, optionally only those in `status`.
+    pub fn list_runs(&self, status: Option<RunStatus>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT id FROM runs WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2")?;
+            let ids: Vec<String> = stmt
+                .query_map(params![status.map(|s| s.as_str()), limit as i64], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            drop(stmt);
+            let mut runs = Vec::with_capacity(ids.len());
+            for id in ids {
+                runs.extend(load_run(conn, &id)?);
+            }
+            Ok(runs)
+        })
+    }
+
+    /// How many runs are in `status`.
+    pub fn count_runs(&self, status: RunStatus) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM runs WHERE status = ?1", [status.as_str()], |r| r.get::<_, i64>(0))
+        })
+        .map(|n| n as u64)
+    }
+
+    /// One run with its transitions and node records.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.read(|conn| load_run(conn, run_id))
+    }
+
+    /// The directory holding run `run_id`'s log files.
+    pub fn log_dir(&self, run_id: &str) -> PathBuf {
+        self.dir.join("logs").join(run_id)
+    }
+}
+
+fn insert_run(tx: &Transaction, run: &NewRun, at: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid, job,
+                           owner_boot)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)",
+        params![
+            run.id,
+            run.workflow,
+            run.version,
+            run.kind.map_or("-", GuestKind::as_str),
+            run.bundle_path,
+            run.bundle_digest,
+            at,
+            std::process::id(),
+            run.job,
+            boot_id()
+        ],
+    )?;
+    tx.execute("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)", params![run.id, at])?;
+    tx.execute("INSERT INTO run_transitions VALUES (?1, 1, 'running', ?2)", params![run.id, at])?;
+    Ok(())
+}
+
+fn update_finished(tx: &Transaction, report: &RunReport, at: &str) -> rusqlite::Result<()> {
+    let run_id = &report.run_id;
+    tx.execute(
+        "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5, output = ?6,
+         exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11,
+         policy_violations = ?12, error_detail = ?13
+         WHERE id = ?1",
+        params![
+            run_id,
+            report.status.as_str(),
+            report.error_code.map(|c| c.as_str()),
+            report.error_message,
+            report.failed_node,
+            report.output.as_ref().map(|o| o.get()),
+            report.exit_code,
+            at,
+            report.duration_ms,
+            report.fuel_consumed as i64,
+            report.peak_memory_bytes as i64,
+            (!report.policy_violations.is_empty())
+                .then(|| serde_json::to_string(&report.policy_violations).expect("violations serialise")),
+            report.error_detail,
+        ],
+    )?;
+    add_transition(tx, run_id, report.status, at)?;
+    for (seq, node) in report.nodes.iter().enumerate() {
+        let record = serde_json::to_string(node).expect("node records serialise");
+        tx.execute("INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)", params![run_id, seq as i64, node.node, record])?;
+    }
+    Ok(())
+}
+
+fn add_transition(tx: &Transaction, run_id: &str, status: RunStatus, at: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO run_transitions
+         SELECT ?1, COALESCE(MAX(seq), -1) + 1, ?2, ?3 FROM run_transitions WHERE run_id = ?1",
+        params![run_id, status.as_str(), at],
+    )?;
+    Ok(())
+}
+
+/// A stored text that must be one of a type's values; anything else is a
+/// corrupt row, reported as such rather than guessed at.
+fn parsed<T>(column: usize, text: String, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            format!("unknown stored value {text:?}").into(),
+        )
+    })
+}
+
+fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<RunRecord>> {
+    let run = conn
+        .query_row(
+            "SELECT id, workflow, version, kind, bundle_path, bundle_digest, status, error_code, error_message,
+                    failed_node, output, exit_code, created_at, finished_at, duration_ms, fuel_consumed, peak_memory_bytes,
+                    policy_violations, job, error_detail
+             FROM runs WHERE id = ?1",
+            params![run_id],
+            |r| {
+                Ok(RunRecord {
+                    run_id: r.get(0)?,
+                    workflow: r.get(1)?,
+                    version: r.get(2)?,
+                    kind: GuestKind::parse(&r.get::<_, String>(3)?),
+                    bundle_path: r.get(4)?,
+                    bundle_digest: r.get(5)?,
+                    status: parsed(6, r.get(6)?, RunStatus::parse)?,
+                    error_code: r.get::<_, Option<String>>(7)?.map(|c| parsed(7, c, ErrorCode::parse)).transpose()?,
+                    error_message: r.get(8)?,
+                    failed_node: r.get(9)?,
+                    output: r.get(10)?,
+                    exit_code: r.get(11)?,
+                    created_at: r.get(12)?,
+                    finished_at: r.get(13)?,
+                    duration_ms: r.get(14)?,
+                    fuel_consumed: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+                    peak_memory_bytes: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+                    policy_violations: r
+                        .get::<_, Option<String>>(17)?
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or_default(),
+                    job: r.get(18)?,
+                    error_detail: r.get(19)?,
+                    transitions: Vec::new(),
+                    nodes: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut run) = run else { return Ok(None) };
+    let mut stmt = conn.prepare("SELECT status, at FROM run_transitions WHERE run_id = ?1 ORDER BY seq")?;
+    run.transitions = stmt
+        .query_map(params![run_id], |r| Ok((parsed(0, r.get(0)?, RunStatus::parse)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare("SELECT record FROM node_runs WHERE run_id = ?1 ORDER BY seq")?;
+    let records: Vec<String> = stmt.query_map(params![run_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    run.nodes = records.iter().filter_map(|text| serde_json::from_str(text).ok()).collect();
+    Ok(Some(run))
+}
+
+/// This boot of the machine (Linux: `/proc/sys/kernel/random/boot_id`), so
+/// that a process id recorded before a reboot is not taken for a live one.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned())
+}
+
+/// Whether process `pid` exists (Linux: `/proc/<pid>`). Elsewhere every
+/// process counts as gone, which at worst marks a live `exec` run interrupted.
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}

@@ -1,0 +1,49 @@
+//! Durable workflow state: key-value pairs scoped to a workflow's name.
+//!
+//! Nodes never write here directly: their writes collect in the
+//! executor's overlay and reach the `state` table only with the record of a
+//! run that succeeded ([`Store::finish_run`](super::Store::finish_run)).
+
+use super::{Store, StoreError};
+use rusqlite::{OptionalExtension, Transaction, params};
+use std::collections::BTreeMap;
+
+/// State writes to apply when a run succeeds: key → value, or `None` to delete.
+pub type StateWrites = BTreeMap<String, Option<Vec<u8>>>;
+
+impl Store {
+    /// The value of `key` in `workflow`'s state.
+    pub fn state_get(&self, workflow: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT value FROM state WHERE workflow = ?1 AND key = ?2", params![workflow, key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    /// Every key of `workflow`'s state with its stored size (key + value).
+    pub fn state_sizes(&self, workflow: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.read(|conn| {
+            // Bytes, not characters: a TEXT key's length() counts characters.
+            let mut stmt =
+                conn.prepare("SELECT key, length(CAST(key AS BLOB)) + length(value) FROM state WHERE workflow = ?1")?;
+            stmt.query_map(params![workflow], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?.collect()
+        })
+    }
+}
+
+/// Applies `writes` to `workflow`'s state inside `tx`.
+pub(super) fn apply(tx: &Transaction, workflow: &str, writes: &StateWrites) -> rusqlite::Result<()> {
+    for (key, value) in writes {
+        match value {
+            Some(value) => tx.execute(
+                "INSERT INTO state (workflow, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (workflow, key) DO UPDATE SET value = excluded.value",
+                params![workflow, key, value],
+            )?,
+            None => tx.execute("DELETE FROM state WHERE workflow = ?1 AND key = ?2", params![workflow, key])?,
+        };
+    }
+    Ok(())
+}
