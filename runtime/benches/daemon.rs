@@ -15,7 +15,11 @@ use wfrun_runtime::daemon::control;
 use wfrun_runtime::outcome::RunStatus;
 use wfrun_runtime::store::Store;
 
-const RUNS: usize = 300;
+/// Triggers per daemon batch, and `wfrun exec` processes per exec batch.
+const DAEMON_BATCH: usize = 200;
+const EXEC_BATCH: usize = 40;
+/// Batches of each, interleaved: daemon, exec, daemon, exec, ...
+const ROUNDS: usize = 5;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -72,20 +76,6 @@ fn main() {
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    let started = Instant::now();
-    for _ in 0..RUNS {
-        let response = control::call(&state, "trigger", serde_json::json!({"name": "hello"})).unwrap();
-        assert!(response.ok, "{response:?}");
-    }
-    while done(&store) < RUNS + 5 {
-        assert!(started.elapsed() < Duration::from_secs(600), "runs did not finish");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let daemon_time = started.elapsed();
-    let busy = rss_kib(daemon.id());
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-
     // Baseline: the same runs as `wfrun exec` processes, four at a time.
     let exec_state = dir.path().join("exec-state");
     let exec = || {
@@ -97,29 +87,62 @@ fn main() {
             .unwrap()
     };
     exec().wait().unwrap();
-    let sample = 100;
-    let started = Instant::now();
-    let mut children = Vec::new();
-    for _ in 0..sample {
-        if children.len() == 4 {
-            let mut first: Child = children.remove(0);
-            assert!(first.wait().unwrap().success());
+    let exec_batch = || {
+        let started = Instant::now();
+        let mut children = Vec::new();
+        for _ in 0..EXEC_BATCH {
+            if children.len() == 4 {
+                let mut first: Child = children.remove(0);
+                assert!(first.wait().unwrap().success());
+            }
+            children.push(exec());
         }
-        children.push(exec());
+        for mut child in children {
+            assert!(child.wait().unwrap().success());
+        }
+        EXEC_BATCH as f64 / started.elapsed().as_secs_f64()
+    };
+    let mut finished = 5;
+    let mut daemon_batch = || {
+        let started = Instant::now();
+        for _ in 0..DAEMON_BATCH {
+            let response = control::call(&state, "trigger", serde_json::json!({"name": "hello"})).unwrap();
+            assert!(response.ok, "{response:?}");
+        }
+        finished += DAEMON_BATCH;
+        while done(&store) < finished {
+            assert!(started.elapsed() < Duration::from_secs(600), "runs did not finish");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        DAEMON_BATCH as f64 / started.elapsed().as_secs_f64()
+    };
+    // Interleaved, so that both sides see the same machine: the ratio of
+    // each pair is what is reported, not the ratio of two medians.
+    let mut pairs = Vec::new();
+    for _ in 0..ROUNDS {
+        let daemon_rate = daemon_batch();
+        let exec_rate = exec_batch();
+        pairs.push((daemon_rate, exec_rate));
     }
-    for mut child in children {
-        assert!(child.wait().unwrap().success());
-    }
-    let exec_time = started.elapsed();
+    let busy = rss_kib(daemon.id());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 
-    let daemon_rate = RUNS as f64 / daemon_time.as_secs_f64();
-    let exec_rate = sample as f64 / exec_time.as_secs_f64();
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let ratios: Vec<f64> = pairs.iter().map(|(d, e)| d / e).collect();
+    let (min, max) = ratios.iter().fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     println!(
-        "| trigger-to-completion, `hello` node job, {RUNS} triggers over the socket, 4 at a time | {daemon_rate:.0} runs/s | {exec_rate:.0} runs/s (`wfrun exec` processes, 4 at a time) | {:.1}× |",
-        daemon_rate / exec_rate
+        "| trigger-to-completion, `hello` node job, {ROUNDS} batches of {DAEMON_BATCH} triggers over the socket, 4 at a time | {:.0} runs/s (median batch) | {:.0} runs/s (`wfrun exec` processes, 4 at a time, {ROUNDS} batches of {EXEC_BATCH}, interleaved) | {:.1}× (median of pair-wise ratios; min {min:.1}×, max {max:.1}×) |",
+        median(pairs.iter().map(|p| p.0).collect()),
+        median(pairs.iter().map(|p| p.1).collect()),
+        median(ratios.clone()),
     );
     println!(
-        "| daemon resident memory after {RUNS} runs | {:.1} MiB | {:.1} MiB idle | |",
+        "| daemon resident memory after {} runs | {:.1} MiB | {:.1} MiB idle | |",
+        ROUNDS * DAEMON_BATCH + 5,
         busy as f64 / 1024.0,
         idle as f64 / 1024.0
     );

@@ -241,55 +241,25 @@ impl LimitKey {
 
     /// Parses a fuel budget (a plain number).
     pub fn parse_fuel(text: &str) -> Result<u64, UnitError> {
-        let fuel: u64 = text.trim().parse().map_err(|_| UnitError::OutOfRange {
-            value: text.to_owned(),
-            min: FUEL_RANGE.start().to_string(),
-            max: FUEL_RANGE.end().to_string(),
-        })?;
-        Self::check_fuel(fuel).map_err(|_| UnitError::OutOfRange {
-            value: text.to_owned(),
-            min: FUEL_RANGE.start().to_string(),
-            max: FUEL_RANGE.end().to_string(),
-        })
+        let out_of_range = || out_of_range(text.to_owned(), FUEL_RANGE.start(), FUEL_RANGE.end());
+        Self::check_fuel(text.trim().parse().map_err(|_| out_of_range())?).map_err(|_| out_of_range())
     }
 
     /// Checks a fuel budget given as a number (TOML, JSON).
     pub fn check_fuel(fuel: u64) -> Result<u64, UnitError> {
-        if FUEL_RANGE.contains(&fuel) {
-            Ok(fuel)
-        } else {
-            Err(UnitError::OutOfRange {
-                value: fuel.to_string(),
-                min: FUEL_RANGE.start().to_string(),
-                max: FUEL_RANGE.end().to_string(),
-            })
-        }
+        within(fuel, &FUEL_RANGE, |v| v.to_string())
     }
 
     /// Checks a memory size given as a number of bytes.
     pub fn check_memory(bytes: u64) -> Result<u64, UnitError> {
-        if MEMORY_RANGE.contains(&bytes) {
-            Ok(bytes)
-        } else {
-            Err(UnitError::OutOfRange {
-                value: units::format_size(bytes),
-                min: units::format_size(*MEMORY_RANGE.start()),
-                max: units::format_size(*MEMORY_RANGE.end()),
-            })
-        }
+        within(bytes, &MEMORY_RANGE, |v| units::format_size(*v))
     }
 
     /// Checks a timeout given as a duration.
     pub fn check_timeout(timeout: Duration) -> Result<Duration, UnitError> {
-        if (Duration::from_millis(1)..=Limits::MAX_TIMEOUT).contains(&timeout) {
-            Ok(timeout)
-        } else {
-            Err(UnitError::OutOfRange {
-                value: humantime::format_duration(timeout).to_string(),
-                min: "1ms".to_owned(),
-                max: "7days".to_owned(),
-            })
-        }
+        within(timeout, &(Duration::from_millis(1)..=Limits::MAX_TIMEOUT), |d| {
+            humantime::format_duration(*d).to_string()
+        })
     }
 
     fn show(self, value: u64) -> String {
@@ -298,6 +268,19 @@ impl LimitKey {
             _ => units::format_size(value),
         }
     }
+}
+
+/// `value` if it lies in `range`, else the error naming both, as `show` writes them.
+fn within<T: PartialOrd>(value: T, range: &RangeInclusive<T>, show: impl Fn(&T) -> String) -> Result<T, UnitError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(UnitError::OutOfRange { value: show(&value), min: show(range.start()), max: show(range.end()) })
+    }
+}
+
+fn out_of_range(value: String, min: &u64, max: &u64) -> UnitError {
+    UnitError::OutOfRange { value, min: min.to_string(), max: max.to_string() }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! digest: a trigger of an unchanged bundle neither reads nor verifies nor
 //! loads it again, and a changed file is picked up at its next trigger.
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, BundleError};
 use crate::outcome::{ErrorCode, GuestKind, RunReport, new_run_id};
 use crate::policy::{Policy, TrustPolicy};
 use crate::sandbox::Sandbox;
@@ -81,6 +81,16 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// An `invalid_bundle` rejection (`digest`: the bundle's, once read).
+    pub fn invalid_bundle(detail: &'static str, message: String, digest: Option<String>) -> Rejection {
+        Rejection { code: ErrorCode::InvalidBundle, detail, message, digest, kind: None, workflow: None }
+    }
+
+    /// A bundle file that cannot be used.
+    pub fn bundle(error: &BundleError, digest: Option<String>) -> Rejection {
+        Rejection::invalid_bundle(error.detail(), error.to_string(), digest)
+    }
+
     /// An `invalid_input` rejection of a prepared bundle.
     pub fn input(prepared: &Prepared, message: impl Into<String>) -> Rejection {
         Rejection {
@@ -119,29 +129,15 @@ impl Runner {
     /// Reads the bundle at `path`, checks its signature against `trust`
     /// (before anything is compiled), and loads it.
     pub fn prepare(&self, path: &Path, trust: &TrustPolicy) -> Result<Prepared, Rejection> {
-        let bundle = Bundle::read(path).map_err(|e| Rejection {
-            code: ErrorCode::InvalidBundle,
-            detail: e.detail(),
-            message: e.to_string(),
-            digest: None,
-            kind: None,
-            workflow: None,
-        })?;
+        let bundle = Bundle::read(path).map_err(|e| Rejection::bundle(&e, None))?;
         self.prepare_bundle(&bundle, trust)
     }
 
     /// [`prepare`](Self::prepare) for a bundle already read.
     pub fn prepare_bundle(&self, bundle: &Bundle, trust: &TrustPolicy) -> Result<Prepared, Rejection> {
-        let refused = |detail: &'static str, message: String| Rejection {
-            code: ErrorCode::InvalidBundle,
-            detail,
-            message,
-            digest: Some(bundle.digest()),
-            kind: None,
-            workflow: None,
-        };
-        let signer = trust.verify(bundle).map_err(|e| refused(e.detail(), e.to_string()))?;
-        let workflow = Workflow::load(&self.sandbox, bundle).map_err(|e| refused(e.detail(), e.to_string()))?;
+        let signer = trust.verify(bundle).map_err(|e| Rejection::bundle(&e, Some(bundle.digest())))?;
+        let workflow = Workflow::load(&self.sandbox, bundle)
+            .map_err(|e| Rejection::invalid_bundle(e.detail(), e.to_string(), Some(bundle.digest())))?;
         Ok(Prepared { workflow: Arc::new(workflow), path: bundle.path().to_path_buf(), signer })
     }
 
@@ -159,12 +155,13 @@ impl Runner {
             Ok(admitted) => admitted,
             Err(refused) => {
                 let rejection = Rejection {
-                    code: ErrorCode::InvalidBundle,
-                    detail: refused.detail(),
-                    message: format!("{}: {refused}", prepared.path.display()),
-                    digest: Some(workflow.digest().to_owned()),
                     kind: Some(workflow.kind()),
                     workflow: Some(workflow.name().to_owned()),
+                    ..Rejection::invalid_bundle(
+                        refused.detail(),
+                        format!("{}: {refused}", prepared.path.display()),
+                        Some(workflow.digest().to_owned()),
+                    )
                 };
                 return self.reject(&prepared.path, &rejection, &execution);
             }
@@ -308,14 +305,7 @@ impl ProgramCache {
         }
         let bundle = Bundle::read(path).map_err(|e| {
             self.forget(path);
-            Rejection {
-                code: ErrorCode::InvalidBundle,
-                detail: e.detail(),
-                message: e.to_string(),
-                digest: None,
-                kind: None,
-                workflow: None,
-            }
+            Rejection::bundle(&e, None)
         })?;
         let digest = bundle.digest();
         {

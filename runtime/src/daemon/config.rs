@@ -238,7 +238,7 @@ pub struct ConfigError {
     /// The file.
     pub path: PathBuf,
     /// What is wrong.
-    pub problem: ConfigProblem,
+    pub problem: Box<ConfigProblem>,
 }
 
 fn value(key: &str, error: impl Into<ValueError>) -> ConfigProblem {
@@ -257,7 +257,7 @@ const MAX_MEMORY_RANGE: std::ops::RangeInclusive<u64> = 1024 * 1024..=64 * 1024 
 impl DaemonConfig {
     /// Reads `path`.
     pub fn read(path: &Path) -> Result<DaemonConfig, ConfigError> {
-        let fail = |problem| ConfigError { path: path.to_path_buf(), problem };
+        let fail = |problem| ConfigError { path: path.to_path_buf(), problem: Box::new(problem) };
         let text = std::fs::read_to_string(path).map_err(|e| fail(ConfigProblem::Read(e)))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         DaemonConfig::parse(&text, &base).map_err(fail)
