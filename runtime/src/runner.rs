@@ -264,7 +264,9 @@ struct CacheEntry {
     prepared: Arc<Prepared>,
 }
 
-/// Prepared programs of a long-lived host, by bundle path.
+/// Prepared programs of a long-lived host, by bundle path. A cache serves
+/// one trust policy: a kept program was verified under the policy it was
+/// first prepared with (the daemon's, fixed for its life).
 #[derive(Default)]
 pub struct ProgramCache {
     entries: Mutex<HashMap<PathBuf, CacheEntry>>,

@@ -131,3 +131,38 @@ fn a_kept_program_is_reused_until_its_file_changes() {
     assert_eq!(out.status.code(), Some(0));
     assert!(cache.prepare(&runner, &signed, &trust).is_ok());
 }
+
+#[tokio::test]
+async fn a_plan_the_policy_refuses_is_recorded_as_rejected() {
+    use wfrun_runtime::limits::LimitRequest;
+    use wfrun_runtime::policy::{NodeRules, Policy};
+    use wfrun_runtime::workflow::Execution;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+    let runner = Runner::new(sandbox().clone(), Some(store.clone()));
+    let prepared = runner.prepare(&guest("hello"), &TrustPolicy::default()).unwrap();
+    let digest = prepared.workflow().digest().to_owned();
+
+    let hello = || Execution { input: r#"{"name":"policy"}"#.to_owned(), ..Execution::default() };
+    let deny = Policy { nodes: NodeRules { allow: None, deny: [digest.clone()].into() }, ..Policy::default() };
+    let report = runner.run(&prepared, &deny, hello()).await.unwrap();
+    assert_eq!(
+        (report.error_code, report.error_detail.as_deref()),
+        (Some(ErrorCode::InvalidBundle), Some("node_denied"))
+    );
+    let record = store.run(&report.run_id).unwrap().unwrap();
+    assert_eq!((record.status, record.error_detail.as_deref()), (RunStatus::Failed, Some("node_denied")));
+    assert!(report.output.is_none(), "a refused plan never runs");
+
+    let allowed =
+        Policy { nodes: NodeRules { allow: Some([digest].into()), ..NodeRules::default() }, ..Policy::default() };
+    assert!(runner.run(&prepared, &allowed, hello()).await.unwrap().succeeded());
+
+    // A plain component asks for nothing, so a strict policy holds nothing against it.
+    let strict = Policy {
+        strict_limits: true,
+        ceilings: LimitRequest { memory_bytes: Some(16 << 20), ..Default::default() },
+        ..Policy::default()
+    };
+    assert!(runner.run(&prepared, &strict, hello()).await.unwrap().succeeded());
+}

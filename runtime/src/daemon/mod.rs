@@ -11,24 +11,25 @@
 //! prepared-program cache that runs go through, via the one
 //! [`Runner`](crate::runner::Runner)). On a stop, triggers end, running runs
 //! get the grace period, and the rest are cancelled and recorded
-//! `cancelled`. Errors a request can meet are a [`DaemonError`], each with a
-//! stable code.
+//! `cancelled`. [`status`] is what `wfrun status` shows. Errors a request
+//! can meet are a [`DaemonError`], each with a stable code.
 
 pub mod config;
 pub mod control;
 pub mod jobs;
 pub mod scheduler;
+pub mod status;
 pub mod supervisor;
 
 pub use config::{ConfigError, ConfigProblem, DaemonConfig};
 pub use jobs::JobError;
+pub use status::{JobStatus, RunningStatus, Status, TrustStatus};
 
 use crate::policy::{Policy, TrustMode};
-use crate::runner::{CacheStats, ProgramCache, Runner};
+use crate::runner::{ProgramCache, Runner};
 use crate::sandbox::{EngineOptions, PoolingOptions, Sandbox};
 use crate::store::{JobRecord, JobSource, Store, StoreError};
 use jobs::JobTable;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -355,54 +356,6 @@ impl Daemon {
         self.schedule_changed.notify_one();
     }
 
-    /// What `wfrun status` shows.
-    pub fn status(&self) -> Result<Status, DaemonError> {
-        let next_due = self.next_due.lock().unwrap().clone();
-        let running_jobs: Vec<String> = self.running.lock().unwrap().values().map(|r| r.job.clone()).collect();
-        let jobs = self
-            .jobs
-            .all()
-            .into_iter()
-            .map(|mut job| {
-                // The webhook secret never leaves the daemon.
-                if job.spec.webhook_secret.is_some() {
-                    job.spec.webhook_secret = Some("redacted".to_owned());
-                }
-                JobStatus {
-                    trigger: job.spec.trigger.to_string(),
-                    bundle: job.spec.bundle.display().to_string(),
-                    next_due: next_due.get(&job.name).map(|t| humantime::format_rfc3339_seconds(*t).to_string()),
-                    running: running_jobs.iter().filter(|j| **j == job.name).count(),
-                    job,
-                }
-            })
-            .collect();
-        let running = self
-            .running
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, r)| RunningStatus {
-                run_id: id.clone(),
-                job: r.job.clone(),
-                started_at: humantime::format_rfc3339_millis(r.started).to_string(),
-            })
-            .collect();
-        Ok(Status {
-            pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            state_dir: self.state_dir.display().to_string(),
-            started_at: humantime::format_rfc3339_seconds(self.started).to_string(),
-            uptime_s: self.started.elapsed().unwrap_or_default().as_secs(),
-            max_concurrent_runs: self.config.max_concurrent_runs,
-            stopping: self.stopping.load(Ordering::SeqCst),
-            trust: TrustStatus { mode: self.policy.trust.mode(), trusted_keys: self.policy.trust.key_ids() },
-            programs: self.programs.stats(),
-            running,
-            jobs,
-        })
-    }
-
     /// The control API's bearer token, if the HTTP control API is on.
     fn control_token(&self) -> Option<&str> {
         self.control_token.as_deref()
@@ -442,67 +395,4 @@ fn control_token(file: Option<&Path>, state_dir: &Path) -> anyhow::Result<String
 async fn accept_failed(e: std::io::Error) {
     tracing::warn!("accepting a connection: {e}");
     tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-/// The daemon's state, as `status` returns it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Status {
-    /// The daemon's process id.
-    pub pid: u32,
-    /// wfrun's version.
-    pub version: String,
-    /// The state directory.
-    pub state_dir: String,
-    /// When it started.
-    pub started_at: String,
-    /// Seconds since.
-    pub uptime_s: u64,
-    /// Runs at once, at most.
-    pub max_concurrent_runs: usize,
-    /// Whether it is draining.
-    pub stopping: bool,
-    /// How bundles' signatures are treated.
-    pub trust: TrustStatus,
-    /// The prepared-program cache.
-    pub programs: CacheStats,
-    /// Runs in flight.
-    pub running: Vec<RunningStatus>,
-    /// Every job.
-    pub jobs: Vec<JobStatus>,
-}
-
-/// The trust mode, as `status` shows it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TrustStatus {
-    /// `signed_only` or `unsigned_allowed`.
-    pub mode: TrustMode,
-    /// The ids of the trusted keys.
-    pub trusted_keys: Vec<String>,
-}
-
-/// A run in flight.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RunningStatus {
-    /// Its id.
-    pub run_id: String,
-    /// Its job.
-    pub job: String,
-    /// When it started.
-    pub started_at: String,
-}
-
-/// A job with its schedule.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct JobStatus {
-    /// The stored job.
-    #[serde(flatten)]
-    pub job: JobRecord,
-    /// Its trigger in words.
-    pub trigger: String,
-    /// Its bundle.
-    pub bundle: String,
-    /// When it next runs, for interval and cron jobs.
-    pub next_due: Option<String>,
-    /// Its runs in flight.
-    pub running: usize,
 }
