@@ -18,6 +18,7 @@
 //! - [`policy`]: what the operator allows; admits a plan;
 //! - [`runner`]: prepare (read, verify, load) and run (admit, execute,
 //!   record), shared by `exec` and the daemon;
+//! - [`release`]: publishing releases as signed TUF repositories;
 //! - [`daemon`]: the long-lived runner: jobs, scheduler, supervisor,
 //!   control plane, shutdown and recovery;
 //! - [`cli`]: the `wfrun` commands, each only resolving settings and calling
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod manifest;
 pub mod outcome;
 pub mod policy;
+pub mod release;
 pub mod runner;
 pub mod sandbox;
 pub mod settings;

@@ -479,6 +479,54 @@ mod wire {
     }
 }
 
+/// The release document of a channel: what a device activates. It is a
+/// TUF target (`releases/CHANNEL.json`) of the release repository, so its
+/// every byte is covered by signed metadata. `docs/releases.md` documents it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseDocument {
+    /// [`RELEASE_FORMAT`].
+    pub format: u32,
+    /// The channel, e.g. `stable`.
+    pub channel: String,
+    /// The release's version (semver).
+    pub version: String,
+    /// The bundles, as TUF targets.
+    pub bundles: Vec<ReleaseBundle>,
+    /// The jobs that run them; each job's `bundle` is a bundle's target name.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobSpec>,
+    /// The policy the release needs, as its policy file's tables (e.g. `egress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Value>,
+    /// The oldest runner that may activate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_runner_version: Option<String>,
+    /// The rollout ring: devices in rings up to this one take it.
+    #[serde(default)]
+    pub ring: u32,
+    /// Whether it may replace a higher version on a device.
+    #[serde(default)]
+    pub rollback_approved: bool,
+}
+
+/// The version of the release document layout this wfrun writes and reads.
+pub const RELEASE_FORMAT: u32 = 1;
+
+/// One bundle of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBundle {
+    /// Its file name as given to `wfrun release add`.
+    pub name: String,
+    /// Its TUF target name.
+    pub target: String,
+    /// Its length in bytes.
+    pub length: u64,
+    /// `sha256:<hex>`.
+    pub digest: String,
+}
+
 impl WorkflowDef {
     /// Parses `workflow.toml` text; `source_name` names it in errors.
     pub fn from_toml(text: &str, source_name: &str) -> Result<WorkflowDef, DefinitionError> {

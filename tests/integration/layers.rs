@@ -24,6 +24,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("workflow", &["bundle", "sandbox", "store", "manifest", "limits", "egress", "outcome", "units", "files"]),
     ("policy", &["workflow", "bundle", "limits", "manifest", "egress", "outcome", "units"]),
     ("runner", &["policy", "workflow", "bundle", "sandbox", "store", "outcome"]),
+    ("release", &["bundle", "files", "manifest"]),
     (
         "daemon",
         &[
@@ -34,8 +35,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "daemon", "runner", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits", "egress",
-            "outcome", "units", "files", "settings",
+            "daemon", "runner", "release", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits",
+            "egress", "outcome", "units", "files", "settings",
         ],
     ),
 ];

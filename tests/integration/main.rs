@@ -9,7 +9,8 @@
 //! `daemon` drives `wfrun daemon` as a process; `polyglot` runs the Python
 //! and JavaScript nodes (built with their own toolchains on first use);
 //! `runner` the trust flags, rejection records and the prepared-program
-//! cache; `layers` checks the import rules of `docs/architecture.md`.
+//! cache; `layers` checks the import rules of `docs/architecture.md`;
+//! `releases` checks the repositories `wfrun release` writes with python-tuf.
 
 mod cache;
 mod daemon;
@@ -19,6 +20,7 @@ mod guests;
 mod hostile;
 mod layers;
 mod polyglot;
+mod releases;
 mod runner;
 mod sandbox;
 mod signing;

@@ -110,6 +110,17 @@ impl PublicKey {
         VerifyingKey::from_bytes(&bytes).map(PublicKey).map_err(|e| format!("not a valid ed25519 key: {e}"))
     }
 
+    /// The key's 32 bytes, hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0.as_bytes())
+    }
+
+    /// Checks a plain ed25519 signature (no domain prefix) over `message`.
+    pub fn verify_raw(&self, message: &[u8], signature: &[u8]) -> bool {
+        let Ok(signature) = <[u8; 64]>::try_from(signature) else { return false };
+        self.0.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature)).is_ok()
+    }
+
     /// Reads a `.pub` file, or takes `text` itself if it is a key.
     pub fn load(text_or_path: &str) -> Result<PublicKey, String> {
         if text_or_path.starts_with("ed25519:") {
@@ -164,6 +175,13 @@ impl SecretKey {
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| format!("{}: the seed must be 64 hex digits", path.display()))?;
         Ok(SecretKey::from_seed(seed))
+    }
+
+    /// A plain ed25519 signature over `message`, with no domain prefix: for
+    /// formats that define their own signed bytes (TUF metadata signs the
+    /// canonical JSON of its `signed` object).
+    pub fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
     }
 
     /// Signs `signed_bytes` as a bundle signature.

@@ -11,6 +11,7 @@ mod daemon;
 mod exec;
 mod inspect;
 mod pack;
+mod release;
 mod runs;
 mod sign;
 
@@ -67,6 +68,7 @@ enum Command {
     Jobs(daemon::JobsCommand),
     Trigger(daemon::TriggerCommand),
     Cancel(daemon::CancelCommand),
+    Release(release::ReleaseCommand),
 }
 
 /// Runs the `wfrun` command line and returns its exit status.
@@ -87,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Jobs(command) => command.execute(&cli.global),
         Command::Trigger(command) => command.execute(&cli.global),
         Command::Cancel(command) => command.execute(&cli.global),
+        Command::Release(command) => command.execute(),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

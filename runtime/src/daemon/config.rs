@@ -338,6 +338,33 @@ impl DaemonConfig {
     }
 }
 
+/// A jobs file: only `[jobs.NAME]` tables, as in the config file (`wfrun
+/// release add --jobs`). Bundle paths are relative to the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsFile {
+    #[serde(default)]
+    jobs: BTreeMap<String, JobSection>,
+}
+
+/// Reads a jobs file, checking each job as the config file's are (against
+/// the largest memory ceiling any device may have).
+pub fn read_jobs(path: &Path) -> Result<BTreeMap<String, JobSpec>, ConfigError> {
+    let fail = |problem| ConfigError { path: path.to_path_buf(), problem: Box::new(problem) };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(ConfigProblem::Read(e)))?;
+    let file: JobsFile =
+        toml::from_str(&text).map_err(|e| fail(ConfigProblem::Parse(e.to_string().trim_end().to_owned())))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let mut jobs = BTreeMap::new();
+    for (name, job) in file.jobs {
+        let spec = job_spec(&name, job, &resolve).map_err(fail)?;
+        jobs::validate(&name, &spec, *MAX_MEMORY_RANGE.end()).map_err(|e| fail(e.into()))?;
+        jobs.insert(name, spec);
+    }
+    Ok(jobs)
+}
+
 fn job_spec(name: &str, job: JobSection, resolve: &impl Fn(PathBuf) -> PathBuf) -> Result<JobSpec, ConfigProblem> {
     let key = |field: &str| format!("jobs.{name}.{field}");
     let every = job
