@@ -19,6 +19,7 @@
 //! - [`runner`]: prepare (read, verify, load) and run (admit, execute,
 //!   record), shared by `exec` and the daemon;
 //! - [`release`]: publishing releases as signed TUF repositories;
+//! - [`sync`]: the device's TUF client for the release origin;
 //! - [`daemon`]: the long-lived runner: jobs, scheduler, supervisor,
 //!   control plane, shutdown and recovery;
 //! - [`cli`]: the `wfrun` commands, each only resolving settings and calling
@@ -42,5 +43,6 @@ pub mod runner;
 pub mod sandbox;
 pub mod settings;
 pub mod store;
+pub mod sync;
 pub mod units;
 pub mod workflow;

@@ -25,18 +25,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("policy", &["workflow", "bundle", "limits", "manifest", "egress", "outcome", "units"]),
     ("runner", &["policy", "workflow", "bundle", "sandbox", "store", "outcome"]),
     ("release", &["bundle", "files", "manifest"]),
+    ("sync", &["manifest", "egress"]),
     (
         "daemon",
         &[
-            "runner", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits", "egress", "outcome",
-            "units", "files", "settings",
+            "runner", "sync", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits", "egress",
+            "outcome", "units", "files", "settings",
         ],
     ),
     (
         "cli",
         &[
-            "daemon", "runner", "release", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits",
-            "egress", "outcome", "units", "files", "settings",
+            "daemon", "runner", "release", "sync", "policy", "workflow", "bundle", "sandbox", "store", "manifest",
+            "limits", "egress", "outcome", "units", "files", "settings",
         ],
     ),
 ];

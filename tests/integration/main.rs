@@ -10,7 +10,8 @@
 //! and JavaScript nodes (built with their own toolchains on first use);
 //! `runner` the trust flags, rejection records and the prepared-program
 //! cache; `layers` checks the import rules of `docs/architecture.md`;
-//! `releases` checks the repositories `wfrun release` writes with python-tuf.
+//! `releases` checks the repositories `wfrun release` writes with python-tuf;
+//! `sync` runs the device's TUF client against both kinds of repository.
 
 mod cache;
 mod daemon;
@@ -24,4 +25,5 @@ mod releases;
 mod runner;
 mod sandbox;
 mod signing;
+mod sync;
 mod workflow;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use wfrun_runtime::manifest::ReleaseDocument;
 
 /// The venv's python with python-tuf, installed once per test process.
-fn python_tuf() -> &'static Path {
+pub fn python_tuf() -> &'static Path {
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PYTHON.get_or_init(|| {
         let out = Command::new(root().join("tests/tuf/setup.sh")).output().expect("running tests/tuf/setup.sh");
@@ -25,14 +25,14 @@ fn python_tuf() -> &'static Path {
 
 /// A static file server for `dir` on 127.0.0.1, stopped when dropped:
 /// GET only, 404 for anything that is not a file under `dir`.
-struct StaticServer {
+pub struct StaticServer {
     port: u16,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl StaticServer {
-    fn start(dir: &Path) -> StaticServer {
+    pub fn start(dir: &Path) -> StaticServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -72,7 +72,7 @@ impl StaticServer {
         StaticServer { port, stop, thread: Some(thread) }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
@@ -101,7 +101,7 @@ fn client(server: &StaticServer, work: &Path, trusted_root: &Path, targets: &[&s
     (out.status.code().unwrap_or(-1), answer, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn release(args: &[&str]) -> std::process::Output {
+pub fn release(args: &[&str]) -> std::process::Output {
     let out = wfrun().arg("release").args(args).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "wfrun release {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     out
@@ -109,7 +109,7 @@ fn release(args: &[&str]) -> std::process::Output {
 
 /// A repository with channel `stable` at 1.0.0: the `hello` bundle and a
 /// job running it.
-fn repository(dir: &Path) -> PathBuf {
+pub fn repository(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");
     release(&["init", repo.to_str().unwrap(), "--threshold", "root=2"]);
     std::fs::copy(guest("hello"), dir.join("hello.wasm")).unwrap();

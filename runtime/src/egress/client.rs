@@ -307,7 +307,9 @@ async fn connect(addresses: &[SocketAddr], by: Instant) -> Result<TcpStream, Err
     })
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
+/// The TLS connector wfrun's own HTTP clients use: rustls (ring) with the
+/// webpki roots.
+pub fn tls_connector() -> tokio_rustls::TlsConnector {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     let config = CONFIG.get_or_init(|| {
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
@@ -323,8 +325,10 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
 }
 
 /// A connection, plain or TLS.
-enum Stream {
+pub enum Stream {
+    /// Plain TCP.
     Plain(TcpStream),
+    /// TLS over TCP.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 

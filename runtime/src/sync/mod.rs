@@ -1,0 +1,159 @@
+//! The device side of releases: a TUF client for the release origin.
+//!
+//! [`Client`] follows the TUF client workflow (spec 1.0, section 5) over the
+//! four top-level roles with `sigstore-tuf` (without its own HTTP client and
+//! crypto backend): the root chain from the pinned root, then timestamp,
+//! snapshot and targets, each checked for signatures to threshold, version
+//! rollback, expiry, length and hashes. Every call takes the time it checks
+//! expiry against, so the daemon can hold the highest time it has seen. The
+//! trusted metadata is kept in a directory of the state directory
+//! (atomically written, re-verified whenever it is read), so version floors
+//! survive restarts. The origin is reached through [`transport::Origin`]:
+//! our own HTTP client, with timeouts and byte caps. A channel's release is
+//! the [`ReleaseDocument`] target `releases/CHANNEL.json`; its bundles are
+//! targets too, downloaded against their signed length and hash.
+//!
+//! Every refusal is a [`SyncError`] with a stable [`SyncError::code`]. Not
+//! yet here (issue 12's next part): gates, activation, trial and rollback.
+
+mod crypto;
+pub mod transport;
+
+use crate::manifest::{RELEASE_FORMAT, ReleaseDocument};
+use sigstore_tuf::{FileStore, Updater, UpdaterConfig};
+use std::path::Path;
+pub use transport::{Origin, OriginError, Timeouts};
+
+/// The most bytes a release document may have.
+pub const MAX_RELEASE_DOCUMENT: u64 = 1024 * 1024;
+/// The most bytes a bundle may have.
+pub const MAX_BUNDLE: u64 = 256 * 1024 * 1024;
+
+/// Why a sync step failed. [`SyncError::code`] is stable.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The origin could not be reached, or answered badly, or too slowly,
+    /// or with too much: nothing about the release itself.
+    #[error("the release origin: {0}")]
+    Unreachable(String),
+    /// Metadata or a target was refused by the TUF checks.
+    #[error("refused ({code}): {message}")]
+    Refused {
+        /// `metadata_signature`, `metadata_rollback`, `metadata_expired`,
+        /// `metadata_integrity`, `metadata_malformed`, `target_not_found`.
+        code: &'static str,
+        /// What the check said.
+        message: String,
+    },
+    /// The pinned root does not load.
+    #[error("trusted root: {0}")]
+    TrustedRoot(String),
+    /// The release document is not one this wfrun reads.
+    #[error("release document {target}: {reason}")]
+    BadDocument {
+        /// Its target name.
+        target: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl SyncError {
+    /// The stable code: `unreachable`, `trusted_root`, `bad_release_document`,
+    /// or a refusal's code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SyncError::Unreachable(_) => "unreachable",
+            SyncError::Refused { code, .. } => code,
+            SyncError::TrustedRoot(_) => "trusted_root",
+            SyncError::BadDocument { .. } => "bad_release_document",
+        }
+    }
+
+    fn from_tuf(error: sigstore_tuf::Error) -> SyncError {
+        use sigstore_tuf::Error as E;
+        let code = match &error {
+            E::Transport { .. } | E::Io { .. } => return SyncError::Unreachable(error.to_string()),
+            E::ThresholdNotMet { .. } | E::DuplicateSignature { .. } | E::Crypto(_) => "metadata_signature",
+            E::Rollback { .. } | E::EqualVersion { .. } | E::BadRootVersion { .. } => "metadata_rollback",
+            E::Expired { .. } => "metadata_expired",
+            E::IntegrityMismatch(_) => "metadata_integrity",
+            E::TargetNotFound(_) => "target_not_found",
+            _ => "metadata_malformed",
+        };
+        SyncError::Refused { code, message: error.to_string() }
+    }
+}
+
+/// A TUF client for one release origin, keeping its trusted metadata in a
+/// directory.
+pub struct Client {
+    updater: Updater,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of `origin` that trusts `trusted_root` (the `root.json`
+    /// pinned at provisioning) and keeps what it verifies in `store`.
+    pub fn new(origin: Origin, trusted_root: &[u8], store: &Path) -> Result<Client, SyncError> {
+        crypto::install();
+        let mut config = UpdaterConfig::default();
+        config.target_max_length = MAX_BUNDLE;
+        let updater = Updater::new(origin, trusted_root)
+            .map_err(|e| SyncError::TrustedRoot(e.to_string()))?
+            .with_config(config)
+            .with_store(FileStore::new(store));
+        Ok(Client { updater })
+    }
+
+    /// Runs the TUF refresh at time `now`: root chain, timestamp, snapshot,
+    /// targets.
+    pub async fn refresh(&mut self, now: jiff::Timestamp) -> Result<(), SyncError> {
+        self.updater.refresh(now).await.map_err(SyncError::from_tuf)
+    }
+
+    /// The verified bytes of target `name`, after a refresh.
+    pub async fn target(&mut self, name: &str, now: jiff::Timestamp) -> Result<Vec<u8>, SyncError> {
+        let info = self
+            .updater
+            .get_target_info(name, now)
+            .await
+            .map_err(SyncError::from_tuf)?
+            .ok_or_else(|| SyncError::Refused { code: "target_not_found", message: format!("no target {name}") })?;
+        if let Some(bytes) = self.updater.find_cached_target(&info, name) {
+            return Ok(bytes);
+        }
+        self.updater.download_target(&info, name).await.map_err(SyncError::from_tuf)
+    }
+
+    /// Channel `channel`'s release document, verified, after a refresh;
+    /// `None` if the channel has none.
+    pub async fn release(&mut self, channel: &str, now: jiff::Timestamp) -> Result<Option<ReleaseDocument>, SyncError> {
+        let name = format!("releases/{channel}.json");
+        let bytes = match self.target(&name, now).await {
+            Ok(bytes) => bytes,
+            Err(SyncError::Refused { code: "target_not_found", .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if bytes.len() as u64 > MAX_RELEASE_DOCUMENT {
+            return Err(SyncError::BadDocument { target: name, reason: "larger than 1 MiB".to_owned() });
+        }
+        let document: ReleaseDocument = serde_json::from_slice(&bytes)
+            .map_err(|e| SyncError::BadDocument { target: name.clone(), reason: e.to_string() })?;
+        if document.format != RELEASE_FORMAT || document.channel != channel {
+            return Err(SyncError::BadDocument {
+                target: name,
+                reason: format!(
+                    "format {} for channel {:?}; expected format {RELEASE_FORMAT} for {channel:?}",
+                    document.format, document.channel
+                ),
+            });
+        }
+        Ok(Some(document))
+    }
+}

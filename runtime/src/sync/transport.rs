@@ -1,0 +1,164 @@
+//! How the TUF client reaches the release origin: plain HTTP/1.1 GETs over
+//! hyper (rustls with the webpki roots for `https://`), each bounded in
+//! time and in bytes.
+//!
+//! A response longer than the length the client allows (the signed length
+//! of a target, a role's cap for metadata) is cut and refused, however the
+//! server frames it: an endless or slow body cannot hold the device.
+//! 404 and 403 mean "not there" (the end of the root chain).
+
+use crate::egress::client::{Stream, tls_connector};
+use bytes::Buf;
+use http_body_util::BodyExt;
+use sigstore_tuf::transport::FetchFuture;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::io::TokioIo;
+
+/// How long each step of a fetch may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Resolving and connecting (and the TLS handshake).
+    pub connect: Duration,
+    /// The whole request, first byte to last.
+    pub transfer: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect: Duration::from_secs(10), transfer: Duration::from_secs(120) }
+    }
+}
+
+/// A release origin: where its metadata and its targets are served.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    metadata: http::Uri,
+    targets: http::Uri,
+    timeouts: Timeouts,
+}
+
+/// Why an origin URL is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("release origin {url:?}: {reason}")]
+pub struct OriginError {
+    /// The URL as given.
+    pub url: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn base(url: &str, sub: &str) -> Result<http::Uri, OriginError> {
+    let bad = |reason: &str| OriginError { url: url.to_owned(), reason: reason.to_owned() };
+    let joined = format!("{}/{sub}/", url.trim_end_matches('/'));
+    let uri: http::Uri = joined.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(bad("the origin must be http:// or https://")),
+    }
+    if uri.host().is_none() {
+        return Err(bad("no host"));
+    }
+    Ok(uri)
+}
+
+impl Origin {
+    /// The origin at `url`, serving `URL/metadata/` and `URL/targets/` (as
+    /// `wfrun release` lays a repository out).
+    pub fn new(url: &str, timeouts: Timeouts) -> Result<Origin, OriginError> {
+        Ok(Origin { metadata: base(url, "metadata")?, targets: base(url, "targets")?, timeouts })
+    }
+
+    async fn get(&self, base: &http::Uri, name: &str, max_length: u64) -> sigstore_tuf::Result<Option<Vec<u8>>> {
+        if name.split('/').any(|part| part == ".." || part.is_empty()) {
+            return Err(sigstore_tuf::Error::transport(format!("refusing the path {name:?}")));
+        }
+        let url: http::Uri = format!("{base}{name}")
+            .parse()
+            .map_err(|_| sigstore_tuf::Error::transport(format!("{name:?} does not make a URL")))?;
+        let fetch = fetch(&url, max_length, self.timeouts.connect);
+        match tokio::time::timeout(self.timeouts.transfer, fetch).await {
+            Ok(result) => result,
+            Err(_) => Err(sigstore_tuf::Error::transport(format!(
+                "{url}: no complete answer within {:?}",
+                self.timeouts.transfer
+            ))),
+        }
+    }
+}
+
+impl sigstore_tuf::Repository for Origin {
+    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
+        Box::pin(self.get(&self.metadata, name, max_length))
+    }
+
+    fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
+        Box::pin(self.get(&self.targets, path, max_length))
+    }
+}
+
+async fn fetch(url: &http::Uri, max_length: u64, connect_timeout: Duration) -> sigstore_tuf::Result<Option<Vec<u8>>> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| sigstore_tuf::Error::transport(format!("{url}: {what}: {e}"));
+    let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let https = url.scheme_str() == Some("https");
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let connect = async {
+        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| failed("connect", &e))?;
+        if !https {
+            return Ok(Stream::Plain(tcp));
+        }
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| failed("TLS name", &e))?;
+        let tls = tls_connector().connect(name, tcp).await.map_err(|e| failed("TLS", &e))?;
+        Ok::<_, sigstore_tuf::Error>(Stream::Tls(Box::new(tls)))
+    };
+    let stream = tokio::time::timeout(connect_timeout, connect)
+        .await
+        .map_err(|_| failed("connect", &format!("no connection within {connect_timeout:?}")))??;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed("HTTP", &e))?;
+    let driver = tokio::spawn(connection);
+    let authority = url.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let request = http::Request::get(url.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(http::header::HOST, authority)
+        .header(http::header::USER_AGENT, concat!("wfrun/", env!("CARGO_PKG_VERSION")))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| failed("request", &e))?;
+    let response = sender.send_request(request).await.map_err(|e| failed("request", &e))?;
+    let status = response.status();
+    if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::FORBIDDEN {
+        driver.abort();
+        return Ok(None);
+    }
+    if !status.is_success() {
+        driver.abort();
+        return Err(failed("answer", &status));
+    }
+    let declared: Option<u64> =
+        response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|length| length > max_length) {
+        driver.abort();
+        return Err(failed(
+            "too long",
+            &format!("{} bytes, more than the {max_length} allowed", declared.unwrap_or(0)),
+        ));
+    }
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| failed("body", &e))?;
+        if let Ok(mut data) = frame.into_data() {
+            if bytes.len() as u64 + data.remaining() as u64 > max_length {
+                driver.abort();
+                return Err(failed("too long", &format!("more than the {max_length} bytes allowed")));
+            }
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                bytes.extend_from_slice(chunk);
+                let n = chunk.len();
+                data.advance(n);
+            }
+        }
+    }
+    driver.abort();
+    Ok(Some(bytes))
+}

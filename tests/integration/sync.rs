@@ -1,0 +1,157 @@
+//! The device's TUF client (`wfrun_runtime::sync`) against release origins
+//! on 127.0.0.1: repositories `wfrun release` writes and repositories
+//! python-tuf (the reference implementation) writes, and the attacks TUF
+//! exists to stop, each refused with its own code.
+
+use crate::guests::{guest, root};
+use crate::releases::{StaticServer, python_tuf, release, repository};
+use std::path::Path;
+use std::process::Command;
+use wfrun_runtime::sync::{Client, Origin, SyncError, Timeouts};
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+fn client(server: &StaticServer, trusted_root: &Path, store: &Path) -> Client {
+    let origin = Origin::new(&server.url(), Timeouts::default()).unwrap();
+    Client::new(origin, &std::fs::read(trusted_root).unwrap(), store).unwrap()
+}
+
+fn code(result: Result<impl std::fmt::Debug, SyncError>) -> &'static str {
+    match result {
+        Ok(value) => panic!("accepted: {value:?}"),
+        Err(e) => e.code(),
+    }
+}
+
+#[tokio::test]
+async fn the_device_reads_a_wfrun_repository_and_follows_its_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let server = StaticServer::start(&repo);
+    let store = dir.path().join("device");
+    let mut device = client(&server, &repo.join("metadata/root.json"), &store);
+    device.refresh(now()).await.unwrap();
+    let document = device.release("stable", now()).await.unwrap().expect("the channel has a release");
+    assert_eq!(document.version, "1.0.0");
+    let bundle = device.target(&document.bundles[0].target, now()).await.unwrap();
+    assert_eq!(bundle, std::fs::read(guest("hello")).unwrap());
+    assert!(device.release("beta", now()).await.unwrap().is_none(), "a channel with no release");
+
+    std::fs::copy(guest("stats"), dir.path().join("stats.wasm")).unwrap();
+    let stats = dir.path().join("stats.wasm");
+    release(&["add", repo.to_str().unwrap(), "--channel", "stable", "--version", "1.1.0", stats.to_str().unwrap()]);
+    // A new client over the same store: the trusted metadata was kept.
+    let mut device = client(&server, &repo.join("metadata/1.root.json"), &store);
+    device.refresh(now()).await.unwrap();
+    assert_eq!(device.release("stable", now()).await.unwrap().unwrap().version, "1.1.0");
+}
+
+#[tokio::test]
+async fn the_device_reads_a_repository_python_tuf_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let out = Command::new(python_tuf())
+        .arg(root().join("tests/tuf/publish.py"))
+        .arg(&repo)
+        .args(["stable", "2.0.0"])
+        .arg(guest("hello"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "publish.py: {}", String::from_utf8_lossy(&out.stderr));
+    let server = StaticServer::start(&repo);
+    let mut device = client(&server, &repo.join("metadata/1.root.json"), &dir.path().join("device"));
+    device.refresh(now()).await.unwrap();
+    let document = device.release("stable", now()).await.unwrap().unwrap();
+    assert_eq!(document.version, "2.0.0");
+    assert_eq!(
+        device.target(&document.bundles[0].target, now()).await.unwrap(),
+        std::fs::read(guest("hello")).unwrap()
+    );
+
+    // python-tuf's repository, with its timestamp expired an hour ago: refused.
+    let stale = dir.path().join("stale");
+    let out = Command::new(python_tuf())
+        .arg(root().join("tests/tuf/publish.py"))
+        .arg(&stale)
+        .args(["stable", "2.0.0"])
+        .arg(guest("hello"))
+        .arg("--expired")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let server = StaticServer::start(&stale);
+    let mut device = client(&server, &stale.join("metadata/1.root.json"), &dir.path().join("device-stale"));
+    assert_eq!(code(device.refresh(now()).await), "metadata_expired");
+}
+
+#[tokio::test]
+async fn forged_rolled_back_and_changed_metadata_and_targets_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let server = StaticServer::start(&repo);
+    let trusted_root = repo.join("metadata/1.root.json");
+    let timestamp = repo.join("metadata/timestamp.json");
+
+    // Arbitrary software: a timestamp changed after signing.
+    let original = std::fs::read_to_string(&timestamp).unwrap();
+    std::fs::write(&timestamp, original.replacen("\"version\": 2\n  }", "\"version\": 9\n  }", 1)).unwrap();
+    let mut device = client(&server, &trusted_root, &dir.path().join("forged"));
+    assert_eq!(code(device.refresh(now()).await), "metadata_signature");
+    std::fs::write(&timestamp, &original).unwrap();
+
+    // Rollback: a device that saw timestamp v3 is then served v2 again.
+    let store = dir.path().join("device");
+    release(&["timestamp", repo.to_str().unwrap()]);
+    client(&server, &trusted_root, &store).refresh(now()).await.unwrap();
+    std::fs::write(&timestamp, &original).unwrap();
+    let mut device = client(&server, &trusted_root, &store);
+    assert_eq!(code(device.refresh(now()).await), "metadata_rollback");
+
+    // Freeze: the same metadata, seen from a week later, is expired.
+    release(&["timestamp", repo.to_str().unwrap()]);
+    let later = now() + jiff::SignedDuration::from_hours(24 * 8);
+    let mut device = client(&server, &trusted_root, &dir.path().join("frozen"));
+    assert_eq!(code(device.refresh(later).await), "metadata_expired");
+
+    // A bundle whose bytes changed: refused against its signed hash.
+    let mut device = client(&server, &trusted_root, &dir.path().join("changed"));
+    device.refresh(now()).await.unwrap();
+    let document = device.release("stable", now()).await.unwrap().unwrap();
+    let files = std::fs::read_dir(repo.join("targets/bundles/stable/1.0.0")).unwrap();
+    let file = files.map(|e| e.unwrap().path()).next().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(code(device.target(&document.bundles[0].target, now()).await), "metadata_integrity");
+
+    // Endless data: a timestamp far past the size a timestamp may have.
+    std::fs::write(&timestamp, vec![b' '; 64 * 1024]).unwrap();
+    let mut device = client(&server, &trusted_root, &dir.path().join("endless"));
+    assert_eq!(code(device.refresh(now()).await), "unreachable");
+
+    // Another repository's root: nothing it serves verifies.
+    let other = tempfile::tempdir().unwrap();
+    let other_repo = repository(other.path());
+    std::fs::write(&timestamp, &original).unwrap();
+    let mut device = client(&server, &other_repo.join("metadata/1.root.json"), &dir.path().join("stranger"));
+    assert_eq!(code(device.refresh(now()).await), "metadata_signature");
+}
+
+#[tokio::test]
+async fn an_origin_that_is_gone_is_unreachable_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let port = {
+        let server = StaticServer::start(&repo);
+        server.url()
+    };
+    let origin = Origin::new(&port, Timeouts::default()).unwrap();
+    let trusted = std::fs::read(repo.join("metadata/root.json")).unwrap();
+    let mut device = Client::new(origin, &trusted, &dir.path().join("device")).unwrap();
+    assert_eq!(code(device.refresh(now()).await), "unreachable");
+    assert!(Origin::new("ftp://127.0.0.1/", Timeouts::default()).is_err());
+    let garbage = Client::new(Origin::new("http://127.0.0.1:1", Timeouts::default()).unwrap(), b"{}", dir.path());
+    assert_eq!(code(garbage.map(|_| ())), "trusted_root");
+}
