@@ -155,3 +155,76 @@ async fn an_origin_that_is_gone_is_unreachable_not_refused() {
     let garbage = Client::new(Origin::new("http://127.0.0.1:1", Timeouts::default()).unwrap(), b"{}", dir.path());
     assert_eq!(code(garbage.map(|_| ())), "trusted_root");
 }
+
+/// `wfrun-tuf-client` (the conformance suite's client CLI over the same
+/// client code): its exit status.
+fn conformance(args: &[&std::ffi::OsStr]) -> i32 {
+    let out = Command::new(env!("CARGO_BIN_EXE_wfrun-tuf-client")).args(args).output().unwrap();
+    out.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn the_conformance_client_keeps_a_plain_metadata_directory_and_downloads_once() {
+    use std::ffi::OsStr;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let server = StaticServer::start(&repo);
+    let metadata = dir.path().join("md");
+    let targets = dir.path().join("dl");
+    let url = format!("{}/metadata", server.url());
+    let base = format!("{}/targets", server.url());
+    let md = metadata.as_os_str();
+    let trusted_root = repo.join("metadata/1.root.json");
+    assert_eq!(conformance(&[OsStr::new("--metadata-dir"), md, OsStr::new("init"), trusted_root.as_os_str()]), 0);
+    let refresh =
+        [OsStr::new("--metadata-dir"), md, OsStr::new("--metadata-url"), OsStr::new(&url), OsStr::new("refresh")];
+    assert_eq!(conformance(&refresh), 0);
+    let mut names: Vec<String> =
+        std::fs::read_dir(&metadata).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["root.json", "snapshot.json", "targets.json", "timestamp.json"]);
+
+    let bundle = "bundles/stable/1.0.0/hello.wasm";
+    let download = [
+        OsStr::new("--metadata-dir"),
+        md,
+        OsStr::new("--metadata-url"),
+        OsStr::new(&url),
+        OsStr::new("--target-name"),
+        OsStr::new(bundle),
+        OsStr::new("--target-base-url"),
+        OsStr::new(&base),
+        OsStr::new("--target-dir"),
+        targets.as_os_str(),
+        OsStr::new("download"),
+    ];
+    assert_eq!(conformance(&download), 0);
+    let file = targets.join("bundles%2Fstable%2F1.0.0%2Fhello.wasm");
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(guest("hello")).unwrap());
+    let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(conformance(&download), 0);
+    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), written, "a present, matching target is kept");
+    std::fs::write(&file, b"damaged").unwrap();
+    assert_eq!(conformance(&download), 0);
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(guest("hello")).unwrap(), "a damaged one is fetched again");
+
+    // A forged timestamp: exit 1.
+    let timestamp = repo.join("metadata/timestamp.json");
+    let original = std::fs::read_to_string(&timestamp).unwrap();
+    std::fs::write(&timestamp, original.replacen("\"version\": 2\n  }", "\"version\": 9\n  }", 1)).unwrap();
+    let fresh = dir.path().join("md2");
+    assert_eq!(
+        conformance(&[OsStr::new("--metadata-dir"), fresh.as_os_str(), OsStr::new("init"), trusted_root.as_os_str()]),
+        0
+    );
+    let refresh = [
+        OsStr::new("--metadata-dir"),
+        fresh.as_os_str(),
+        OsStr::new("--metadata-url"),
+        OsStr::new(&url),
+        OsStr::new("refresh"),
+    ];
+    assert_eq!(conformance(&refresh), 1);
+    assert_eq!(conformance(&[OsStr::new("--metadata-dir"), md, OsStr::new("bogus")]), 1);
+}

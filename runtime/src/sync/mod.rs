@@ -17,11 +17,13 @@
 //! yet here (issue 12's next part): gates, activation, trial and rollback.
 
 mod crypto;
+pub mod store;
 pub mod transport;
 
 use crate::manifest::{RELEASE_FORMAT, ReleaseDocument};
-use sigstore_tuf::{FileStore, Updater, UpdaterConfig};
+use sigstore_tuf::{FileStore, MetadataStore, Updater, UpdaterConfig};
 use std::path::Path;
+pub use store::PlainStore;
 pub use transport::{Origin, OriginError, Timeouts};
 
 /// The most bytes a release document may have.
@@ -101,14 +103,35 @@ impl Client {
     /// A client of `origin` that trusts `trusted_root` (the `root.json`
     /// pinned at provisioning) and keeps what it verifies in `store`.
     pub fn new(origin: Origin, trusted_root: &[u8], store: &Path) -> Result<Client, SyncError> {
+        Client::with_store(origin, trusted_root, FileStore::new(store))
+    }
+
+    /// The same with any metadata store (the conformance client keeps a
+    /// plain directory, [`PlainStore`]).
+    pub fn with_store(
+        origin: Origin,
+        trusted_root: &[u8],
+        store: impl MetadataStore + 'static,
+    ) -> Result<Client, SyncError> {
         crypto::install();
         let mut config = UpdaterConfig::default();
         config.target_max_length = MAX_BUNDLE;
         let updater = Updater::new(origin, trusted_root)
             .map_err(|e| SyncError::TrustedRoot(e.to_string()))?
             .with_config(config)
-            .with_store(FileStore::new(store));
+            .with_store(store);
         Ok(Client { updater })
+    }
+
+    /// Target `name`'s signed length and SHA-256 (hex), after a refresh.
+    pub async fn target_info(&mut self, name: &str, now: jiff::Timestamp) -> Result<(u64, Option<String>), SyncError> {
+        let info = self
+            .updater
+            .get_target_info(name, now)
+            .await
+            .map_err(SyncError::from_tuf)?
+            .ok_or_else(|| SyncError::Refused { code: "target_not_found", message: format!("no target {name}") })?;
+        Ok((info.length, info.hashes.get("sha256").cloned()))
     }
 
     /// Runs the TUF refresh at time `now`: root chain, timestamp, snapshot,

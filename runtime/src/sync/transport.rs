@@ -50,7 +50,10 @@ pub struct OriginError {
 
 fn base(url: &str, sub: &str) -> Result<http::Uri, OriginError> {
     let bad = |reason: &str| OriginError { url: url.to_owned(), reason: reason.to_owned() };
-    let joined = format!("{}/{sub}/", url.trim_end_matches('/'));
+    let joined = match sub {
+        "" => format!("{}/", url.trim_end_matches('/')),
+        sub => format!("{}/{sub}/", url.trim_end_matches('/')),
+    };
     let uri: http::Uri = joined.parse().map_err(|_| bad("not a URL"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
@@ -67,6 +70,11 @@ impl Origin {
     /// `wfrun release` lays a repository out).
     pub fn new(url: &str, timeouts: Timeouts) -> Result<Origin, OriginError> {
         Ok(Origin { metadata: base(url, "metadata")?, targets: base(url, "targets")?, timeouts })
+    }
+
+    /// An origin whose metadata and targets are at two URLs of their own.
+    pub fn with_urls(metadata: &str, targets: &str, timeouts: Timeouts) -> Result<Origin, OriginError> {
+        Ok(Origin { metadata: base(metadata, "")?, targets: base(targets, "")?, timeouts })
     }
 
     async fn get(&self, base: &http::Uri, name: &str, max_length: u64) -> sigstore_tuf::Result<Option<Vec<u8>>> {
