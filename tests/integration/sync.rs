@@ -228,3 +228,65 @@ fn the_conformance_client_keeps_a_plain_metadata_directory_and_downloads_once() 
     assert_eq!(conformance(&refresh), 1);
     assert_eq!(conformance(&[OsStr::new("--metadata-dir"), md, OsStr::new("bogus")]), 1);
 }
+
+#[tokio::test]
+async fn a_release_is_staged_only_through_its_gates_and_only_verified_bytes_are_written() {
+    use wfrun_runtime::sync::gates::Device;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let server = StaticServer::start(&repo);
+    let staging = dir.path().join("staging");
+    let mut device = client(&server, &repo.join("metadata/root.json"), &dir.path().join("device"));
+    device.refresh(now()).await.unwrap();
+    let me = |active: Option<&str>, channel: &str| Device {
+        runner_version: semver::Version::parse(env!("CARGO_PKG_VERSION")).unwrap(),
+        channel: channel.to_owned(),
+        ring: 0,
+        active: active.map(|v| semver::Version::parse(v).unwrap()),
+        bad: Vec::new(),
+    };
+
+    let staged = device.stage("stable", &me(None, "stable"), &staging, now()).await.unwrap().unwrap();
+    assert_eq!(staged.document.version, "1.0.0");
+    assert_eq!(staged.bundles.len(), 1);
+    assert_eq!(std::fs::read(&staged.bundles[0].1).unwrap(), std::fs::read(guest("hello")).unwrap());
+    assert!(staged.dir.join("release.json").is_file());
+    assert!(staged.dir.starts_with(&staging));
+
+    let refused = |result: Result<Option<wfrun_runtime::sync::Staged>, wfrun_runtime::sync::StageError>| match result {
+        Ok(staged) => panic!("staged {staged:?}"),
+        Err(e) => e.code(),
+    };
+    assert_eq!(refused(device.stage("stable", &me(Some("1.0.0"), "stable"), &staging, now()).await), "already_active");
+    assert_eq!(refused(device.stage("stable", &me(Some("2.0.0"), "stable"), &staging, now()).await), "downgrade");
+    let known_bad = Device { bad: vec![staged.digest.clone()], ..me(None, "stable") };
+    assert_eq!(refused(device.stage("stable", &known_bad, &staging, now()).await), "known_bad");
+    assert!(device.stage("beta", &me(None, "beta"), &staging, now()).await.unwrap().is_none(), "no such channel");
+
+    // A bundle changed on the origin: refused, and nothing of it written.
+    let other = dir.path().join("staging-2");
+    let files = std::fs::read_dir(repo.join("targets/bundles/stable/1.0.0")).unwrap();
+    let file = files.map(|e| e.unwrap().path()).next().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let mut fresh = client(&server, &repo.join("metadata/root.json"), &dir.path().join("device-2"));
+    fresh.refresh(now()).await.unwrap();
+    assert_eq!(refused(fresh.stage("stable", &me(None, "stable"), &other, now()).await), "metadata_integrity");
+    let written: Vec<_> = walk(&other);
+    assert!(written.iter().all(|p| p.is_dir()), "no file was written: {written:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            out.push(path.clone());
+            if path.is_dir() {
+                out.extend(walk(&path));
+            }
+        }
+    }
+    out
+}

@@ -13,14 +13,19 @@
 //! the [`ReleaseDocument`] target `releases/CHANNEL.json`; its bundles are
 //! targets too, downloaded against their signed length and hash.
 //!
-//! Every refusal is a [`SyncError`] with a stable [`SyncError::code`]. Not
-//! yet here (issue 12's next part): gates, activation, trial and rollback.
+//! [`Client::stage`] takes a channel's release through the [`gates`]
+//! (runner version, channel, ring, downgrade, known-bad) and writes its
+//! verified bundles under a staging directory. Every refusal has a stable
+//! code ([`SyncError::code`], [`StageError::code`]). Not yet here (issue
+//! 12's next part): the activation state machine, trial and rollback.
 
 mod crypto;
+pub mod gates;
 pub mod store;
 pub mod transport;
 
 use crate::manifest::{RELEASE_FORMAT, ReleaseDocument};
+use sha2::Digest;
 use sigstore_tuf::{FileStore, MetadataStore, Updater, UpdaterConfig};
 use std::path::Path;
 pub use store::PlainStore;
@@ -178,5 +183,100 @@ impl Client {
             });
         }
         Ok(Some(document))
+    }
+}
+
+/// A release whose bundles are verified and written under the staging
+/// directory, ready to activate.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The release document.
+    pub document: ReleaseDocument,
+    /// `sha256:<hex>` of the release document's bytes: the release's identity.
+    pub digest: String,
+    /// Where its files are: `DIR/<digest hex>/`.
+    pub dir: std::path::PathBuf,
+    /// Each bundle's target name and the file it was written to.
+    pub bundles: Vec<(String, std::path::PathBuf)>,
+}
+
+impl Client {
+    /// Downloads channel `channel`'s release, checks it against `device`'s
+    /// gates, and writes its bundles (each verified against its signed
+    /// length and hash, and against the document's digest) atomically under
+    /// `staging/<document digest>/`. Nothing unverified is ever written
+    /// there. `Ok(None)`: the channel has no release.
+    pub async fn stage(
+        &mut self,
+        channel: &str,
+        device: &gates::Device,
+        staging: &Path,
+        now: jiff::Timestamp,
+    ) -> Result<Option<Staged>, StageError> {
+        let name = format!("releases/{channel}.json");
+        let bytes = match self.target(&name, now).await {
+            Ok(bytes) => bytes,
+            Err(SyncError::Refused { code: "target_not_found", .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(document) = self.release(channel, now).await? else { return Ok(None) };
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        gates::check(&document, &digest, device)?;
+        let bad = |reason: String| SyncError::BadDocument { target: name.clone(), reason };
+        for (job, spec) in &document.jobs {
+            let target = spec.bundle.to_string_lossy();
+            if !document.bundles.iter().any(|b| b.target == target) {
+                return Err(bad(format!("job {job} runs {target}, which is not one of the release's bundles")).into());
+            }
+        }
+        let dir = staging.join(digest.trim_start_matches("sha256:"));
+        std::fs::create_dir_all(&dir).map_err(|e| StageError::Io(format!("{}: {e}", dir.display())))?;
+        let mut bundles = Vec::new();
+        for bundle in &document.bundles {
+            let file_ok = !bundle.name.is_empty()
+                && !bundle.name.starts_with('.')
+                && bundle.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !file_ok {
+                return Err(bad(format!("bundle name {:?} is not a plain file name", bundle.name)).into());
+            }
+            let bytes = self.target(&bundle.target, now).await?;
+            let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+            if actual != bundle.digest || bytes.len() as u64 != bundle.length {
+                return Err(bad(format!("bundle {} is not the one the document names", bundle.target)).into());
+            }
+            let path = dir.join(&bundle.name);
+            crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
+                .map_err(|e| StageError::Io(format!("{}: {e}", path.display())))?;
+            bundles.push((bundle.target.clone(), path));
+        }
+        let path = dir.join("release.json");
+        crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
+            .map_err(|e| StageError::Io(format!("{}: {e}", path.display())))?;
+        Ok(Some(Staged { document, digest, dir, bundles }))
+    }
+}
+
+/// Why a release was not staged.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The origin, the metadata or a target failed (see [`SyncError::code`]).
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// A gate refused the release.
+    #[error(transparent)]
+    Gate(#[from] gates::GateRefusal),
+    /// The staging directory could not be written.
+    #[error("staging: {0}")]
+    Io(String),
+}
+
+impl StageError {
+    /// The stable code: the sync error's, the gate's, or `staging_io`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StageError::Sync(e) => e.code(),
+            StageError::Gate(e) => e.code(),
+            StageError::Io(_) => "staging_io",
+        }
     }
 }
