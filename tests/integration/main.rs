@@ -11,10 +11,12 @@
 //! `runner` the trust flags, rejection records and the prepared-program
 //! cache; `layers` checks the import rules of `docs/architecture.md`;
 //! `releases` checks the repositories `wfrun release` writes with python-tuf;
-//! `sync` runs the device's TUF client against both kinds of repository.
+//! `sync` runs the device's TUF client against both kinds of repository;
+//! `durability` kills a process mid-transition of releases, again and again.
 
 mod cache;
 mod daemon;
+mod durability;
 mod egress;
 mod exec;
 mod guests;

@@ -27,6 +27,7 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration { what: "the schema before versioning", apply: baseline },
     Migration { what: "runs.error_detail; the `interrupted` status", apply: error_detail_and_interrupted },
+    Migration { what: "device, releases and release_events", apply: releases },
 ];
 
 /// The schema version this wfrun writes.
@@ -165,6 +166,33 @@ fn error_detail_and_interrupted(conn: &Connection) -> rusqlite::Result<()> {
          UPDATE runs SET status = 'interrupted' WHERE status = 'failed' AND error_code = 'interrupted';
          UPDATE jobs SET last_status = 'interrupted'
           WHERE last_run_id IN (SELECT id FROM runs WHERE status = 'interrupted');",
+    )
+}
+
+fn releases(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE device (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE releases (
+             digest TEXT PRIMARY KEY,
+             channel TEXT NOT NULL,
+             version TEXT NOT NULL,
+             document TEXT NOT NULL,
+             dir TEXT NOT NULL,
+             state TEXT NOT NULL,
+             trial_runs INTEGER NOT NULL DEFAULT 0,
+             reason TEXT,
+             created_at TEXT NOT NULL,
+             updated_at TEXT NOT NULL
+         );
+         CREATE INDEX releases_by_state ON releases (state);
+         CREATE TABLE release_events (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             digest TEXT,
+             event TEXT NOT NULL,
+             code TEXT,
+             message TEXT,
+             at TEXT NOT NULL
+         );",
     )
 }
 

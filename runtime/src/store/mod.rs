@@ -13,15 +13,19 @@
 //! - [`jobs`]: the daemon's jobs, with typed [`JobSpec`](crate::manifest::JobSpec)s,
 //!   as [`JobRecord`].
 //! - [`state`]: key-value pairs scoped to a workflow.
+//! - [`releases`]: the device's id, each release's state (staged, trial,
+//!   committed, rolled back) and its events, every transition durable.
 //!
 //! The store imports no layer above it: it records what it is given.
 
 pub mod jobs;
 pub mod migrations;
+pub mod releases;
 pub mod runs;
 pub mod state;
 
 pub use jobs::{JobRecord, JobSource};
+pub use releases::{ReleaseEvent, ReleaseRecord, ReleaseState, TransitionError};
 pub use runs::{NewRun, RunRecord};
 pub use state::StateWrites;
 
