@@ -578,3 +578,87 @@ fn require_signed_without_trusted_keys_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!dir.path().join("state").join("wfrun.sock").exists(), "the daemon must not have started");
 }
+
+/// `wfrun sync status --json`'s result.
+fn sync_status(daemon: &DaemonProcess) -> Value {
+    serde_json::from_slice::<Value>(&daemon.wfrun(&["sync", "status", "--json"]).stdout).unwrap()["result"].clone()
+}
+
+#[test]
+fn a_release_activates_passes_its_trial_a_broken_one_rolls_back_and_jobs_run_on_offline() {
+    use crate::releases::{StaticServer, release};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    release(&["init", repo.to_str().unwrap()]);
+    std::fs::copy(guest("hello"), dir.path().join("hello.wasm")).unwrap();
+    std::fs::copy(guest("hostile"), dir.path().join("hostile.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("v1.toml"),
+        "[jobs.tick]\nbundle = \"hello.wasm\"\nevery = \"200ms\"\ninput = '{\"name\": \"fleet\"}'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("v2.toml"),
+        "[jobs.tick]\nbundle = \"hostile.wasm\"\nevery = \"200ms\"\ninput = '{\"mode\": \"fail\"}'\n",
+    )
+    .unwrap();
+    let add = |version: &str, bundle: &str, jobs: &str| {
+        let (bundle, jobs) = (dir.path().join(bundle), dir.path().join(jobs));
+        let repo = repo.to_str().unwrap();
+        release(&[
+            "add",
+            repo,
+            "--channel",
+            "stable",
+            "--version",
+            version,
+            bundle.to_str().unwrap(),
+            "--jobs",
+            jobs.to_str().unwrap(),
+        ]);
+    };
+    add("1.0.0", "hello.wasm", "v1.toml");
+    let server = StaticServer::start(&repo);
+    let daemon = DaemonProcess::start(&format!(
+        "[retry]\nmax_attempts = 1\n[sync]\nurl = \"{}\"\nchannel = \"stable\"\ninterval = \"300ms\"\ntrusted_root = {}\ntrial_runs = 2\n",
+        server.url(),
+        toml_path(&repo.join("metadata/root.json"))
+    ));
+    let committed = |daemon: &DaemonProcess| sync_status(daemon)["committed"]["version"].as_str().map(str::to_owned);
+    assert!(
+        wait_for(Duration::from_secs(60), || committed(&daemon).as_deref() == Some("1.0.0")),
+        "v1 never passed its trial: {}\n{}",
+        sync_status(&daemon),
+        daemon.log()
+    );
+    let hello_runs = |daemon: &DaemonProcess| {
+        daemon.runs().iter().filter(|r| r.output.as_deref() == Some(r#"{"greeting":"Hello, fleet!"}"#)).count()
+    };
+    assert!(hello_runs(&daemon) >= 2);
+
+    // v2's job fails: it rolls back by itself, and v1's job runs again.
+    add("2.0.0", "hostile.wasm", "v2.toml");
+    let rolled_back = || {
+        let store = Store::open(&daemon.state()).unwrap();
+        store.bad_releases().unwrap().len() == 1 && sync_status(&daemon)["trial"].is_null()
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), rolled_back),
+        "v2 was not rolled back: {}\n{}",
+        sync_status(&daemon),
+        daemon.log()
+    );
+    assert_eq!(committed(&daemon).as_deref(), Some("1.0.0"));
+    let before = hello_runs(&daemon);
+    assert!(wait_for(Duration::from_secs(30), || hello_runs(&daemon) > before + 1), "v1's job did not come back");
+    // The bad release is not tried again at the next polls.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(sync_status(&daemon)["trial"].is_null());
+
+    // The origin goes away: polls fail as unreachable, the jobs go on.
+    drop(server);
+    assert!(wait_for(Duration::from_secs(30), || sync_status(&daemon)["last_error"][0] == "unreachable"));
+    let offline = hello_runs(&daemon);
+    assert!(wait_for(Duration::from_secs(30), || hello_runs(&daemon) > offline + 2), "jobs stopped while offline");
+    assert_eq!(committed(&daemon).as_deref(), Some("1.0.0"));
+}

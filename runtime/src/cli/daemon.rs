@@ -341,3 +341,68 @@ impl CancelCommand {
         })
     }
 }
+
+/// The daemon's releases: what is active, in trial, and how the last check
+/// of the release origin went.
+#[derive(Debug, Args)]
+pub struct SyncCommand {
+    #[command(subcommand)]
+    command: SyncSubcommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncSubcommand {
+    /// The release in trial, the last known good, the last check and its error.
+    Status {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the release origin now instead of at the next interval.
+    Now {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl SyncCommand {
+    /// Asks the daemon.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        match self.command {
+            SyncSubcommand::Status { json } => request(global, "sync.status", json!({}), json, |status| {
+                let release = |r: &Value| {
+                    if r.is_null() {
+                        "none".to_owned()
+                    } else {
+                        format!(
+                            "{} {} ({})",
+                            printable(r["channel"].as_str().unwrap_or("")),
+                            printable(r["version"].as_str().unwrap_or("")),
+                            r["digest"].as_str().unwrap_or("")
+                        )
+                    }
+                };
+                println!(
+                    "origin     {} · channel {} · ring {}",
+                    printable(status["url"].as_str().unwrap_or("")),
+                    printable(status["channel"].as_str().unwrap_or("")),
+                    status["ring"]
+                );
+                println!("committed  {}", release(&status["committed"]));
+                println!("trial      {}", release(&status["trial"]));
+                println!("checked    {}", status["last_check"].as_str().unwrap_or("never"));
+                if let Some(error) = status["last_error"].as_array() {
+                    println!(
+                        "last error {}: {}",
+                        error.first().and_then(Value::as_str).unwrap_or(""),
+                        printable(error.get(1).and_then(Value::as_str).unwrap_or(""))
+                    );
+                }
+            }),
+            SyncSubcommand::Now { json } => {
+                request(global, "sync.now", json!({}), json, |_| println!("checking the release origin"))
+            }
+        }
+    }
+}

@@ -69,6 +69,7 @@ enum Command {
     Trigger(daemon::TriggerCommand),
     Cancel(daemon::CancelCommand),
     Release(release::ReleaseCommand),
+    Sync(daemon::SyncCommand),
 }
 
 /// Runs the `wfrun` command line and returns its exit status.
@@ -90,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Trigger(command) => command.execute(&cli.global),
         Command::Cancel(command) => command.execute(&cli.global),
         Command::Release(command) => command.execute(),
+        Command::Sync(command) => command.execute(&cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

@@ -55,6 +55,28 @@ pub struct DaemonConfig {
     pub nodes: NodeRules,
     /// Jobs declared in the file.
     pub jobs: BTreeMap<String, JobSpec>,
+    /// Pulling releases from a release origin; `None`: no sync.
+    pub sync: Option<SyncSettings>,
+    /// This device's id; `None`: the one made once and kept in the state
+    /// directory.
+    pub device_id: Option<String>,
+}
+
+/// The `[sync]` table: where releases come from and how they are tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSettings {
+    /// The release origin (serving `metadata/` and `targets/`).
+    pub url: String,
+    /// The channel this device follows.
+    pub channel: String,
+    /// Its rollout ring.
+    pub ring: u32,
+    /// How often the origin is polled (each wait jittered by up to a tenth).
+    pub interval: Duration,
+    /// The `root.json` pinned at provisioning.
+    pub trusted_root: PathBuf,
+    /// Successful runs of each of a release's jobs before its trial passes.
+    pub trial_runs: u32,
 }
 
 impl Default for DaemonConfig {
@@ -74,6 +96,8 @@ impl Default for DaemonConfig {
             require_signed: false,
             nodes: NodeRules::default(),
             jobs: BTreeMap::new(),
+            sync: None,
+            device_id: None,
         }
     }
 }
@@ -96,6 +120,27 @@ struct File {
     policy: PolicySection,
     #[serde(default)]
     jobs: BTreeMap<String, JobSection>,
+    sync: Option<SyncSection>,
+    #[serde(default)]
+    device: DeviceSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncSection {
+    url: String,
+    channel: String,
+    #[serde(default)]
+    ring: u32,
+    interval: Option<String>,
+    trusted_root: PathBuf,
+    trial_runs: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceSection {
+    id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,6 +366,31 @@ impl DaemonConfig {
             jobs::validate(&name, &spec, config.max_memory_bytes)?;
             config.jobs.insert(name, spec);
         }
+        if let Some(sync) = file.sync {
+            crate::sync::Origin::new(&sync.url, Default::default())
+                .map_err(|e| value("sync.url", ValueError::Address { value: sync.url.clone(), reason: e.reason }))?;
+            let interval = match &sync.interval {
+                Some(text) => units::duration(text, Duration::from_millis(200)..=Duration::from_secs(7 * 24 * 3600))
+                    .map_err(|e| value("sync.interval", e))?,
+                None => Duration::from_secs(300),
+            };
+            let trial_runs = sync.trial_runs.unwrap_or(3);
+            if !(1..=1000).contains(&trial_runs) {
+                return Err(value(
+                    "sync.trial_runs",
+                    ValueError::Range { value: trial_runs.to_string(), range: "1..=1000" },
+                ));
+            }
+            config.sync = Some(SyncSettings {
+                url: sync.url,
+                channel: sync.channel,
+                ring: sync.ring,
+                interval,
+                trusted_root: resolve(sync.trusted_root),
+                trial_runs,
+            });
+        }
+        config.device_id = file.device.id;
         Ok(config)
     }
 

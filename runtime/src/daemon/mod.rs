@@ -17,6 +17,7 @@
 pub mod config;
 pub mod control;
 pub mod jobs;
+pub mod releases;
 pub mod scheduler;
 pub mod status;
 pub mod supervisor;
@@ -156,6 +157,8 @@ pub struct Daemon {
     became_idle: Notify,
     started: SystemTime,
     control_token: Option<String>,
+    /// Pulling releases, with a `[sync]` table.
+    sync: Option<releases::SyncState>,
     _lock: std::fs::File,
 }
 
@@ -201,6 +204,7 @@ impl Daemon {
             }
         }
         let jobs = JobTable::load(store.clone())?;
+        let sync = config.sync.clone().map(releases::SyncState::new).transpose()?;
         if policy.trust.mode() == TrustMode::UnsignedAllowed {
             tracing::warn!(
                 trust_mode = "unsigned_allowed",
@@ -249,6 +253,7 @@ impl Daemon {
             became_idle: Notify::new(),
             started: SystemTime::now(),
             control_token,
+            sync,
             _lock: lock,
         }))
     }
@@ -280,6 +285,7 @@ impl Daemon {
             listeners.push(tokio::spawn(control::http::serve(self.clone(), listener, routes)));
         }
         let scheduler = tokio::spawn(scheduler::run(self.clone()));
+        let sync = tokio::spawn(self.clone().sync_loop());
         eprintln!(
             "wfrun daemon: state directory {}, control socket {}, {} job(s)",
             self.state_dir.display(),
@@ -295,6 +301,7 @@ impl Daemon {
         }
         self.stopping.store(true, Ordering::SeqCst);
         scheduler.abort();
+        sync.abort();
         for listener in listeners {
             listener.abort();
         }

@@ -91,8 +91,10 @@ impl Daemon {
                 let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
                 // A retry does not start once the daemon is stopping, nor
                 // for a job paused or removed while it waited.
+                // A release job replaced by another release is not retried.
                 let gone = attempt > 1
-                    && (self.stopping.load(Ordering::SeqCst) || self.jobs.get(name).is_none_or(|job| job.paused));
+                    && (self.stopping.load(Ordering::SeqCst)
+                        || self.jobs.get(name).is_none_or(|job| job.paused || job.spec != spec));
                 if gone {
                     self.running.lock().unwrap().remove(&run_id);
                     return;
@@ -100,6 +102,7 @@ impl Daemon {
                 self.run_once(name, &spec, input.clone(), &run_id, cancel.clone()).await
             };
             self.running.lock().unwrap().remove(&run_id);
+            let from_release = self.jobs.get(name).is_some_and(|job| job.source == crate::store::JobSource::Release);
             let failures = match self.jobs.record_run(name, &run_id, report.status) {
                 Ok(n) => n,
                 Err(e) => {
@@ -107,6 +110,12 @@ impl Daemon {
                     0
                 }
             };
+            // A failure in a release's trial rolls the release back; the job
+            // now runs the last known good, with a clean slate.
+            if from_release && self.after_release_run(name, &spec, report.status, report.error_code) {
+                let _ = self.jobs.set_paused(name, false, None);
+                return;
+            }
             if report.status != RunStatus::Failed || self.stopping.load(Ordering::SeqCst) {
                 return;
             }
@@ -145,7 +154,7 @@ impl Daemon {
 
     /// The daemon's policy with job `spec`'s ceilings: the job's own, else
     /// the daemon's (`[daemon] max_memory`), else the defaults.
-    fn job_policy(&self, spec: &JobSpec) -> Policy {
+    pub(super) fn job_policy(&self, spec: &JobSpec) -> Policy {
         let job = LimitRequest {
             memory_bytes: spec.memory_bytes,
             timeout: spec.timeout,

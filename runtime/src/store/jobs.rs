@@ -20,6 +20,8 @@ pub enum JobSource {
     Config,
     /// Added at run time (`wfrun jobs add`).
     Cli,
+    /// From the active release; replaced when another release activates.
+    Release,
 }
 
 impl JobSource {
@@ -27,6 +29,7 @@ impl JobSource {
         match self {
             JobSource::Config => "config",
             JobSource::Cli => "cli",
+            JobSource::Release => "release",
         }
     }
 }
@@ -147,7 +150,11 @@ impl Store {
             jobs.push(JobRecord {
                 name,
                 spec,
-                source: if source == "config" { JobSource::Config } else { JobSource::Cli },
+                source: match source.as_str() {
+                    "config" => JobSource::Config,
+                    "release" => JobSource::Release,
+                    _ => JobSource::Cli,
+                },
                 paused,
                 paused_reason,
                 consecutive_failures: failures,

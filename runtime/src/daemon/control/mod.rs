@@ -174,6 +174,11 @@ fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Value, DaemonError> 
                 None => Err(DaemonError::RunNotFound { run_id }),
             }
         }
+        "sync.status" => value(&daemon.sync_status()?),
+        "sync.now" => {
+            daemon.sync_now()?;
+            Ok(json!({ "checking": true }))
+        }
         "shutdown" => {
             daemon.stop();
             Ok(json!({ "stopping": true }))

@@ -1,0 +1,329 @@
+//! The daemon's side of releases: the sync loop, activation, the trial and
+//! rolling back by itself.
+//!
+//! With a `[sync]` table, the daemon polls its release origin every
+//! `interval` (jittered). Each poll refreshes the TUF metadata and stages
+//! the channel's release through its gates ([`crate::sync`]). The release is
+//! admitted by the local policy: every bundle is prepared (signature, load,
+//! link) and every job's plan admitted strictly, so a release that asks for
+//! more than the device allows never runs. Then it is recorded, put in
+//! `trial`, and **activated**: the release's jobs replace the previous
+//! release's in the job table (runs in flight finish under the old one).
+//! Each successful run of a release job counts towards the trial; when every
+//! job has `trial_runs` successes, the release is committed as the last
+//! known good. A failed run in trial rolls it back: the release is marked
+//! bad (never tried again) and the last known good's jobs come back.
+//! Network errors never roll anything back: they are recorded and retried
+//! at the next poll, and the active release keeps running.
+
+use super::config::SyncSettings;
+use super::{Daemon, DaemonError};
+use crate::manifest::{JobSpec, ReleaseDocument};
+use crate::outcome::{ErrorCode, RunStatus};
+use crate::policy::Policy;
+use crate::store::{JobSource, ReleaseRecord, ReleaseState};
+use crate::sync::{Client, Origin, StageError, Timeouts, gates::Device};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::sync::Notify;
+
+/// The sync loop's state, shown by `wfrun sync status`.
+#[derive(Debug)]
+pub(super) struct SyncState {
+    pub(super) settings: SyncSettings,
+    root: Vec<u8>,
+    last: Mutex<LastCheck>,
+    trial: Mutex<BTreeMap<String, u32>>,
+    pub(super) wake: Notify,
+}
+
+#[derive(Debug, Default, Clone)]
+struct LastCheck {
+    at: Option<String>,
+    error: Option<(String, String)>,
+}
+
+/// What `wfrun sync status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// The origin.
+    pub url: String,
+    /// The channel followed.
+    pub channel: String,
+    /// The ring.
+    pub ring: u32,
+    /// The release in trial, if any.
+    pub trial: Option<ReleaseRecord>,
+    /// The last known good release, if any.
+    pub committed: Option<ReleaseRecord>,
+    /// When the origin was last checked.
+    pub last_check: Option<String>,
+    /// The last check's error: (code, message).
+    pub last_error: Option<(String, String)>,
+    /// Successful runs per job in the current trial.
+    pub trial_progress: BTreeMap<String, u32>,
+    /// Runs each job needs for a trial to pass.
+    pub trial_runs: u32,
+}
+
+impl SyncState {
+    /// Reads the pinned root: a daemon whose `trusted_root` cannot be read
+    /// does not start.
+    pub(super) fn new(settings: SyncSettings) -> anyhow::Result<SyncState> {
+        let root = std::fs::read(&settings.trusted_root)
+            .map_err(|e| anyhow::anyhow!("sync.trusted_root {}: {e}", settings.trusted_root.display()))?;
+        Ok(SyncState { settings, root, last: Mutex::default(), trial: Mutex::default(), wake: Notify::new() })
+    }
+}
+
+impl Daemon {
+    fn sync_state(&self) -> Option<&SyncState> {
+        self.sync.as_ref()
+    }
+
+    /// Polls the origin until the task is dropped.
+    pub(super) async fn sync_loop(self: Arc<Self>) {
+        let Some(state) = self.sync_state() else { return };
+        loop {
+            let woken = state.wake.notified();
+            if let Err((code, message)) = self.sync_once().await {
+                tracing::warn!(code, "sync: {message}");
+            }
+            let interval = state.settings.interval;
+            let mut jitter = [0u8; 2];
+            let _ = getrandom::fill(&mut jitter);
+            let tenth = interval / 10;
+            let extra = tenth.mul_f64(f64::from(u16::from_le_bytes(jitter)) / f64::from(u16::MAX));
+            tokio::select! {
+                () = tokio::time::sleep(interval - tenth / 2 + extra) => {}
+                () = woken => {}
+            }
+        }
+    }
+
+    /// Asks the sync loop to check the origin now.
+    pub fn sync_now(&self) -> Result<(), DaemonError> {
+        let state =
+            self.sync_state().ok_or_else(|| DaemonError::InvalidRequest("this daemon has no [sync] table".into()))?;
+        state.wake.notify_one();
+        Ok(())
+    }
+
+    /// The time to check expiry against: the clock, or the highest time
+    /// seen before if the clock went back.
+    fn sync_time(&self) -> jiff::Timestamp {
+        let clock = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let highest = self.store.highest_time(clock).unwrap_or(clock);
+        jiff::Timestamp::from_second(highest).unwrap_or_else(|_| jiff::Timestamp::now())
+    }
+
+    /// One poll: refresh, stage, admit, activate. `Err((code, message))`
+    /// for anything that stopped it, recorded for `sync status`.
+    pub(super) async fn sync_once(self: &Arc<Self>) -> Result<Option<String>, (String, String)> {
+        let state = self.sync_state().ok_or(("no_sync".to_owned(), "no [sync] table".to_owned()))?;
+        let result = self.poll(state).await;
+        let mut last = state.last.lock().unwrap();
+        last.at = Some(crate::store::now());
+        last.error = result.as_ref().err().cloned();
+        result
+    }
+
+    async fn poll(self: &Arc<Self>, state: &SyncState) -> Result<Option<String>, (String, String)> {
+        let fail = |code: &str, message: String| (code.to_owned(), message);
+        let settings = &state.settings;
+        let origin = Origin::new(&settings.url, Timeouts::default()).map_err(|e| fail("bad_origin", e.to_string()))?;
+        let now = self.sync_time();
+        let mut client =
+            Client::new(origin, &state.root, &self.state_dir.join("tuf")).map_err(|e| fail(e.code(), e.to_string()))?;
+        client.refresh(now).await.map_err(|e| fail(e.code(), e.to_string()))?;
+        let active = self
+            .store
+            .release_in(ReleaseState::Trial)
+            .ok()
+            .flatten()
+            .or_else(|| self.store.release_in(ReleaseState::Committed).ok().flatten());
+        let device = Device {
+            runner_version: semver::Version::parse(env!("CARGO_PKG_VERSION")).expect("our version is semver"),
+            channel: settings.channel.clone(),
+            ring: settings.ring,
+            active: active.as_ref().and_then(|r| semver::Version::parse(&r.version).ok()),
+            bad: self.store.bad_releases().map_err(|e| fail("internal", e.to_string()))?,
+        };
+        let staging = self.state_dir.join("releases");
+        let staged = match client.stage(&settings.channel, &device, &staging, now).await {
+            Ok(Some(staged)) => staged,
+            Ok(None) => return Ok(None),
+            Err(StageError::Gate(crate::sync::gates::GateRefusal::AlreadyActive { .. })) => return Ok(None),
+            Err(e) => {
+                let _ = self.store.record_refusal(None, e.code(), &e.to_string());
+                return Err(fail(e.code(), e.to_string()));
+            }
+        };
+        let document_text = serde_json::to_string(&staged.document).expect("documents serialise");
+        let record = self
+            .store
+            .record_staged(
+                &staged.digest,
+                &staged.document.channel,
+                &staged.document.version,
+                &document_text,
+                &staged.dir.display().to_string(),
+            )
+            .map_err(|e| fail("internal", e.to_string()))?;
+        // The local policy: every bundle prepared, every job admitted
+        // strictly. A refusal marks the release bad before anything runs.
+        let jobs = match self.release_jobs(&staged.document, &staged.dir) {
+            Ok(jobs) => jobs,
+            Err((code, message)) => {
+                let _ = self.store.roll_back(&record.digest, &code, &message);
+                return Err((code, message));
+            }
+        };
+        self.store.begin_trial(&record.digest).map_err(|e| fail("internal", e.to_string()))?;
+        state.trial.lock().unwrap().clear();
+        self.install_release_jobs(jobs).map_err(|e| fail("internal", e.to_string()))?;
+        tracing::warn!(
+            "release {} {} activated in trial ({} job(s))",
+            staged.document.channel,
+            staged.document.version,
+            staged.document.jobs.len()
+        );
+        Ok(Some(record.digest))
+    }
+
+    /// The jobs of `document`, with each bundle's staged path, after the
+    /// local policy admitted them.
+    fn release_jobs(
+        &self,
+        document: &ReleaseDocument,
+        dir: &std::path::Path,
+    ) -> Result<BTreeMap<String, JobSpec>, (String, String)> {
+        let path_of = |target: &str| document.bundles.iter().find(|b| b.target == target).map(|b| dir.join(&b.name));
+        let mut jobs = BTreeMap::new();
+        for (name, spec) in &document.jobs {
+            if self.jobs.get(name).is_some_and(|job| job.source != JobSource::Release) {
+                return Err(("job_name_taken".to_owned(), format!("release job {name}: a job of that name exists")));
+            }
+            let target = spec.bundle.to_string_lossy();
+            let path: PathBuf = path_of(&target)
+                .ok_or_else(|| ("bad_release_document".to_owned(), format!("job {name}: no bundle {target}")))?;
+            let spec = JobSpec { bundle: path.clone(), ..spec.clone() };
+            super::jobs::validate(name, &spec, self.config.max_memory_bytes)
+                .map_err(|e| (e.detail().to_owned(), e.to_string()))?;
+            let prepared =
+                self.runner.prepare(&path, &self.policy.trust).map_err(|r| (r.detail.to_owned(), r.message.clone()))?;
+            let strict = Policy { strict_limits: true, ..self.job_policy(&spec) };
+            strict.admit(prepared.workflow().plan()).map_err(|e| (e.detail().to_owned(), e.to_string()))?;
+            jobs.insert(name.clone(), spec);
+        }
+        Ok(jobs)
+    }
+
+    /// Replaces the release jobs in the job table with `jobs`.
+    fn install_release_jobs(&self, jobs: BTreeMap<String, JobSpec>) -> Result<(), crate::store::StoreError> {
+        for job in self.jobs.all() {
+            if job.source == JobSource::Release && !jobs.contains_key(&job.name) {
+                self.jobs.remove(&job.name)?;
+                self.reschedule(&job.name);
+            }
+        }
+        for (name, spec) in jobs {
+            self.jobs.put(&name, &spec, JobSource::Release)?;
+            self.reschedule(&name);
+        }
+        Ok(())
+    }
+
+    /// Called after every run of a release job: counts it towards the
+    /// trial, commits a trial that passed, rolls back one that failed.
+    /// Returns whether it rolled the release back.
+    pub(super) fn after_release_run(
+        &self,
+        name: &str,
+        spec: &JobSpec,
+        status: RunStatus,
+        code: Option<ErrorCode>,
+    ) -> bool {
+        let Some(state) = self.sync_state() else { return false };
+        let Ok(Some(trial)) = self.store.release_in(ReleaseState::Trial) else { return false };
+        // A run of the release before this one is none of the trial's business.
+        if !spec.bundle.starts_with(&trial.dir) {
+            return false;
+        }
+        match status {
+            RunStatus::Succeeded => {
+                let _ = self.store.count_trial_run(&trial.digest);
+                let document: Option<ReleaseDocument> = serde_json::from_str(&trial.document).ok();
+                let passed = {
+                    let mut progress = state.trial.lock().unwrap();
+                    *progress.entry(name.to_owned()).or_insert(0) += 1;
+                    document.is_some_and(|d| {
+                        d.jobs.keys().all(|job| progress.get(job).copied().unwrap_or(0) >= state.settings.trial_runs)
+                    })
+                };
+                if passed && self.store.commit(&trial.digest).is_ok() {
+                    tracing::warn!("release {} {} passed its trial; committed", trial.channel, trial.version);
+                }
+                false
+            }
+            RunStatus::Failed => {
+                let code = code.map_or("failed", |c| c.as_str());
+                let message = format!("job {name}'s run in trial ended with {code}");
+                tracing::warn!("release {} {} rolled back: {message}", trial.channel, trial.version);
+                if self.store.roll_back(&trial.digest, code, &message).is_err() {
+                    return false;
+                }
+                state.trial.lock().unwrap().clear();
+                self.restore_last_known_good();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Brings back the last known good release's jobs (none if there is no
+    /// such release, or its files are gone: the daemon then says why and
+    /// runs no release jobs).
+    fn restore_last_known_good(&self) {
+        let jobs = match self.store.release_in(ReleaseState::Committed) {
+            Ok(Some(good)) => match serde_json::from_str::<ReleaseDocument>(&good.document) {
+                Ok(document) => match self.release_jobs(&document, std::path::Path::new(&good.dir)) {
+                    Ok(jobs) => jobs,
+                    Err((code, message)) => {
+                        tracing::error!(code, "the last known good release {} cannot run: {message}", good.version);
+                        BTreeMap::new()
+                    }
+                },
+                Err(e) => {
+                    tracing::error!("the last known good release {}: its document does not parse: {e}", good.version);
+                    BTreeMap::new()
+                }
+            },
+            _ => BTreeMap::new(),
+        };
+        if let Err(e) = self.install_release_jobs(jobs) {
+            tracing::error!("restoring the last known good release's jobs: {e}");
+        }
+    }
+
+    /// What `wfrun sync status` shows.
+    pub fn sync_status(&self) -> Result<SyncStatus, DaemonError> {
+        let state =
+            self.sync_state().ok_or_else(|| DaemonError::InvalidRequest("this daemon has no [sync] table".into()))?;
+        let last = state.last.lock().unwrap().clone();
+        Ok(SyncStatus {
+            url: state.settings.url.clone(),
+            channel: state.settings.channel.clone(),
+            ring: state.settings.ring,
+            trial: self.store.release_in(ReleaseState::Trial)?,
+            committed: self.store.release_in(ReleaseState::Committed)?,
+            last_check: last.at,
+            last_error: last.error,
+            trial_progress: state.trial.lock().unwrap().clone(),
+            trial_runs: state.settings.trial_runs,
+        })
+    }
+}
