@@ -655,6 +655,26 @@ fn a_release_activates_passes_its_trial_a_broken_one_rolls_back_and_jobs_run_on_
     std::thread::sleep(Duration::from_millis(1000));
     assert!(sync_status(&daemon)["trial"].is_null());
 
+    // v3 never runs (a manual job), so it stays in trial; `wfrun status`
+    // shows it, and `wfrun rollback` brings v1 back by hand.
+    std::fs::write(dir.path().join("v3.toml"), "[jobs.tick]\nbundle = \"hello.wasm\"\n").unwrap();
+    add("3.0.0", "hello.wasm", "v3.toml");
+    let in_trial = || sync_status(&daemon)["trial"]["version"] == "3.0.0";
+    assert!(wait_for(Duration::from_secs(60), in_trial), "v3 did not start its trial: {}", sync_status(&daemon));
+    let status: Value = serde_json::from_slice(&daemon.wfrun(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        (&status["result"]["release"]["version"], &status["result"]["release"]["state"]),
+        (&"3.0.0".into(), &"trial".into())
+    );
+    let rollback = daemon.wfrun(&["rollback", "--json"]);
+    assert_eq!(rollback.status.code(), Some(0), "{}", stderr(&rollback));
+    assert!(sync_status(&daemon)["trial"].is_null());
+    let before = hello_runs(&daemon);
+    assert!(
+        wait_for(Duration::from_secs(30), || hello_runs(&daemon) > before + 1),
+        "v1's job did not come back after the rollback"
+    );
+
     // The origin goes away: polls fail as unreachable, the jobs go on.
     drop(server);
     assert!(wait_for(Duration::from_secs(30), || sync_status(&daemon)["last_error"][0] == "unreachable"));

@@ -130,6 +130,14 @@ impl StatusCommand {
                 Some("signed_only") => println!("trust   signed bundles only ({keys} trusted key(s))"),
                 _ => println!("trust   unsigned bundles run (no trusted keys configured)"),
             }
+            if !status["release"].is_null() {
+                println!(
+                    "release {} {} ({})",
+                    printable(status["release"]["channel"].as_str().unwrap_or("")),
+                    printable(status["release"]["version"].as_str().unwrap_or("")),
+                    status["release"]["state"].as_str().unwrap_or("")
+                );
+            }
             println!(
                 "programs {} prepared · {} loads · {} reused",
                 status["programs"]["programs"], status["programs"]["loads"], status["programs"]["hits"]
@@ -338,6 +346,24 @@ impl CancelCommand {
         let run_id = self.run_id.clone();
         request(global, "cancel", json!({ "run_id": self.run_id }), self.json, |_| {
             println!("run {run_id} cancelled");
+        })
+    }
+}
+
+/// Roll back the daemon's release by hand: the one in trial, or else the
+/// committed one (the release before it comes back). Needs a `[sync]` table.
+#[derive(Debug, Args)]
+pub struct RollbackCommand {
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RollbackCommand {
+    /// Asks the daemon to roll back.
+    pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        request(global, "rollback", json!({}), self.json, |result| {
+            println!("rolled back release {}", printable(result["rolled_back"].as_str().unwrap_or("")));
         })
     }
 }

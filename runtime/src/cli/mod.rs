@@ -70,6 +70,7 @@ enum Command {
     Cancel(daemon::CancelCommand),
     Release(release::ReleaseCommand),
     Sync(daemon::SyncCommand),
+    Rollback(daemon::RollbackCommand),
 }
 
 /// Runs the `wfrun` command line and returns its exit status.
@@ -92,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Cancel(command) => command.execute(&cli.global),
         Command::Release(command) => command.execute(),
         Command::Sync(command) => command.execute(&cli.global),
+        Command::Rollback(command) => command.execute(&cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

@@ -309,6 +309,34 @@ impl Daemon {
         }
     }
 
+    /// Rolls back by hand (`wfrun rollback`): the release in trial, or else
+    /// the committed one (then the release committed before it, if its files
+    /// are still staged, becomes the last known good again). Returns the
+    /// version rolled back.
+    pub fn rollback(&self) -> Result<String, DaemonError> {
+        self.sync_state().ok_or_else(|| DaemonError::InvalidRequest("this daemon has no [sync] table".into()))?;
+        let message = "rolled back by the operator";
+        let target = match self.store.release_in(ReleaseState::Trial)? {
+            Some(trial) => trial,
+            None => self
+                .store
+                .release_in(ReleaseState::Committed)?
+                .ok_or_else(|| DaemonError::InvalidRequest("no release is active; nothing to roll back".into()))?,
+        };
+        let result = if target.state == ReleaseState::Trial {
+            self.store.roll_back(&target.digest, "operator", message).map(|_| ())
+        } else {
+            self.store.revert_committed(&target.digest, message).map(|_| ())
+        };
+        result.map_err(|e| DaemonError::Internal(e.to_string()))?;
+        if let Some(state) = self.sync_state() {
+            state.trial.lock().unwrap().clear();
+        }
+        self.restore_last_known_good();
+        tracing::warn!("release {} {} rolled back by the operator", target.channel, target.version);
+        Ok(target.version)
+    }
+
     /// What `wfrun sync status` shows.
     pub fn sync_status(&self) -> Result<SyncStatus, DaemonError> {
         let state =

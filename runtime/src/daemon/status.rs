@@ -53,6 +53,13 @@ impl Daemon {
             stopping: self.stopping.load(Ordering::SeqCst),
             trust: TrustStatus { mode: self.policy.trust.mode(), trusted_keys: self.policy.trust.key_ids() },
             programs: self.programs.stats(),
+            release: match &self.sync {
+                Some(_) => self
+                    .store
+                    .release_in(crate::store::ReleaseState::Trial)?
+                    .or(self.store.release_in(crate::store::ReleaseState::Committed)?),
+                None => None,
+            },
             running,
             jobs,
         })
@@ -80,6 +87,9 @@ pub struct Status {
     pub trust: TrustStatus,
     /// The prepared-program cache.
     pub programs: CacheStats,
+    /// The active release (in trial, else committed), with a `[sync]` table.
+    #[serde(default)]
+    pub release: Option<crate::store::ReleaseRecord>,
     /// Runs in flight.
     pub running: Vec<RunningStatus>,
     /// Every job.

@@ -289,10 +289,51 @@ impl Store {
         })
     }
 
-    /// Records a release that was refused before staging.
+    /// Rolls back the committed release by hand: it is marked bad, and the
+    /// release it superseded most recently is committed again.
+    pub fn revert_committed(&self, digest: &str, message: &str) -> Result<ReleaseRecord, TransitionError> {
+        self.transition(digest, &[ReleaseState::Committed], "committed", |tx, at| {
+            tx.execute(
+                "UPDATE releases SET state = 'rolled_back', reason = ?2, updated_at = ?3 WHERE digest = ?1",
+                params![digest, message, at],
+            )?;
+            event(tx, Some(digest), "rolled_back", Some("operator"), Some(message), at)?;
+            let previous: Option<String> = tx
+                .query_row(
+                    "SELECT digest FROM releases WHERE state = 'superseded' ORDER BY updated_at DESC, created_at DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(previous) = previous {
+                tx.execute(
+                    "UPDATE releases SET state = 'committed', updated_at = ?2 WHERE digest = ?1",
+                    params![previous, at],
+                )?;
+                event(tx, Some(&previous), "committed", Some("operator"), Some("restored by a rollback"), at)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records a release that was refused before staging, unless the last
+    /// event already says the same (a bad release a channel keeps offering
+    /// is recorded once, not at every poll).
     pub fn record_refusal(&self, digest: Option<&str>, code: &str, message: &str) -> Result<(), StoreError> {
         let at = now();
-        self.write(|tx| event(tx, digest, "refused", Some(code), Some(message), &at))
+        self.write(|tx| {
+            let last: Option<(String, Option<String>, Option<String>)> = tx
+                .query_row("SELECT event, code, message FROM release_events ORDER BY seq DESC LIMIT 1", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            if last
+                .is_some_and(|(e, c, m)| e == "refused" && c.as_deref() == Some(code) && m.as_deref() == Some(message))
+            {
+                return Ok(());
+            }
+            event(tx, digest, "refused", Some(code), Some(message), &at)
+        })
     }
 
     /// The release in trial, if any.
@@ -391,11 +432,40 @@ mod tests {
             })
             .unwrap();
         assert_eq!(a, "superseded");
+        store.record_refusal(None, "known_bad", "offered again").unwrap();
+        store.record_refusal(None, "known_bad", "offered again").unwrap();
         let events: Vec<String> = store.release_events(100).unwrap().into_iter().rev().map(|e| e.event).collect();
         assert_eq!(
             events,
-            ["staged", "trial", "committed", "staged", "trial", "rolled_back", "staged", "trial", "committed"]
+            [
+                "staged",
+                "trial",
+                "committed",
+                "staged",
+                "trial",
+                "rolled_back",
+                "staged",
+                "trial",
+                "committed",
+                "refused"
+            ],
+            "a refusal repeated at every poll is recorded once"
         );
+    }
+
+    #[test]
+    fn reverting_the_committed_release_brings_back_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (digest, version) in [("sha256:a", "1.0.0"), ("sha256:b", "2.0.0")] {
+            stage(&store, digest, version);
+            store.begin_trial(digest).unwrap();
+            store.commit(digest).unwrap();
+        }
+        store.revert_committed("sha256:b", "by hand").unwrap();
+        assert_eq!(store.release_in(ReleaseState::Committed).unwrap().unwrap().digest, "sha256:a");
+        assert_eq!(store.bad_releases().unwrap(), ["sha256:b"]);
+        assert!(store.revert_committed("sha256:b", "again").is_err());
     }
 
     #[test]

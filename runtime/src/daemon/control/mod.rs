@@ -175,6 +175,10 @@ fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Value, DaemonError> 
             }
         }
         "sync.status" => value(&daemon.sync_status()?),
+        "rollback" => {
+            let version = daemon.rollback()?;
+            Ok(json!({ "rolled_back": version }))
+        }
         "sync.now" => {
             daemon.sync_now()?;
             Ok(json!({ "checking": true }))
