@@ -682,3 +682,49 @@ fn a_release_activates_passes_its_trial_a_broken_one_rolls_back_and_jobs_run_on_
     assert!(wait_for(Duration::from_secs(30), || hello_runs(&daemon) > offline + 2), "jobs stopped while offline");
     assert_eq!(committed(&daemon).as_deref(), Some("1.0.0"));
 }
+
+#[test]
+fn a_release_whose_trial_keeps_restarting_the_daemon_is_rolled_back() {
+    use crate::releases::{StaticServer, release};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    release(&["init", repo.to_str().unwrap()]);
+    std::fs::copy(guest("hello"), dir.path().join("hello.wasm")).unwrap();
+    // A manual job never runs, so the trial never ends by itself.
+    std::fs::write(dir.path().join("jobs.toml"), "[jobs.idle]\nbundle = \"hello.wasm\"\n").unwrap();
+    let (bundle, jobs) = (dir.path().join("hello.wasm"), dir.path().join("jobs.toml"));
+    let r = repo.to_str().unwrap();
+    release(&[
+        "add",
+        r,
+        "--channel",
+        "stable",
+        "--version",
+        "1.0.0",
+        bundle.to_str().unwrap(),
+        "--jobs",
+        jobs.to_str().unwrap(),
+    ]);
+    let server = StaticServer::start(&repo);
+    let config = format!(
+        "[sync]\nurl = \"{}\"\nchannel = \"stable\"\ninterval = \"300ms\"\ntrusted_root = {}\n",
+        server.url(),
+        toml_path(&repo.join("metadata/root.json"))
+    );
+    let mut daemon = DaemonProcess::start(&config);
+    assert!(
+        wait_for(Duration::from_secs(60), || sync_status(&daemon)["trial"]["version"] == "1.0.0"),
+        "{}",
+        daemon.log()
+    );
+    for _ in 0..3 {
+        daemon.signal("-KILL");
+        daemon.wait(Duration::from_secs(5));
+        daemon = DaemonProcess::start_in(daemon.into_dir(), &config);
+    }
+    let store = Store::open(&daemon.state()).unwrap();
+    assert_eq!(store.bad_releases().unwrap().len(), 1, "rolled back after three restarts: {}", daemon.log());
+    let event = store.release_events(10).unwrap().into_iter().find(|e| e.event == "rolled_back").unwrap();
+    assert_eq!(event.code.as_deref(), Some("restarts_in_trial"));
+    assert!(sync_status(&daemon)["trial"].is_null());
+}

@@ -290,3 +290,46 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_slow_origin_is_cut_off_by_the_transfer_timeout() {
+    use std::io::{Read, Write};
+    // A server that answers every request with headers, then a byte a second.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let started = std::time::Instant::now();
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) && started.elapsed() < std::time::Duration::from_secs(20)
+        {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            };
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n");
+                for _ in 0..20 {
+                    if flag.load(std::sync::atomic::Ordering::SeqCst) || stream.write_all(b" ").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let timeouts = Timeouts { connect: std::time::Duration::from_secs(2), transfer: std::time::Duration::from_secs(1) };
+    let origin = Origin::new(&format!("http://127.0.0.1:{port}"), timeouts).unwrap();
+    let mut device = Client::new(origin, &std::fs::read(repo.join("metadata/root.json")).unwrap(), dir.path()).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(code(device.refresh(now()).await), "unreachable");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.join().unwrap();
+}

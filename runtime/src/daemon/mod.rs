@@ -234,7 +234,7 @@ impl Daemon {
                 Sandbox::new(options)?
             }
         };
-        Ok(Arc::new(Daemon {
+        let daemon = Arc::new(Daemon {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             runner: Runner::new(Arc::new(sandbox), Some(store.clone())),
             programs: ProgramCache::default(),
@@ -255,7 +255,9 @@ impl Daemon {
             control_token,
             sync,
             _lock: lock,
-        }))
+        });
+        daemon.check_trial_restarts();
+        Ok(daemon)
     }
 
     /// The state directory.

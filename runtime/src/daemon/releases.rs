@@ -79,7 +79,29 @@ impl SyncState {
     }
 }
 
+/// Starts of the daemon during one release's trial after which the
+/// release is rolled back: a release that keeps taking the daemon down
+/// fails its trial.
+pub const MAX_TRIAL_RESTARTS: u32 = 3;
+
 impl Daemon {
+    /// At start: counts this start against the release in trial, and rolls
+    /// it back after [`MAX_TRIAL_RESTARTS`].
+    pub(super) fn check_trial_restarts(&self) {
+        if self.sync_state().is_none() {
+            return;
+        }
+        let Ok(Some(trial)) = self.store.release_in(ReleaseState::Trial) else { return };
+        let Ok(starts) = self.store.note_trial_restart(&trial.digest) else { return };
+        if starts >= MAX_TRIAL_RESTARTS {
+            let message = format!("the daemon started {starts} times during the trial");
+            tracing::warn!("release {} {} rolled back: {message}", trial.channel, trial.version);
+            if self.store.roll_back(&trial.digest, "restarts_in_trial", &message).is_ok() {
+                self.restore_last_known_good();
+            }
+        }
+    }
+
     fn sync_state(&self) -> Option<&SyncState> {
         self.sync.as_ref()
     }

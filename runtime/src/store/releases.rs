@@ -180,6 +180,20 @@ impl Store {
         })
     }
 
+    /// Counts one more start of the daemon while release `digest` is in
+    /// trial; returns the count.
+    pub fn note_trial_restart(&self, digest: &str) -> Result<u32, StoreError> {
+        let key = format!("trial_restarts:{digest}");
+        self.write_durably(|tx| {
+            tx.execute(
+                "INSERT INTO device (key, value) VALUES (?1, '1')
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                params![key],
+            )?;
+            tx.query_row("SELECT CAST(value AS INTEGER) FROM device WHERE key = ?1", params![key], |r| r.get(0))
+        })
+    }
+
     /// Records a staged release (or finds it already recorded).
     pub fn record_staged(
         &self,
