@@ -102,6 +102,20 @@ pub enum Refusal {
         /// Its component digest.
         component: String,
     },
+    /// The node's name is on the deny list.
+    #[error("node `{node}` is denied by the operator's policy")]
+    NodeNameDenied {
+        /// The node.
+        node: String,
+    },
+    /// The node's component imports a denied interface.
+    #[error("node `{node}` imports {import}, which the operator's policy denies")]
+    ImportDenied {
+        /// The node.
+        node: String,
+        /// The import.
+        import: String,
+    },
     /// A request above a ceiling, under [`Policy::strict_limits`].
     #[error("node `{node}`: requests {key} {requested}, more than the operator's ceiling of {ceiling}")]
     OverCeiling {
@@ -122,6 +136,8 @@ impl Refusal {
         match self {
             Refusal::NodeDenied { .. } => "node_denied",
             Refusal::NodeNotAllowed { .. } => "node_not_allowed",
+            Refusal::NodeNameDenied { .. } => "node_name_denied",
+            Refusal::ImportDenied { .. } => "import_denied",
             Refusal::OverCeiling { .. } => "over_ceiling",
         }
     }
@@ -149,9 +165,9 @@ impl Policy {
         let mut capped = Vec::new();
         let mut limits = std::collections::BTreeMap::new();
         for node in &plan.order {
-            if let Some(component) = plan.components.get(node)
-                && let Err(refusal) = self.nodes.check(node, component)
-            {
+            let component = plan.components.get(node).map_or("", String::as_str);
+            let imports = plan.imports.get(node).map_or(&[][..], Vec::as_slice);
+            if let Err(refusal) = self.nodes.check(node, component, imports) {
                 refusals.push(refusal);
             }
             let request = plan.limits.get(node).copied().unwrap_or_default();
@@ -255,18 +271,34 @@ impl TrustPolicy {
     }
 }
 
-/// Which node components may run, by `sha256:<hex>` digest.
+/// Which nodes may run: by component digest (`sha256:<hex>`), by node
+/// name, and by what a component imports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeRules {
     /// If set, only these components run.
     pub allow: Option<BTreeSet<String>>,
-    /// These never run.
+    /// These components never run.
     pub deny: BTreeSet<String>,
+    /// Nodes of these names never run.
+    pub deny_names: BTreeSet<String>,
+    /// A component importing an interface that starts with one of these
+    /// never runs: `wasi:http` denies every node that could make HTTP
+    /// requests, `wasi:sockets` every node that could open sockets.
+    pub deny_imports: Vec<String>,
 }
 
 impl NodeRules {
-    /// Whether node `node`, whose component has digest `component`, may run.
-    pub fn check(&self, node: &str, component: &str) -> Result<(), Refusal> {
+    /// Whether node `node`, whose component has digest `component` and
+    /// imports `imports`, may run.
+    pub fn check(&self, node: &str, component: &str, imports: &[String]) -> Result<(), Refusal> {
+        if self.deny_names.contains(node) {
+            return Err(Refusal::NodeNameDenied { node: node.to_owned() });
+        }
+        if let Some(import) =
+            imports.iter().find(|i| self.deny_imports.iter().any(|prefix| i.starts_with(prefix.as_str())))
+        {
+            return Err(Refusal::ImportDenied { node: node.to_owned(), import: import.clone() });
+        }
         if self.deny.contains(component) {
             return Err(Refusal::NodeDenied { node: node.to_owned(), component: component.to_owned() });
         }
@@ -317,15 +349,34 @@ mod tests {
 
     #[test]
     fn denied_and_unlisted_components_are_refused() {
-        let deny =
-            Policy { nodes: NodeRules { allow: None, deny: ["sha256:bb".to_owned()].into() }, ..Policy::default() };
+        let deny = Policy {
+            nodes: NodeRules { deny: ["sha256:bb".to_owned()].into(), ..NodeRules::default() },
+            ..Policy::default()
+        };
         let refused = deny.admit(&plan()).unwrap_err();
         assert_eq!(refused.refusals, [Refusal::NodeDenied { node: "b".into(), component: "sha256:bb".into() }]);
         let allow = Policy {
-            nodes: NodeRules { allow: Some(["sha256:aa".to_owned()].into()), deny: BTreeSet::new() },
+            nodes: NodeRules { allow: Some(["sha256:aa".to_owned()].into()), ..NodeRules::default() },
             ..Policy::default()
         };
         assert_eq!(allow.admit(&plan()).unwrap_err().detail(), "node_not_allowed");
+        let by_name = Policy {
+            nodes: NodeRules { deny_names: ["a".to_owned()].into(), ..NodeRules::default() },
+            ..Policy::default()
+        };
+        assert_eq!(by_name.admit(&plan()).unwrap_err().detail(), "node_name_denied");
+        let mut http = plan();
+        http.imports.insert("b".to_owned(), vec!["wasi:http/outgoing-handler@0.2.3".to_owned()]);
+        let no_http = Policy {
+            nodes: NodeRules { deny_imports: vec!["wasi:http".to_owned()], ..NodeRules::default() },
+            ..Policy::default()
+        };
+        let refused = no_http.admit(&http).unwrap_err();
+        assert_eq!(
+            refused.refusals,
+            [Refusal::ImportDenied { node: "b".into(), import: "wasi:http/outgoing-handler@0.2.3".into() }]
+        );
+        assert!(no_http.admit(&plan()).is_ok(), "a plan importing nothing denied is admitted");
     }
 
     #[test]

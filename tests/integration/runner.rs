@@ -144,7 +144,8 @@ async fn a_plan_the_policy_refuses_is_recorded_as_rejected() {
     let digest = prepared.workflow().digest().to_owned();
 
     let hello = || Execution { input: r#"{"name":"policy"}"#.to_owned(), ..Execution::default() };
-    let deny = Policy { nodes: NodeRules { allow: None, deny: [digest.clone()].into() }, ..Policy::default() };
+    let deny =
+        Policy { nodes: NodeRules { deny: [digest.clone()].into(), ..NodeRules::default() }, ..Policy::default() };
     let report = runner.run(&prepared, &deny, hello()).await.unwrap();
     assert_eq!(
         (report.error_code, report.error_detail.as_deref()),
@@ -157,6 +158,16 @@ async fn a_plan_the_policy_refuses_is_recorded_as_rejected() {
     let allowed =
         Policy { nodes: NodeRules { allow: Some([digest].into()), ..NodeRules::default() }, ..Policy::default() };
     assert!(runner.run(&prepared, &allowed, hello()).await.unwrap().succeeded());
+
+    // By what it imports: `fetch` imports wasi:http, `hello` does not.
+    let no_http = Policy {
+        nodes: NodeRules { deny_imports: vec!["wasi:http".to_owned()], ..NodeRules::default() },
+        ..Policy::default()
+    };
+    assert!(runner.run(&prepared, &no_http, hello()).await.unwrap().succeeded());
+    let fetch = runner.prepare(&guest("fetch"), &TrustPolicy::default()).unwrap();
+    let report = runner.run(&fetch, &no_http, Execution::default()).await.unwrap();
+    assert_eq!(report.error_detail.as_deref(), Some("import_denied"));
 
     // A plain component asks for nothing, so a strict policy holds nothing against it.
     let strict = Policy {

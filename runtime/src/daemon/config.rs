@@ -189,6 +189,10 @@ struct PolicySection {
     allow_components: Option<Vec<String>>,
     #[serde(default)]
     deny_components: Vec<String>,
+    #[serde(default)]
+    deny_nodes: Vec<String>,
+    #[serde(default)]
+    deny_imports: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,6 +364,8 @@ impl DaemonConfig {
         config.nodes = NodeRules {
             allow: file.policy.allow_components.map(|list| list.into_iter().collect::<BTreeSet<_>>()),
             deny: file.policy.deny_components.into_iter().collect(),
+            deny_names: file.policy.deny_nodes.into_iter().collect(),
+            deny_imports: file.policy.deny_imports,
         };
         for (name, job) in file.jobs {
             let spec = job_spec(&name, job, &resolve)?;

@@ -191,7 +191,8 @@ impl Workflow {
             let program = sandbox.load(bundle.bytes(), &path)?;
             let name =
                 bundle.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "main".into());
-            let plan = Plan::single(name, program.kind(), program.digest().to_owned());
+            let mut plan = Plan::single(name, program.kind(), program.digest().to_owned());
+            plan.imports.insert(MAIN_NODE.to_owned(), imports_of(bundle.bytes()));
             let steps = BTreeMap::from([(MAIN_NODE.to_owned(), Step { program, def: None, config: Arc::default() })]);
             return Ok(Workflow { bundle_path: path, digest: bundle.digest(), plan, steps });
         };
@@ -217,6 +218,8 @@ impl Workflow {
                 }
             };
             plan.components.insert(id.clone(), program.digest().to_owned());
+            let bytes = bundle.nested_component(index).expect("checked when the bundle was read");
+            plan.imports.insert(id.clone(), imports_of(bytes));
             let step = Step {
                 program: program.clone(),
                 def: Some(node.clone()),
@@ -623,6 +626,11 @@ fn node_record(
         trace: report.trace.clone(),
         policy_violations: report.policy_violations.clone(),
     }
+}
+
+/// A component's top-level import names (it compiled, so it parses).
+fn imports_of(component: &[u8]) -> Vec<String> {
+    crate::bundle::interface(component).map(|i| i.imports).unwrap_or_default()
 }
 
 /// Whether a node run left anything for its log file.

@@ -48,6 +48,8 @@ pub struct Plan {
     pub egress: Option<Vec<Rule>>,
     /// `sha256:<hex>` of each node's component, once loaded.
     pub components: BTreeMap<String, String>,
+    /// Each node's component's top-level imports, once loaded.
+    pub imports: BTreeMap<String, Vec<String>>,
 }
 
 impl Plan {
@@ -66,6 +68,7 @@ impl Plan {
             quota: StateQuota::default(),
             egress: None,
             components: BTreeMap::from([(MAIN_NODE.to_owned(), digest)]),
+            imports: BTreeMap::new(),
         }
     }
 
@@ -145,6 +148,7 @@ impl Plan {
             quota: def.capabilities.state,
             egress: Some(egress),
             components: BTreeMap::new(),
+            imports: BTreeMap::new(),
         })
     }
 }
