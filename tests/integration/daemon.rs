@@ -728,3 +728,56 @@ fn a_release_whose_trial_keeps_restarting_the_daemon_is_rolled_back() {
     assert_eq!(event.code.as_deref(), Some("restarts_in_trial"));
     assert!(sync_status(&daemon)["trial"].is_null());
 }
+
+#[test]
+fn a_release_over_the_devices_grant_or_past_its_trial_deadline_is_rolled_back() {
+    use crate::releases::{StaticServer, release};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    release(&["init", repo.to_str().unwrap()]);
+    std::fs::copy(guest("hello"), dir.path().join("hello.wasm")).unwrap();
+    std::fs::write(dir.path().join("jobs.toml"), "[jobs.idle]\nbundle = \"hello.wasm\"\n").unwrap();
+    std::fs::write(dir.path().join("policy.toml"), "[egress]\nallow = [\"https://api.example.com\"]\n").unwrap();
+    let (bundle, jobs, policy) =
+        (dir.path().join("hello.wasm"), dir.path().join("jobs.toml"), dir.path().join("policy.toml"));
+    let r = repo.to_str().unwrap();
+    let b = bundle.to_str().unwrap();
+    let j = jobs.to_str().unwrap();
+    // v1 needs egress this device does not grant: refused before it runs.
+    release(&[
+        "add",
+        r,
+        "--channel",
+        "stable",
+        "--version",
+        "1.0.0",
+        b,
+        "--jobs",
+        j,
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    let server = StaticServer::start(&repo);
+    let daemon = DaemonProcess::start(&format!(
+        "[sync]\nurl = \"{}\"\nchannel = \"stable\"\ninterval = \"200ms\"\ntrusted_root = {}\ntrial_deadline = \"1s\"\n",
+        server.url(),
+        toml_path(&repo.join("metadata/root.json"))
+    ));
+    let rolled_back_with = |code: &str| {
+        let store = Store::open(&daemon.state()).unwrap();
+        store.release_events(100).unwrap().iter().any(|e| e.event == "rolled_back" && e.code.as_deref() == Some(code))
+    };
+    assert!(wait_for(Duration::from_secs(60), || rolled_back_with("egress_not_granted")), "{}", daemon.log());
+    assert!(daemon.runs().is_empty(), "nothing of a refused release ran");
+
+    // v2 asks for nothing, but its manual job never runs: its trial cannot
+    // pass, and the deadline rolls it back.
+    release(&["add", r, "--channel", "stable", "--version", "2.0.0", b, "--jobs", j]);
+    assert!(
+        wait_for(Duration::from_secs(60), || rolled_back_with("trial_deadline")),
+        "{}\n{}",
+        sync_status(&daemon),
+        daemon.log()
+    );
+    assert!(sync_status(&daemon)["trial"].is_null());
+}

@@ -77,6 +77,9 @@ pub struct SyncSettings {
     pub trusted_root: PathBuf,
     /// Successful runs of each of a release's jobs before its trial passes.
     pub trial_runs: u32,
+    /// How long a trial may take to pass before the release is rolled
+    /// back; `None`: no deadline.
+    pub trial_deadline: Option<Duration>,
 }
 
 impl Default for DaemonConfig {
@@ -135,6 +138,7 @@ struct SyncSection {
     interval: Option<String>,
     trusted_root: PathBuf,
     trial_runs: Option<u32>,
+    trial_deadline: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,6 +391,14 @@ impl DaemonConfig {
                     ValueError::Range { value: trial_runs.to_string(), range: "1..=1000" },
                 ));
             }
+            let trial_deadline = sync
+                .trial_deadline
+                .as_deref()
+                .map(|t| {
+                    units::duration(t, Duration::from_millis(100)..=Duration::from_secs(30 * 24 * 3600))
+                        .map_err(|e| value("sync.trial_deadline", e))
+                })
+                .transpose()?;
             config.sync = Some(SyncSettings {
                 url: sync.url,
                 channel: sync.channel,
@@ -394,6 +406,7 @@ impl DaemonConfig {
                 interval,
                 trusted_root: resolve(sync.trusted_root),
                 trial_runs,
+                trial_deadline,
             });
         }
         config.device_id = file.device.id;

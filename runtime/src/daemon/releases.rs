@@ -153,8 +153,26 @@ impl Daemon {
         result
     }
 
+    /// Rolls back the release in trial if its trial has outlived
+    /// `trial_deadline`.
+    fn check_trial_deadline(&self, state: &SyncState) {
+        let Some(deadline) = state.settings.trial_deadline else { return };
+        let Ok(Some(trial)) = self.store.release_in(ReleaseState::Trial) else { return };
+        let started = self.store.trial_started_at(&trial.digest).ok().flatten();
+        let started = started.and_then(|t| humantime::parse_rfc3339(&t).ok());
+        if started.and_then(|t| t.elapsed().ok()).is_some_and(|age| age > deadline) {
+            let message = format!("its trial did not pass within {}", humantime::format_duration(deadline));
+            tracing::warn!("release {} {} rolled back: {message}", trial.channel, trial.version);
+            if self.store.roll_back(&trial.digest, "trial_deadline", &message).is_ok() {
+                state.trial.lock().unwrap().clear();
+                self.restore_last_known_good();
+            }
+        }
+    }
+
     async fn poll(self: &Arc<Self>, state: &SyncState) -> Result<Option<String>, (String, String)> {
         let fail = |code: &str, message: String| (code.to_owned(), message);
+        self.check_trial_deadline(state);
         let settings = &state.settings;
         let origin = Origin::new(&settings.url, Timeouts::default()).map_err(|e| fail("bad_origin", e.to_string()))?;
         let now = self.sync_time();
@@ -223,6 +241,27 @@ impl Daemon {
         document: &ReleaseDocument,
         dir: &std::path::Path,
     ) -> Result<BTreeMap<String, JobSpec>, (String, String)> {
+        // The release's own policy: the egress it needs must be within the
+        // device's grant.
+        if let Some(rules) = document.policy.as_ref().and_then(|p| p.get("egress")).and_then(|e| e.get("allow")) {
+            let rules: Vec<String> = serde_json::from_value(rules.clone())
+                .map_err(|e| ("bad_release_document".to_owned(), format!("policy.egress.allow: {e}")))?;
+            let mut requested = Vec::new();
+            for rule in &rules {
+                requested.push(
+                    crate::egress::Rule::parse(rule)
+                        .map_err(|e| ("bad_release_document".to_owned(), format!("policy.egress.allow: {e}")))?,
+                );
+            }
+            let effective = crate::egress::EgressPolicy::clone(&self.policy.egress).with_requested(Some(requested));
+            let missing: Vec<String> = effective.not_granted().iter().map(|r| r.to_string()).collect();
+            if !missing.is_empty() {
+                return Err((
+                    "egress_not_granted".to_owned(),
+                    format!("the release needs egress this device does not grant: {}", missing.join(", ")),
+                ));
+            }
+        }
         let path_of = |target: &str| document.bundles.iter().find(|b| b.target == target).map(|b| dir.join(&b.name));
         let mut jobs = BTreeMap::new();
         for (name, spec) in &document.jobs {

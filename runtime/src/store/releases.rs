@@ -362,6 +362,18 @@ impl Store {
         })
     }
 
+    /// When release `digest`'s (latest) trial began.
+    pub fn trial_started_at(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT at FROM release_events WHERE digest = ?1 AND event = 'trial' ORDER BY seq DESC LIMIT 1",
+                params![digest],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
     /// The digests of releases rolled back on this device.
     pub fn bad_releases(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
