@@ -683,29 +683,30 @@ fn a_release_activates_passes_its_trial_a_broken_one_rolls_back_and_jobs_run_on_
     assert_eq!(committed(&daemon).as_deref(), Some("1.0.0"));
 }
 
+/// A release repository whose releases run `hello` as a manual job, which
+/// never runs by itself, so a trial never passes on its own; and a function
+/// adding a release of a version to channel `stable` (with extra flags).
+fn idle_release_repository(dir: &Path) -> (PathBuf, impl Fn(&str, &[&str])) {
+    let repo = dir.join("repo");
+    crate::releases::release(&["init", repo.to_str().unwrap()]);
+    std::fs::copy(guest("hello"), dir.join("hello.wasm")).unwrap();
+    std::fs::write(dir.join("jobs.toml"), "[jobs.idle]\nbundle = \"hello.wasm\"\n").unwrap();
+    let (bundle, jobs, at) = (dir.join("hello.wasm"), dir.join("jobs.toml"), repo.clone());
+    let add = move |version: &str, extra: &[&str]| {
+        let (r, b, j) = (at.to_str().unwrap(), bundle.to_str().unwrap(), jobs.to_str().unwrap());
+        let mut args = vec!["add", r, "--channel", "stable", "--version", version, b, "--jobs", j];
+        args.extend_from_slice(extra);
+        crate::releases::release(&args);
+    };
+    (repo, add)
+}
+
 #[test]
 fn a_release_whose_trial_keeps_restarting_the_daemon_is_rolled_back() {
-    use crate::releases::{StaticServer, release};
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    release(&["init", repo.to_str().unwrap()]);
-    std::fs::copy(guest("hello"), dir.path().join("hello.wasm")).unwrap();
-    // A manual job never runs, so the trial never ends by itself.
-    std::fs::write(dir.path().join("jobs.toml"), "[jobs.idle]\nbundle = \"hello.wasm\"\n").unwrap();
-    let (bundle, jobs) = (dir.path().join("hello.wasm"), dir.path().join("jobs.toml"));
-    let r = repo.to_str().unwrap();
-    release(&[
-        "add",
-        r,
-        "--channel",
-        "stable",
-        "--version",
-        "1.0.0",
-        bundle.to_str().unwrap(),
-        "--jobs",
-        jobs.to_str().unwrap(),
-    ]);
-    let server = StaticServer::start(&repo);
+    let (repo, add) = idle_release_repository(dir.path());
+    add("1.0.0", &[]);
+    let server = crate::releases::StaticServer::start(&repo);
     let config = format!(
         "[sync]\nurl = \"{}\"\nchannel = \"stable\"\ninterval = \"300ms\"\ntrusted_root = {}\n",
         server.url(),
@@ -731,33 +732,13 @@ fn a_release_whose_trial_keeps_restarting_the_daemon_is_rolled_back() {
 
 #[test]
 fn a_release_over_the_devices_grant_or_past_its_trial_deadline_is_rolled_back() {
-    use crate::releases::{StaticServer, release};
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    release(&["init", repo.to_str().unwrap()]);
-    std::fs::copy(guest("hello"), dir.path().join("hello.wasm")).unwrap();
-    std::fs::write(dir.path().join("jobs.toml"), "[jobs.idle]\nbundle = \"hello.wasm\"\n").unwrap();
+    let (repo, add) = idle_release_repository(dir.path());
     std::fs::write(dir.path().join("policy.toml"), "[egress]\nallow = [\"https://api.example.com\"]\n").unwrap();
-    let (bundle, jobs, policy) =
-        (dir.path().join("hello.wasm"), dir.path().join("jobs.toml"), dir.path().join("policy.toml"));
-    let r = repo.to_str().unwrap();
-    let b = bundle.to_str().unwrap();
-    let j = jobs.to_str().unwrap();
+    let policy = dir.path().join("policy.toml");
     // v1 needs egress this device does not grant: refused before it runs.
-    release(&[
-        "add",
-        r,
-        "--channel",
-        "stable",
-        "--version",
-        "1.0.0",
-        b,
-        "--jobs",
-        j,
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
-    let server = StaticServer::start(&repo);
+    add("1.0.0", &["--policy", policy.to_str().unwrap()]);
+    let server = crate::releases::StaticServer::start(&repo);
     let daemon = DaemonProcess::start(&format!(
         "[sync]\nurl = \"{}\"\nchannel = \"stable\"\ninterval = \"200ms\"\ntrusted_root = {}\ntrial_deadline = \"1s\"\n",
         server.url(),
@@ -772,7 +753,7 @@ fn a_release_over_the_devices_grant_or_past_its_trial_deadline_is_rolled_back() 
 
     // v2 asks for nothing, but its manual job never runs: its trial cannot
     // pass, and the deadline rolls it back.
-    release(&["add", r, "--channel", "stable", "--version", "2.0.0", b, "--jobs", j]);
+    add("2.0.0", &[]);
     assert!(
         wait_for(Duration::from_secs(60), || rolled_back_with("trial_deadline")),
         "{}\n{}",

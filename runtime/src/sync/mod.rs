@@ -128,14 +128,18 @@ impl Client {
         Ok(Client { updater })
     }
 
-    /// Target `name`'s signed length and SHA-256 (hex), after a refresh.
-    pub async fn target_info(&mut self, name: &str, now: jiff::Timestamp) -> Result<(u64, Option<String>), SyncError> {
-        let info = self
-            .updater
+    /// Target `name`'s signed metadata, after a refresh.
+    async fn signed_target(&mut self, name: &str, now: jiff::Timestamp) -> Result<sigstore_tuf::TargetFile, SyncError> {
+        self.updater
             .get_target_info(name, now)
             .await
             .map_err(SyncError::from_tuf)?
-            .ok_or_else(|| SyncError::Refused { code: "target_not_found", message: format!("no target {name}") })?;
+            .ok_or_else(|| SyncError::Refused { code: "target_not_found", message: format!("no target {name}") })
+    }
+
+    /// Target `name`'s signed length and SHA-256 (hex), after a refresh.
+    pub async fn target_info(&mut self, name: &str, now: jiff::Timestamp) -> Result<(u64, Option<String>), SyncError> {
+        let info = self.signed_target(name, now).await?;
         Ok((info.length, info.hashes.get("sha256").cloned()))
     }
 
@@ -147,12 +151,7 @@ impl Client {
 
     /// The verified bytes of target `name`, after a refresh.
     pub async fn target(&mut self, name: &str, now: jiff::Timestamp) -> Result<Vec<u8>, SyncError> {
-        let info = self
-            .updater
-            .get_target_info(name, now)
-            .await
-            .map_err(SyncError::from_tuf)?
-            .ok_or_else(|| SyncError::Refused { code: "target_not_found", message: format!("no target {name}") })?;
+        let info = self.signed_target(name, now).await?;
         if let Some(bytes) = self.updater.find_cached_target(&info, name) {
             return Ok(bytes);
         }
