@@ -163,14 +163,6 @@ impl Store {
         })
     }
 
-    /// How many runs are in `status`.
-    pub fn count_runs(&self, status: RunStatus) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            conn.query_row("SELECT COUNT(*) FROM runs WHERE status = ?1", [status.as_str()], |r| r.get::<_, i64>(0))
-        })
-        .map(|n| n as u64)
-    }
-
     /// One run with its transitions and node records.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         self.read(|conn| load_run(conn, run_id))

@@ -152,24 +152,41 @@ impl Client {
     /// The verified bytes of target `name`, after a refresh.
     pub async fn target(&mut self, name: &str, now: jiff::Timestamp) -> Result<Vec<u8>, SyncError> {
         let info = self.signed_target(name, now).await?;
-        if let Some(bytes) = self.updater.find_cached_target(&info, name) {
+        self.fetch(&info, name).await
+    }
+
+    /// The bytes of a target whose signed metadata is `info`, verified
+    /// against it.
+    async fn fetch(&self, info: &sigstore_tuf::TargetFile, name: &str) -> Result<Vec<u8>, SyncError> {
+        if let Some(bytes) = self.updater.find_cached_target(info, name) {
             return Ok(bytes);
         }
-        self.updater.download_target(&info, name).await.map_err(SyncError::from_tuf)
+        self.updater.download_target(info, name).await.map_err(SyncError::from_tuf)
     }
 
     /// Channel `channel`'s release document, verified, after a refresh;
     /// `None` if the channel has none.
     pub async fn release(&mut self, channel: &str, now: jiff::Timestamp) -> Result<Option<ReleaseDocument>, SyncError> {
+        Ok(self.release_document(channel, now).await?.map(|(document, _)| document))
+    }
+
+    /// The release document of `channel` and its bytes. Its signed length
+    /// is checked against [`MAX_RELEASE_DOCUMENT`] before it is downloaded.
+    async fn release_document(
+        &mut self,
+        channel: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Option<(ReleaseDocument, Vec<u8>)>, SyncError> {
         let name = format!("releases/{channel}.json");
-        let bytes = match self.target(&name, now).await {
-            Ok(bytes) => bytes,
+        let info = match self.signed_target(&name, now).await {
+            Ok(info) => info,
             Err(SyncError::Refused { code: "target_not_found", .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if bytes.len() as u64 > MAX_RELEASE_DOCUMENT {
+        if info.length > MAX_RELEASE_DOCUMENT {
             return Err(SyncError::BadDocument { target: name, reason: "larger than 1 MiB".to_owned() });
         }
+        let bytes = self.fetch(&info, &name).await?;
         let document: ReleaseDocument = serde_json::from_slice(&bytes)
             .map_err(|e| SyncError::BadDocument { target: name.clone(), reason: e.to_string() })?;
         if document.format != RELEASE_FORMAT || document.channel != channel {
@@ -181,7 +198,7 @@ impl Client {
                 ),
             });
         }
-        Ok(Some(document))
+        Ok(Some((document, bytes)))
     }
 }
 
@@ -213,12 +230,7 @@ impl Client {
         now: jiff::Timestamp,
     ) -> Result<Option<Staged>, StageError> {
         let name = format!("releases/{channel}.json");
-        let bytes = match self.target(&name, now).await {
-            Ok(bytes) => bytes,
-            Err(SyncError::Refused { code: "target_not_found", .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(document) = self.release(channel, now).await? else { return Ok(None) };
+        let Some((document, bytes)) = self.release_document(channel, now).await? else { return Ok(None) };
         let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
         gates::check(&document, &digest, device)?;
         let bad = |reason: String| SyncError::BadDocument { target: name.clone(), reason };
