@@ -508,6 +508,10 @@ pub struct ReleaseDocument {
     /// Whether it may replace a higher version on a device.
     #[serde(default)]
     pub rollback_approved: bool,
+    /// The job whose success passes the release's trial (triggered once
+    /// at activation), instead of every job's first runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// The version of the release document layout this wfrun writes and reads.

@@ -24,6 +24,17 @@ impl DaemonProcess {
     }
 
     fn start_in(dir: tempfile::TempDir, config: &str) -> DaemonProcess {
+        let daemon = DaemonProcess::spawn(dir, config, &[]);
+        // A stale socket file may be left by a killed daemon: wait until one answers.
+        let socket = daemon.state().join("wfrun.sock");
+        let answers = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        assert!(wait_for(Duration::from_secs(30), answers), "no control socket; log:\n{}", daemon.log());
+        daemon
+    }
+
+    /// Starts `wfrun daemon` with extra environment variables, without
+    /// waiting for it to answer.
+    fn spawn(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> DaemonProcess {
         let config_path = dir.path().join("wfrun.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join(format!("daemon-{}.log", now_ms()))).unwrap();
@@ -33,17 +44,13 @@ impl DaemonProcess {
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .env_remove("WFRUN_DIR")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let daemon = DaemonProcess { child, dir: Some(dir) };
-        // A stale socket file may be left by a killed daemon: wait until one answers.
-        let socket = daemon.state().join("wfrun.sock");
-        let answers = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
-        assert!(wait_for(Duration::from_secs(30), answers), "no control socket; log:\n{}", daemon.log());
-        daemon
+        DaemonProcess { child, dir: Some(dir) }
     }
 
     fn root(&self) -> &Path {
@@ -97,10 +104,15 @@ impl DaemonProcess {
 
     /// Waits for the process to exit; its status code.
     fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        self.wait_status(timeout).and_then(|status| status.code())
+    }
+
+    /// Waits for the process to exit; its status (`None`: it did not).
+    fn wait_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -675,12 +687,25 @@ fn a_release_activates_passes_its_trial_a_broken_one_rolls_back_and_jobs_run_on_
         "v1's job did not come back after the rollback"
     );
 
-    // The origin goes away: polls fail as unreachable, the jobs go on.
-    drop(server);
+    // The origin goes away for many polls: they fail as unreachable, the
+    // jobs go on, and nothing is refused or rolled back for it.
+    server.set_offline(true);
     assert!(wait_for(Duration::from_secs(30), || sync_status(&daemon)["last_error"][0] == "unreachable"));
     let offline = hello_runs(&daemon);
-    assert!(wait_for(Duration::from_secs(30), || hello_runs(&daemon) > offline + 2), "jobs stopped while offline");
+    assert!(wait_for(Duration::from_secs(30), || hello_runs(&daemon) > offline + 5), "jobs stopped while offline");
     assert_eq!(committed(&daemon).as_deref(), Some("1.0.0"));
+    let store = Store::open(&daemon.state()).unwrap();
+    let events = store.release_events(1000).unwrap();
+    assert!(events.iter().all(|e| e.code.as_deref() != Some("unreachable")), "being offline is no refusal");
+
+    // It comes back: the next release activates and passes its trial.
+    add("4.0.0", "hello.wasm", "v1.toml");
+    server.set_offline(false);
+    assert!(
+        wait_for(Duration::from_secs(60), || committed(&daemon).as_deref() == Some("4.0.0")),
+        "v4 did not activate once the origin was back: {}",
+        sync_status(&daemon)
+    );
 }
 
 /// A release repository whose releases run `hello` as a manual job, which
@@ -761,4 +786,186 @@ fn a_release_over_the_devices_grant_or_past_its_trial_deadline_is_rolled_back() 
         daemon.log()
     );
     assert!(sync_status(&daemon)["trial"].is_null());
+}
+
+/// A release repository whose channel `stable` runs `hello` every 200 ms
+/// (or `hostile` failing, for a bundle named so), and a function adding a
+/// release of a version with `bundle` (and extra flags).
+fn ticking_release_repository(dir: &Path) -> (PathBuf, impl Fn(&str, &str, &[&str])) {
+    let repo = dir.join("repo");
+    crate::releases::release(&["init", repo.to_str().unwrap()]);
+    std::fs::copy(guest("hello"), dir.join("hello.wasm")).unwrap();
+    std::fs::copy(guest("hostile"), dir.join("hostile.wasm")).unwrap();
+    std::fs::write(
+        dir.join("hello.toml"),
+        "[jobs.tick]\nbundle = \"hello.wasm\"\nevery = \"200ms\"\ninput = '{\"name\": \"fleet\"}'\n\
+         [jobs.check]\nbundle = \"hello.wasm\"\ninput = '{\"name\": \"health\"}'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("hostile.toml"),
+        "[jobs.tick]\nbundle = \"hello.wasm\"\nevery = \"200ms\"\ninput = '{\"name\": \"fleet\"}'\n\
+         [jobs.check]\nbundle = \"hostile.wasm\"\ninput = '{\"mode\": \"fail\"}'\n",
+    )
+    .unwrap();
+    let (root, at) = (dir.to_path_buf(), repo.clone());
+    let add = move |version: &str, bundle: &str, extra: &[&str]| {
+        let jobs = root.join(format!("{bundle}.toml"));
+        let (hello, hostile) = (root.join("hello.wasm"), root.join("hostile.wasm"));
+        let mut args = vec!["add", at.to_str().unwrap(), "--channel", "stable", "--version", version];
+        args.push(hello.to_str().unwrap());
+        if bundle == "hostile" {
+            args.push(hostile.to_str().unwrap());
+        }
+        args.extend_from_slice(&["--jobs", jobs.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        crate::releases::release(&args);
+    };
+    (repo, add)
+}
+
+fn sync_config(server: &crate::releases::StaticServer, repo: &Path, extra: &str) -> String {
+    format!(
+        "[retry]\nmax_attempts = 1\n[sync]\nurl = \"{}\"\nchannel = \"stable\"\ninterval = \"200ms\"\ntrusted_root = {}\n{extra}",
+        server.url(),
+        toml_path(&repo.join("metadata/root.json"))
+    )
+}
+
+fn committed_version(daemon: &DaemonProcess) -> Option<String> {
+    sync_status(daemon)["committed"]["version"].as_str().map(str::to_owned)
+}
+
+/// Runs of job `name` that succeeded.
+fn succeeded(daemon: &DaemonProcess, name: &str) -> usize {
+    daemon.runs().iter().filter(|r| r.job.as_deref() == Some(name) && r.status == RunStatus::Succeeded).count()
+}
+
+#[test]
+fn kill_9_at_each_release_persist_point_resumes_to_a_consistent_release() {
+    use std::os::unix::process::ExitStatusExt;
+    for point in ["downloading", "staged", "trial", "activated", "committed", "rolled_back"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, add) = ticking_release_repository(dir.path());
+        add("1.0.0", "hello", &["--health", "check"]);
+        let server = crate::releases::StaticServer::start(&repo);
+        let config = sync_config(&server, &repo, "trial_runs = 2\n");
+        let mut daemon = DaemonProcess::spawn(tempfile::tempdir().unwrap(), &config, &[("WFRUN_CRASH_AT", point)]);
+        if point == "rolled_back" {
+            // v1 passes; v2's `check` fails its trial, and the daemon dies
+            // right after recording the rollback.
+            let answers = || std::os::unix::net::UnixStream::connect(daemon.state().join("wfrun.sock")).is_ok();
+            assert!(wait_for(Duration::from_secs(30), answers), "{}", daemon.log());
+            assert!(wait_for(Duration::from_secs(60), || committed_version(&daemon).as_deref() == Some("1.0.0")));
+            add("2.0.0", "hostile", &["--health", "check"]);
+        }
+        let status = daemon.wait_status(Duration::from_secs(60));
+        assert_eq!(status.and_then(|s| s.signal()), Some(9), "{point}: not killed there: {}", daemon.log());
+
+        let daemon = DaemonProcess::start_in(daemon.into_dir(), &config);
+        let consistent = || {
+            committed_version(&daemon).as_deref() == Some("1.0.0")
+                && sync_status(&daemon)["trial"].is_null()
+                && succeeded(&daemon, "tick") >= 2
+        };
+        assert!(wait_for(Duration::from_secs(60), consistent), "{point}: {}\n{}", sync_status(&daemon), daemon.log());
+        let store = Store::open(&daemon.state()).unwrap();
+        let mut events: Vec<(Option<String>, String)> =
+            store.release_events(100).unwrap().into_iter().rev().map(|e| (e.digest, e.event)).collect();
+        events.retain(|(digest, _)| digest.as_deref() == sync_status(&daemon)["committed"]["digest"].as_str());
+        let events: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
+        assert_eq!(events, ["downloading", "staged", "trial", "committed"], "{point}: each step once");
+        if point == "rolled_back" {
+            assert_eq!(store.bad_releases().unwrap().len(), 1, "v2 stays bad");
+        }
+        // What is left on disk: the releases in use, nothing half written.
+        let staging = daemon.state().join("releases");
+        let dirs: Vec<_> = std::fs::read_dir(&staging).unwrap().flatten().map(|e| e.path()).collect();
+        // v2 rolled back: its files go at the restart.
+        assert_eq!(dirs.len(), 1, "{point}: {dirs:?}");
+        for dir in &dirs {
+            for file in std::fs::read_dir(dir).unwrap().flatten() {
+                assert!(!file.file_name().to_string_lossy().ends_with(".tmp"), "{point}: {:?} left", file.path());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_last_known_good_with_damaged_files_leaves_the_daemon_idle_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, add) = ticking_release_repository(dir.path());
+    add("1.0.0", "hello", &["--health", "check"]);
+    let server = crate::releases::StaticServer::start(&repo);
+    let config = sync_config(&server, &repo, "trial_runs = 1\n");
+    let daemon = DaemonProcess::start(&config);
+    assert!(wait_for(Duration::from_secs(60), || committed_version(&daemon).as_deref() == Some("1.0.0")));
+    let digest = sync_status(&daemon)["committed"]["digest"].as_str().unwrap().to_owned();
+    let staged = daemon.state().join("releases").join(digest.trim_start_matches("sha256:")).join("hello.wasm");
+    let mut dir = Some(daemon.into_dir());
+
+    for (damage, code) in [("corrupt", "release_files_corrupt"), ("missing", "release_files_missing")] {
+        if damage == "corrupt" {
+            let mut bytes = std::fs::read(&staged).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            std::fs::write(&staged, bytes).unwrap();
+        } else {
+            std::fs::remove_file(&staged).unwrap();
+        }
+        let daemon = DaemonProcess::start_in(dir.take().unwrap(), &config);
+        assert_eq!(sync_status(&daemon)["active_error"][0], code, "{}", daemon.log());
+        let jobs: Value = serde_json::from_slice(&daemon.wfrun(&["jobs", "list", "--json"]).stdout).unwrap();
+        assert!(jobs["result"].as_array().unwrap().is_empty(), "no release job is left to run: {jobs}");
+        let before = daemon.runs().len();
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(daemon.runs().len(), before, "nothing runs from damaged files");
+        assert_eq!(committed_version(&daemon).as_deref(), Some("1.0.0"), "nothing is rolled back for it");
+        if damage == "missing" {
+            // A new release brings the device back.
+            add("1.1.0", "hello", &["--health", "check"]);
+            let back = || committed_version(&daemon).as_deref() == Some("1.1.0") && succeeded(&daemon, "tick") > 0;
+            assert!(wait_for(Duration::from_secs(60), back), "{}", sync_status(&daemon));
+            assert!(sync_status(&daemon)["active_error"].is_null());
+        }
+        dir = Some(daemon.into_dir());
+    }
+}
+
+#[test]
+fn a_release_with_a_health_job_passes_or_fails_its_trial_by_that_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, add) = ticking_release_repository(dir.path());
+    // Its health job runs once, at activation: the trial passes by it, not
+    // by the 100 runs a job would otherwise need.
+    add("1.0.0", "hello", &["--health", "check"]);
+    let server = crate::releases::StaticServer::start(&repo);
+    let daemon = DaemonProcess::start(&sync_config(&server, &repo, "trial_runs = 100\n"));
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_version(&daemon).as_deref() == Some("1.0.0")),
+        "{}\n{}",
+        sync_status(&daemon),
+        daemon.log()
+    );
+    assert_eq!(sync_status(&daemon)["health"], "check");
+    assert_eq!(succeeded(&daemon, "check"), 1, "the health job ran once");
+    let ticks = succeeded(&daemon, "tick");
+    assert!(ticks < 100, "committed before 100 runs of tick ({ticks})");
+
+    // v2's health job fails: rolled back by that failure's code, v1 back.
+    add("2.0.0", "hostile", &["--health", "check"]);
+    let store = Store::open(&daemon.state()).unwrap();
+    let rolled_back = || store.bad_releases().unwrap().len() == 1;
+    assert!(wait_for(Duration::from_secs(60), rolled_back), "{}\n{}", sync_status(&daemon), daemon.log());
+    let event = store.release_events(100).unwrap().into_iter().find(|e| e.event == "rolled_back").unwrap();
+    assert_eq!(event.code.as_deref(), Some("node_error"), "{event:?}");
+    assert_eq!(committed_version(&daemon).as_deref(), Some("1.0.0"));
+
+    // A health job that is not one of the release's jobs is refused when
+    // publishing.
+    let jobs = dir.path().join("hello.toml");
+    let (r, b, j) = (repo.to_str().unwrap(), dir.path().join("hello.wasm"), jobs.to_str().unwrap());
+    let args = ["add", r, "--channel", "stable", "--version", "3.0.0", b.to_str().unwrap(), "--jobs", j];
+    let out = crate::exec::wfrun().arg("release").args(args).args(["--health", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
 }

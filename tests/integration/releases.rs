@@ -24,10 +24,14 @@ pub fn python_tuf() -> &'static Path {
 }
 
 /// A static file server for `dir` on 127.0.0.1, stopped when dropped:
-/// GET only, 404 for anything that is not a file under `dir`.
+/// GET only, 404 for anything that is not a file under `dir`. It keeps the
+/// path of every request, and can be taken offline (connections closed
+/// unanswered) and back on the same port.
 pub struct StaticServer {
     port: u16,
     stop: Arc<AtomicBool>,
+    offline: Arc<AtomicBool>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -36,13 +40,18 @@ impl StaticServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
-        let (dir, flag) = (dir.to_path_buf(), stop.clone());
+        let offline = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (dir, flag, away, log) = (dir.to_path_buf(), stop.clone(), offline.clone(), requests.clone());
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if flag.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(mut stream) = stream else { continue };
+                if away.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset unanswered
+                }
                 let mut line = String::new();
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 if reader.read_line(&mut line).is_err() {
@@ -54,6 +63,7 @@ impl StaticServer {
                     header.clear();
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                log.lock().unwrap().push(path.clone());
                 let file = dir.join(path.trim_start_matches('/'));
                 let body = (!path.contains("..")).then(|| std::fs::read(&file).ok()).flatten();
                 let _ = match body {
@@ -69,7 +79,17 @@ impl StaticServer {
                 };
             }
         });
-        StaticServer { port, stop, thread: Some(thread) }
+        StaticServer { port, stop, offline, requests, thread: Some(thread) }
+    }
+
+    /// The paths requested so far, in order, and forgets them.
+    pub fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+
+    /// Takes the server offline (`true`) or back (`false`).
+    pub fn set_offline(&self, offline: bool) {
+        self.offline.store(offline, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {

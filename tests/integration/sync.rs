@@ -243,7 +243,8 @@ async fn a_release_is_staged_only_through_its_gates_and_only_verified_bytes_are_
         channel: channel.to_owned(),
         ring: 0,
         active: active.map(|v| semver::Version::parse(v).unwrap()),
-        bad: Vec::new(),
+        active_digest: None,
+        bad: Default::default(),
     };
 
     let staged = device.stage("stable", &me(None, "stable"), &staging, now()).await.unwrap().unwrap();
@@ -259,8 +260,17 @@ async fn a_release_is_staged_only_through_its_gates_and_only_verified_bytes_are_
     };
     assert_eq!(refused(device.stage("stable", &me(Some("1.0.0"), "stable"), &staging, now()).await), "already_active");
     assert_eq!(refused(device.stage("stable", &me(Some("2.0.0"), "stable"), &staging, now()).await), "downgrade");
-    let known_bad = Device { bad: vec![staged.digest.clone()], ..me(None, "stable") };
+    let known_bad = Device { bad: [(staged.digest.clone(), "1.0.0".to_owned())].into(), ..me(None, "stable") };
     assert_eq!(refused(device.stage("stable", &known_bad, &staging, now()).await), "known_bad");
+    // A poll that finds nothing new costs the timestamp and the look for a
+    // newer root: the active (or a known-bad) release is recognised by its
+    // signed hash, not downloaded again.
+    server.take_requests();
+    device.refresh(now()).await.unwrap();
+    let active = Device { active_digest: Some(staged.digest.clone()), ..me(Some("1.0.0"), "stable") };
+    assert_eq!(refused(device.stage("stable", &active, &staging, now()).await), "already_active");
+    assert_eq!(refused(device.stage("stable", &known_bad, &staging, now()).await), "known_bad");
+    assert_eq!(server.take_requests(), ["/metadata/2.root.json", "/metadata/timestamp.json"]);
     assert!(device.stage("beta", &me(None, "beta"), &staging, now()).await.unwrap().is_none(), "no such channel");
 
     // A bundle changed on the origin: refused, and nothing of it written.

@@ -132,6 +132,7 @@ impl PublicKey {
 }
 
 /// A private signing key.
+#[derive(Clone)]
 pub struct SecretKey(SigningKey);
 
 impl std::fmt::Debug for SecretKey {

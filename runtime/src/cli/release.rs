@@ -5,7 +5,7 @@ use super::printable;
 use crate::daemon::config::read_jobs;
 use crate::egress::PolicyFile;
 use crate::outcome::ExitStatus;
-use crate::release::{Expiry, InitOptions, NewRelease, ReleaseError, Repository};
+use crate::release::{Expiry, InitOptions, NewRelease, ReleaseError, Repository, Rotation};
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +24,8 @@ Examples:
   wfrun release init repo
   wfrun release add repo --channel stable --version 1.0.0 dist/report.wasm --jobs jobs.toml
   wfrun release timestamp repo          # from cron on the origin, before the timestamp expires
+  wfrun release rotate repo timestamp   # new timestamp key(s) in a new root version
+  wfrun release rotate repo root --revoke 3f2a9c1e --signing-key /media/usb/root-1.key
   wfrun release status repo";
 
 /// Publish releases for devices: a signed TUF repository.
@@ -76,6 +78,39 @@ enum ReleaseSubcommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate a role's keys: a new root version, signed by the old root's
+    /// threshold and the new one's, then targets, snapshot and timestamp
+    /// re-signed. Devices that trust any earlier root follow the chain.
+    ///
+    /// By default every current key of ROLE is replaced by a new one (or
+    /// by --key files); with --revoke only the named keys go (a
+    /// compromised one) and the others stay. Revoked key files move to
+    /// keys/retired/.
+    Rotate {
+        /// The repository directory.
+        dir: PathBuf,
+        /// The role: root, targets, snapshot or timestamp.
+        role: String,
+        /// Use this secret key file as a new key of ROLE (repeatable).
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
+        /// Drop this key id (or a unique prefix of 8+ characters) and keep
+        /// ROLE's other keys (repeatable).
+        #[arg(long, value_name = "KEYID")]
+        revoke: Vec<String>,
+        /// ROLE's new threshold (default: its current one).
+        #[arg(long, value_name = "N")]
+        threshold: Option<u32>,
+        /// A secret key to sign the new root with that is not in DIR/keys/
+        /// (the offline root key; repeatable).
+        #[arg(long = "signing-key", value_name = "FILE")]
+        signing_keys: Vec<PathBuf>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show channels, their versions, and each role's version and expiry.
     Status {
         /// The repository directory.
@@ -117,6 +152,11 @@ struct AddArgs {
     /// Let this release replace a higher version on devices.
     #[arg(long)]
     rollback_approved: bool,
+    /// The job (one of --jobs) whose success passes the release's trial on
+    /// a device; it is triggered once at activation. Without it, every job's
+    /// first runs must succeed.
+    #[arg(long, value_name = "JOB")]
+    health: Option<String>,
     #[command(flatten)]
     expiry: ExpiryArgs,
     /// Print JSON.
@@ -216,6 +256,7 @@ impl ReleaseCommand {
                     min_runner_version: add.min_runner_version.clone(),
                     ring: add.ring,
                     rollback_approved: add.rollback_approved,
+                    health: add.health.clone(),
                     expiry: add.expiry.resolve()?,
                 };
                 let repo = Repository::open(&add.dir)?;
@@ -243,6 +284,22 @@ impl ReleaseCommand {
             ReleaseSubcommand::Timestamp { dir, expiry, json } => {
                 let version = Repository::open(&dir)?.timestamp(&expiry.resolve()?)?;
                 show(json, serde_json::json!({"timestamp": version}), format!("timestamp v{version}"));
+            }
+            ReleaseSubcommand::Rotate { dir, role, keys, revoke, threshold, signing_keys, expiry, json } => {
+                let rotation = Rotation { role, keys, revoke, threshold, signing_keys, expiry: expiry.resolve()? };
+                let rotated = Repository::open(&dir)?.rotate(&rotation)?;
+                let text = format!(
+                    "root v{}: {} now has {} key(s), threshold {} ({} revoked); targets v{}, snapshot v{}, timestamp v{}",
+                    rotated.root_version,
+                    rotated.role,
+                    rotated.keyids.len(),
+                    rotated.threshold,
+                    rotated.revoked.len(),
+                    rotated.published.targets,
+                    rotated.published.snapshot,
+                    rotated.published.timestamp
+                );
+                show(json, serde_json::to_value(&rotated)?, text);
             }
             ReleaseSubcommand::Status { dir, json } => {
                 let status = Repository::open(&dir)?.status()?;

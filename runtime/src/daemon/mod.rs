@@ -257,6 +257,7 @@ impl Daemon {
             _lock: lock,
         });
         daemon.check_trial_restarts();
+        daemon.resume_release();
         Ok(daemon)
     }
 

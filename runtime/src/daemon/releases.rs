@@ -10,11 +10,23 @@
 //! `trial`, and **activated**: the release's jobs replace the previous
 //! release's in the job table (runs in flight finish under the old one).
 //! Each successful run of a release job counts towards the trial; when every
-//! job has `trial_runs` successes, the release is committed as the last
-//! known good. A failed run in trial rolls it back: the release is marked
-//! bad (never tried again) and the last known good's jobs come back.
-//! Network errors never roll anything back: they are recorded and retried
-//! at the next poll, and the active release keeps running.
+//! job has `trial_runs` successes (or, for a release that names a `health`
+//! job, when that job, triggered at activation, succeeds), the release is
+//! committed as the last known good. A failed run in trial rolls it back:
+//! the release is marked bad (never tried again) and the last known good's
+//! jobs come back. Network errors never roll anything back: they are
+//! recorded and retried at the next poll, and the active release keeps
+//! running.
+//!
+//! Every step is persisted before the next begins (`downloading`, `staged`,
+//! `trial`, the job table, `committed`), and a daemon that starts again
+//! resumes from what it finds ([`Daemon::resume_release`]): the active
+//! release's jobs are put back from its staged files (checked against the
+//! document's digests), a download left half done is finished at the next
+//! poll, and an active release whose files are gone or damaged leaves the
+//! daemon running no release jobs, saying why in `wfrun sync status`.
+//! `WFRUN_CRASH_AT=POINT` (a test hook) kills the daemon with SIGKILL right
+//! after the persist point named, so tests can check each.
 
 use super::config::SyncSettings;
 use super::{Daemon, DaemonError};
@@ -37,6 +49,8 @@ pub(super) struct SyncState {
     root: Vec<u8>,
     last: Mutex<LastCheck>,
     trial: Mutex<BTreeMap<String, u32>>,
+    /// Why the active release is not running, if it is not.
+    unusable: Mutex<Option<(String, String)>>,
     pub(super) wake: Notify,
 }
 
@@ -67,6 +81,11 @@ pub struct SyncStatus {
     pub trial_progress: BTreeMap<String, u32>,
     /// Runs each job needs for a trial to pass.
     pub trial_runs: u32,
+    /// The active release's health job, if it names one.
+    pub health: Option<String>,
+    /// Why the active release's jobs are not running, if they are not:
+    /// (code, message).
+    pub active_error: Option<(String, String)>,
 }
 
 impl SyncState {
@@ -75,7 +94,26 @@ impl SyncState {
     pub(super) fn new(settings: SyncSettings) -> anyhow::Result<SyncState> {
         let root = std::fs::read(&settings.trusted_root)
             .map_err(|e| anyhow::anyhow!("sync.trusted_root {}: {e}", settings.trusted_root.display()))?;
-        Ok(SyncState { settings, root, last: Mutex::default(), trial: Mutex::default(), wake: Notify::new() })
+        Ok(SyncState {
+            settings,
+            root,
+            last: Mutex::default(),
+            trial: Mutex::default(),
+            unusable: Mutex::default(),
+            wake: Notify::new(),
+        })
+    }
+}
+
+/// The test hook `WFRUN_CRASH_AT=POINT`: the daemon kills itself with
+/// SIGKILL right after persist point `point` (`downloading`, `staged`,
+/// `trial`, `activated`, `committed`, `rolled_back`).
+fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var("WFRUN_CRASH_AT").ok()).as_deref() == Some(point) {
+        tracing::error!("WFRUN_CRASH_AT={point}: killing this daemon");
+        let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+        std::process::abort();
     }
 }
 
@@ -96,9 +134,7 @@ impl Daemon {
         if starts >= MAX_TRIAL_RESTARTS {
             let message = format!("the daemon started {starts} times during the trial");
             tracing::warn!("release {} {} rolled back: {message}", trial.channel, trial.version);
-            if self.store.roll_back(&trial.digest, "restarts_in_trial", &message).is_ok() {
-                self.restore_last_known_good();
-            }
+            let _ = self.store.roll_back(&trial.digest, "restarts_in_trial", &message);
         }
     }
 
@@ -106,9 +142,84 @@ impl Daemon {
         self.sync.as_ref()
     }
 
+    /// At start, after [`Daemon::check_trial_restarts`]: puts back the
+    /// active release's jobs (the one in trial, else the last known good)
+    /// from its staged files, as a crash may have left the job table before
+    /// or after an activation. A trial whose files do not check out is
+    /// rolled back; a last known good whose files do not leaves no release
+    /// jobs, and `sync status` says why.
+    pub(super) fn resume_release(&self) {
+        if self.sync_state().is_none() {
+            return;
+        }
+        if let Ok(Some(trial)) = self.store.release_in(ReleaseState::Trial) {
+            match self.recorded_jobs(&trial) {
+                Ok(jobs) => {
+                    if let Err(e) = self.install_release_jobs(jobs) {
+                        tracing::error!("putting back the jobs of release {}: {e}", trial.version);
+                    }
+                    return;
+                }
+                Err((code, message)) => {
+                    tracing::warn!("release {} {} rolled back: {message}", trial.channel, trial.version);
+                    let _ = self.store.roll_back(&trial.digest, &code, &message);
+                }
+            }
+        }
+        self.restore_last_known_good();
+        self.prune_staging();
+    }
+
+    /// Removes from `<state-dir>/releases/` what no release needs: the
+    /// files of rolled-back releases, of all but the newest superseded one
+    /// (what `wfrun rollback` of the committed release goes back to), of
+    /// releases unknown to the database, and temporary files a crash left.
+    fn prune_staging(&self) {
+        let staging = self.state_dir.join("releases");
+        let Ok(listing) = std::fs::read_dir(&staging) else { return };
+        let mut keep = Vec::new();
+        for state in [ReleaseState::Downloading, ReleaseState::Staged, ReleaseState::Trial, ReleaseState::Committed] {
+            keep.extend(self.store.releases_in(state).unwrap_or_default());
+        }
+        keep.extend(self.store.releases_in(ReleaseState::Superseded).unwrap_or_default().into_iter().take(1));
+        // By the digest each directory is named after, however the state
+        // directory was spelt when it was recorded.
+        let keep: Vec<String> = keep.into_iter().map(|r| r.digest.trim_start_matches("sha256:").to_owned()).collect();
+        for entry in listing.flatten() {
+            let path = entry.path();
+            if !keep.contains(&entry.file_name().to_string_lossy().into_owned()) {
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!("removing {}: {e}", path.display());
+                }
+                continue;
+            }
+            for file in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(file.path());
+                }
+            }
+        }
+    }
+
+    /// The jobs of a recorded release, from its staged files.
+    fn recorded_jobs(&self, record: &ReleaseRecord) -> Result<BTreeMap<String, JobSpec>, (String, String)> {
+        let document: ReleaseDocument = serde_json::from_str(&record.document)
+            .map_err(|e| ("bad_release_document".to_owned(), format!("its recorded document: {e}")))?;
+        self.release_jobs(&document, std::path::Path::new(&record.dir))
+    }
+
     /// Polls the origin until the task is dropped.
     pub(super) async fn sync_loop(self: Arc<Self>) {
         let Some(state) = self.sync_state() else { return };
+        // A trial resumed after a restart has not seen its health job pass
+        // in this process: it runs again.
+        if let Ok(Some(trial)) = self.store.release_in(ReleaseState::Trial) {
+            let document = serde_json::from_str::<ReleaseDocument>(&trial.document).ok();
+            if let Some(health) = document.and_then(|d| d.health) {
+                self.start_health_job(&trial.version, &health);
+            }
+        }
         loop {
             let woken = state.wake.notified();
             if let Err((code, message)) = self.sync_once().await {
@@ -185,34 +296,43 @@ impl Daemon {
             .ok()
             .flatten()
             .or_else(|| self.store.release_in(ReleaseState::Committed).ok().flatten());
+        let bad = self.store.releases_in(ReleaseState::RolledBack).map_err(|e| fail("internal", e.to_string()))?;
         let device = Device {
             runner_version: semver::Version::parse(env!("CARGO_PKG_VERSION")).expect("our version is semver"),
             channel: settings.channel.clone(),
             ring: settings.ring,
             active: active.as_ref().and_then(|r| semver::Version::parse(&r.version).ok()),
-            bad: self.store.bad_releases().map_err(|e| fail("internal", e.to_string()))?,
+            active_digest: active.as_ref().map(|r| r.digest.clone()),
+            bad: bad.into_iter().map(|r| (r.digest, r.version)).collect(),
         };
         let staging = self.state_dir.join("releases");
-        let staged = match client.stage(&settings.channel, &device, &staging, now).await {
-            Ok(Some(staged)) => staged,
+        let refused = |e: StageError| {
+            // What the origin or the network did is not the release's fault.
+            if !matches!(&e, StageError::Sync(s) if s.code() == "unreachable") {
+                let _ = self.store.record_refusal(None, e.code(), &e.to_string());
+            }
+            fail(e.code(), e.to_string())
+        };
+        let offer = match client.offer(&settings.channel, &device, now).await {
+            Ok(Some(offer)) => offer,
             Ok(None) => return Ok(None),
             Err(StageError::Gate(crate::sync::gates::GateRefusal::AlreadyActive { .. })) => return Ok(None),
-            Err(e) => {
-                let _ = self.store.record_refusal(None, e.code(), &e.to_string());
-                return Err(fail(e.code(), e.to_string()));
-            }
+            Err(e) => return Err(refused(e)),
         };
-        let document_text = serde_json::to_string(&staged.document).expect("documents serialise");
+        let (digest, channel, version) =
+            (offer.digest.clone(), offer.document.channel.clone(), offer.document.version.clone());
+        let document_text = serde_json::to_string(&offer.document).expect("documents serialise");
+        let dir = crate::sync::staging_dir(&staging, &digest).display().to_string();
         let record = self
             .store
-            .record_staged(
-                &staged.digest,
-                &staged.document.channel,
-                &staged.document.version,
-                &document_text,
-                &staged.dir.display().to_string(),
-            )
+            .record_downloading(&digest, &channel, &version, &document_text, &dir)
             .map_err(|e| fail("internal", e.to_string()))?;
+        crash_point("downloading");
+        let staged = client.download(offer, &staging, now).await.map_err(refused)?;
+        self.store
+            .record_staged(&digest, &channel, &version, &document_text, &dir)
+            .map_err(|e| fail("internal", e.to_string()))?;
+        crash_point("staged");
         // The local policy: every bundle prepared, every job admitted
         // strictly. A refusal marks the release bad before anything runs.
         let jobs = match self.release_jobs(&staged.document, &staged.dir) {
@@ -223,15 +343,27 @@ impl Daemon {
             }
         };
         self.store.begin_trial(&record.digest).map_err(|e| fail("internal", e.to_string()))?;
+        crash_point("trial");
         state.trial.lock().unwrap().clear();
         self.install_release_jobs(jobs).map_err(|e| fail("internal", e.to_string()))?;
+        *state.unusable.lock().unwrap() = None;
+        crash_point("activated");
         tracing::warn!(
             "release {} {} activated in trial ({} job(s))",
             staged.document.channel,
             staged.document.version,
             staged.document.jobs.len()
         );
+        if let Some(health) = &staged.document.health {
+            self.start_health_job(&version, health);
+        }
         Ok(Some(record.digest))
+    }
+
+    fn start_health_job(self: &Arc<Self>, version: &str, health: &str) {
+        if let Err(e) = self.trigger(health, None, super::scheduler::Source::Health) {
+            tracing::warn!("release {version}: its health job {health} did not start: {e}");
+        }
     }
 
     /// The jobs of `document`, with each bundle's staged path, after the
@@ -259,6 +391,19 @@ impl Daemon {
                 return Err((
                     "egress_not_granted".to_owned(),
                     format!("the release needs egress this device does not grant: {}", missing.join(", ")),
+                ));
+            }
+        }
+        // The staged files are the ones the document names, or nothing runs.
+        for bundle in &document.bundles {
+            let path = dir.join(&bundle.name);
+            let bytes = std::fs::read(&path)
+                .map_err(|e| ("release_files_missing".to_owned(), format!("{}: {e}", path.display())))?;
+            let actual = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+            if actual != bundle.digest {
+                return Err((
+                    "release_files_corrupt".to_owned(),
+                    format!("{}: not the bundle the release names ({actual}, not {})", path.display(), bundle.digest),
                 ));
             }
         }
@@ -321,11 +466,16 @@ impl Daemon {
                 let passed = {
                     let mut progress = state.trial.lock().unwrap();
                     *progress.entry(name.to_owned()).or_insert(0) += 1;
-                    document.is_some_and(|d| {
-                        d.jobs.keys().all(|job| progress.get(job).copied().unwrap_or(0) >= state.settings.trial_runs)
+                    document.is_some_and(|d| match &d.health {
+                        Some(health) => progress.get(health).copied().unwrap_or(0) >= 1,
+                        None => d
+                            .jobs
+                            .keys()
+                            .all(|job| progress.get(job).copied().unwrap_or(0) >= state.settings.trial_runs),
                     })
                 };
                 if passed && self.store.commit(&trial.digest).is_ok() {
+                    crash_point("committed");
                     tracing::warn!("release {} {} passed its trial; committed", trial.channel, trial.version);
                 }
                 false
@@ -337,6 +487,7 @@ impl Daemon {
                 if self.store.roll_back(&trial.digest, code, &message).is_err() {
                     return false;
                 }
+                crash_point("rolled_back");
                 state.trial.lock().unwrap().clear();
                 self.restore_last_known_good();
                 true
@@ -345,26 +496,24 @@ impl Daemon {
         }
     }
 
-    /// Brings back the last known good release's jobs (none if there is no
-    /// such release, or its files are gone: the daemon then says why and
-    /// runs no release jobs).
+    /// Brings back the last known good release's jobs: none if there is no
+    /// such release, or if its files are gone or damaged (the daemon then
+    /// runs no release jobs and `sync status` says why).
     fn restore_last_known_good(&self) {
+        let mut unusable = None;
         let jobs = match self.store.release_in(ReleaseState::Committed) {
-            Ok(Some(good)) => match serde_json::from_str::<ReleaseDocument>(&good.document) {
-                Ok(document) => match self.release_jobs(&document, std::path::Path::new(&good.dir)) {
-                    Ok(jobs) => jobs,
-                    Err((code, message)) => {
-                        tracing::error!(code, "the last known good release {} cannot run: {message}", good.version);
-                        BTreeMap::new()
-                    }
-                },
-                Err(e) => {
-                    tracing::error!("the last known good release {}: its document does not parse: {e}", good.version);
-                    BTreeMap::new()
-                }
-            },
+            Ok(Some(good)) => self.recorded_jobs(&good).unwrap_or_else(|(code, message)| {
+                let message = format!("the last known good release {} cannot run: {message}", good.version);
+                tracing::error!(code, "{message}; running no release jobs until a new release activates");
+                let _ = self.store.record_refusal(Some(&good.digest), &code, &message);
+                unusable = Some((code, message));
+                BTreeMap::new()
+            }),
             _ => BTreeMap::new(),
         };
+        if let Some(state) = self.sync_state() {
+            *state.unusable.lock().unwrap() = unusable;
+        }
         if let Err(e) = self.install_release_jobs(jobs) {
             tracing::error!("restoring the last known good release's jobs: {e}");
         }
@@ -403,16 +552,25 @@ impl Daemon {
         let state =
             self.sync_state().ok_or_else(|| DaemonError::InvalidRequest("this daemon has no [sync] table".into()))?;
         let last = state.last.lock().unwrap().clone();
+        let trial = self.store.release_in(ReleaseState::Trial)?;
+        let committed = self.store.release_in(ReleaseState::Committed)?;
+        let health = trial
+            .as_ref()
+            .or(committed.as_ref())
+            .and_then(|r| serde_json::from_str::<ReleaseDocument>(&r.document).ok())
+            .and_then(|d| d.health);
         Ok(SyncStatus {
             url: state.settings.url.clone(),
             channel: state.settings.channel.clone(),
             ring: state.settings.ring,
-            trial: self.store.release_in(ReleaseState::Trial)?,
-            committed: self.store.release_in(ReleaseState::Committed)?,
+            trial,
+            committed,
             last_check: last.at,
             last_error: last.error,
             trial_progress: state.trial.lock().unwrap().clone(),
             trial_runs: state.settings.trial_runs,
+            health,
+            active_error: state.unusable.lock().unwrap().clone(),
         })
     }
 }

@@ -25,6 +25,8 @@ pub enum Source {
     Webhook,
     /// `wfrun trigger` (the control plane, either transport).
     Manual,
+    /// A release's health job, at the release's activation.
+    Health,
 }
 
 impl Source {
@@ -34,6 +36,7 @@ impl Source {
             Source::Schedule => "schedule",
             Source::Webhook => "webhook",
             Source::Manual => "manual",
+            Source::Health => "health check",
         }
     }
 }

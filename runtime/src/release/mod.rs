@@ -16,7 +16,11 @@
 //! its bundles as targets and its [`ReleaseDocument`] as the target
 //! `releases/CHANNEL.json`, then publishes. [`Repository::publish`] re-signs
 //! targets, snapshot and timestamp with incremented versions;
-//! [`Repository::timestamp`] only the timestamp. The metadata is TUF 1.0
+//! [`Repository::timestamp`] only the timestamp. [`Repository::rotate`]
+//! replaces a role's keys (or revokes some of them) in a new root version
+//! signed by the old root's threshold and the new one's, then re-signs the
+//! rest, so a device that trusts any earlier root walks the chain to it.
+//! The metadata is TUF 1.0
 //! ([`metadata`], canonical JSON in [`canonical`]), so python-tuf's client
 //! reads it; `docs/releases.md` documents the layout and the release
 //! document. The device side (the TUF client) is `sync`'s.
@@ -185,6 +189,8 @@ pub struct NewRelease {
     pub ring: u32,
     /// Whether it may replace a higher version.
     pub rollback_approved: bool,
+    /// The job whose success passes the trial (one of `jobs`).
+    pub health: Option<String>,
     /// Expiry of the targets, snapshot and timestamp it publishes.
     pub expiry: Expiry,
 }
@@ -198,6 +204,42 @@ pub struct Published {
     pub snapshot: u32,
     /// The timestamp version.
     pub timestamp: u32,
+}
+
+/// A key rotation: new keys for one role in a new root version.
+#[derive(Debug, Clone, Default)]
+pub struct Rotation {
+    /// The role (`root`, `targets`, `snapshot`, `timestamp`).
+    pub role: String,
+    /// New secret key files for the role (none: new keys are made).
+    pub keys: Vec<PathBuf>,
+    /// Key ids (or unambiguous prefixes of 8 or more characters) to drop
+    /// from the role, keeping the others; none: every current key goes.
+    pub revoke: Vec<String>,
+    /// The role's new threshold (default: its current one).
+    pub threshold: Option<u32>,
+    /// Secret key files to sign with that are not in `keys/` (the root
+    /// keys kept offline).
+    pub signing_keys: Vec<PathBuf>,
+    /// Expiry of the new root and of what is re-signed.
+    pub expiry: Expiry,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotated {
+    /// The role.
+    pub role: String,
+    /// The new root's version.
+    pub root_version: u32,
+    /// Key ids now assigned to the role.
+    pub keyids: Vec<String>,
+    /// Key ids removed from it.
+    pub revoked: Vec<String>,
+    /// Its threshold.
+    pub threshold: u32,
+    /// The targets, snapshot and timestamp re-signed under the new root.
+    pub published: Published,
 }
 
 /// A repository as `wfrun release status` shows it.
@@ -408,27 +450,41 @@ impl Repository {
         self.read(&format!("{version}.targets.json"), "targets")
     }
 
-    /// Every secret key in `keys/`, by key id.
-    fn secret_keys(&self) -> Result<BTreeMap<String, SecretKey>, ReleaseError> {
+    /// Every secret key in `keys/`, by key id, with its file.
+    fn key_files(&self) -> Result<BTreeMap<String, (SecretKey, PathBuf)>, ReleaseError> {
         let dir = self.keys_dir();
         let mut keys = BTreeMap::new();
         let Ok(listing) = std::fs::read_dir(&dir) else { return Ok(keys) };
         for entry in listing {
             let path = entry.map_err(ReleaseError::io(&dir))?.path();
-            if path.extension().is_some_and(|e| e == "key") {
+            if path.extension().is_some_and(|e| e == "key") && path.is_file() {
                 let secret =
                     SecretKey::load(&path).map_err(|reason| ReleaseError::Key { path: path.clone(), reason })?;
-                keys.insert(Key::ed25519(&secret.public()).key_id(), secret);
+                keys.insert(Key::ed25519(&secret.public()).key_id(), (secret, path));
             }
         }
         Ok(keys)
     }
 
+    /// Every secret key in `keys/`, by key id.
+    fn secret_keys(&self) -> Result<BTreeMap<String, SecretKey>, ReleaseError> {
+        Ok(self.key_files()?.into_iter().map(|(id, (secret, _))| (id, secret)).collect())
+    }
+
     /// `role`'s keys found in `keys/`, at least its threshold of them.
     fn signing_keys(&self, root: &Root, role: &str) -> Result<Vec<SecretKey>, ReleaseError> {
+        self.signing_keys_from(root, role, self.secret_keys()?)
+    }
+
+    /// `role`'s keys among `available`, at least its threshold of them.
+    fn signing_keys_from(
+        &self,
+        root: &Root,
+        role: &str,
+        mut available: BTreeMap<String, SecretKey>,
+    ) -> Result<Vec<SecretKey>, ReleaseError> {
         let assigned =
             root.roles.get(role).ok_or_else(|| ReleaseError::Invalid(format!("root lists no role {role}")))?;
-        let mut available = self.secret_keys()?;
         let found: Vec<SecretKey> = assigned.keyids.iter().filter_map(|id| available.remove(id)).collect();
         if found.len() < assigned.threshold as usize {
             return Err(ReleaseError::MissingKeys {
@@ -507,6 +563,124 @@ impl Repository {
         self.write_timestamp(&root, version, &bytes, expiry)
     }
 
+    /// Rotates `rotation.role`'s keys: writes root version N+1 (signed by
+    /// root N's threshold and by its own), moves the revoked keys' files to
+    /// `keys/retired/`, and re-signs targets, snapshot and timestamp.
+    pub fn rotate(&self, rotation: &Rotation) -> Result<Rotated, ReleaseError> {
+        let role = rotation.role.as_str();
+        if !ROLES.contains(&role) {
+            return Err(ReleaseError::Invalid(format!("rotate {role}: roles are {}", ROLES.join(", "))));
+        }
+        let old = self.root()?.signed;
+        let current = &old.roles[role];
+        let mut revoked = Vec::new();
+        for wanted in &rotation.revoke {
+            let matching: Vec<&String> = current
+                .keyids
+                .iter()
+                .filter(|id| *id == wanted || (wanted.len() >= 8 && id.starts_with(wanted.as_str())))
+                .collect();
+            match matching.as_slice() {
+                [one] => revoked.push((*one).clone()),
+                [] => return Err(ReleaseError::Invalid(format!("--revoke {wanted}: not one of {role}'s key ids"))),
+                _ => return Err(ReleaseError::Invalid(format!("--revoke {wanted}: names more than one key"))),
+            }
+        }
+        if rotation.revoke.is_empty() {
+            revoked = current.keyids.clone();
+        }
+        let threshold = rotation.threshold.unwrap_or(current.threshold);
+        if !(1..=16).contains(&threshold) {
+            return Err(ReleaseError::Invalid(format!("--threshold {threshold}: 1 to 16 signatures")));
+        }
+        let mut keyids: Vec<String> = current.keyids.iter().filter(|id| !revoked.contains(id)).cloned().collect();
+        let mut new_secrets = Vec::new();
+        for path in &rotation.keys {
+            new_secrets.push(SecretKey::load(path).map_err(|reason| ReleaseError::Key { path: path.clone(), reason })?);
+        }
+        while keyids.len() + new_secrets.len() < threshold as usize
+            || (rotation.revoke.is_empty() && new_secrets.is_empty())
+        {
+            new_secrets.push(SecretKey::generate().map_err(ReleaseError::Invalid)?);
+        }
+        let mut keys = old.keys.clone();
+        for secret in &new_secrets {
+            let key = Key::ed25519(&secret.public());
+            if revoked.contains(&key.key_id()) {
+                return Err(ReleaseError::Invalid(format!(
+                    "key {} is being revoked; it cannot come back",
+                    key.key_id()
+                )));
+            }
+            if !keyids.contains(&key.key_id()) {
+                keyids.push(key.key_id());
+            }
+            keys.insert(key.key_id(), key);
+        }
+        let mut roles = old.roles.clone();
+        roles.insert(role.to_owned(), RoleKeys { keyids: keyids.clone(), threshold });
+        // Keys no role uses any more leave the root.
+        keys.retain(|id, _| roles.values().any(|r| r.keyids.contains(id)));
+        let new = Root { version: old.version + 1, expires: expires(rotation.expiry.root), keys, roles, ..old.clone() };
+
+        // Signed by root N's threshold and root N+1's: the keys in keys/,
+        // those brought to sign with, and the new ones.
+        let mut available = self.secret_keys()?;
+        for path in &rotation.signing_keys {
+            let secret = SecretKey::load(path).map_err(|reason| ReleaseError::Key { path: path.clone(), reason })?;
+            available.insert(Key::ed25519(&secret.public()).key_id(), secret);
+        }
+        for secret in &new_secrets {
+            available.insert(Key::ed25519(&secret.public()).key_id(), secret.clone());
+        }
+        let mut signers: BTreeMap<String, SecretKey> = BTreeMap::new();
+        for root in [&old, &new] {
+            for secret in self.signing_keys_from(root, "root", available.clone())? {
+                signers.insert(Key::ed25519(&secret.public()).key_id(), secret);
+            }
+        }
+        let signed = Metadata::sign(new, &signers.values().collect::<Vec<_>>());
+
+        // New key files first: a crash after them leaves the old root in
+        // force and unused keys behind, never a root without its keys.
+        for secret in &new_secrets {
+            let id = Key::ed25519(&secret.public()).key_id();
+            let path = self.keys_dir().join(format!("{role}-{}.key", &id[..12]));
+            if path.exists() {
+                continue;
+            }
+            let mut file = create_private_file(&path, true).map_err(ReleaseError::io(&path))?;
+            file.write_all(format!("{}\n", secret.to_text()).as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(ReleaseError::io(&path))?;
+        }
+        crate::files::sync_dir(&self.keys_dir()).map_err(ReleaseError::io(&self.keys_dir()))?;
+        let bytes = signed.to_bytes();
+        self.write_metadata(&format!("{}.root.json", signed.signed.version), &bytes)?;
+        self.write_metadata("root.json", &bytes)?;
+        let retired = self.keys_dir().join("retired");
+        let files = self.key_files()?;
+        for id in &revoked {
+            if signed.signed.keys.contains_key(id) {
+                continue; // still another role's key
+            }
+            if let Some((_, path)) = files.get(id) {
+                create_private_dir(&retired).map_err(ReleaseError::io(&retired))?;
+                let to = retired.join(path.file_name().unwrap_or_default());
+                std::fs::rename(path, &to).map_err(ReleaseError::io(path))?;
+            }
+        }
+        let published = self.publish(&rotation.expiry)?;
+        Ok(Rotated {
+            role: role.to_owned(),
+            root_version: signed.signed.version,
+            keyids,
+            revoked,
+            threshold,
+            published,
+        })
+    }
+
     /// Adds `release` to its channel and publishes.
     pub fn add(&self, release: &NewRelease) -> Result<(ReleaseDocument, Published), ReleaseError> {
         check_name("channel", &release.channel)?;
@@ -516,6 +690,9 @@ impl Repository {
         }
         if release.bundles.is_empty() {
             return Err(ReleaseError::Invalid("a release needs at least one bundle".to_owned()));
+        }
+        if let Some(health) = release.health.as_ref().filter(|h| !release.jobs.contains_key(*h)) {
+            return Err(ReleaseError::Invalid(format!("--health {health}: not one of the release's jobs")));
         }
         let root = self.root()?.signed;
         let mut targets = self.targets()?.signed;
@@ -568,6 +745,7 @@ impl Repository {
             min_runner_version: release.min_runner_version.clone(),
             ring: release.ring,
             rollback_approved: release.rollback_approved,
+            health: release.health.clone(),
         };
         let mut bytes = serde_json::to_vec_pretty(&document).expect("release documents serialise");
         bytes.push(b'\n');
@@ -662,6 +840,7 @@ mod tests {
             min_runner_version: None,
             ring: 0,
             rollback_approved: false,
+            health: None,
             expiry: Expiry::default(),
         }
     }

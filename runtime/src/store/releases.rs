@@ -1,6 +1,7 @@
 //! Releases on this device: identity, each release's state, and its events.
 //!
-//! A release moves `staged → trial → committed`, or `trial → rolled_back`;
+//! A release moves `downloading → staged → trial → committed`, or
+//! `trial → rolled_back`;
 //! a committed release becomes `superseded` when a later one commits. At
 //! most one release is in `trial` and one is `committed` (the last known
 //! good) at any time. Every transition is one SQLite transaction, committed
@@ -20,6 +21,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseState {
+    /// Verified document recorded; its bundles are being downloaded (a
+    /// crash here resumes at the next poll).
+    Downloading,
     /// Its bundles are verified and written; not running.
     Staged,
     /// Running, on probation until its health gate passes.
@@ -36,6 +40,7 @@ impl ReleaseState {
     /// The state as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
+            ReleaseState::Downloading => "downloading",
             ReleaseState::Staged => "staged",
             ReleaseState::Trial => "trial",
             ReleaseState::Committed => "committed",
@@ -46,6 +51,7 @@ impl ReleaseState {
 
     fn parse(text: &str) -> Option<ReleaseState> {
         [
+            ReleaseState::Downloading,
             ReleaseState::Staged,
             ReleaseState::Trial,
             ReleaseState::Committed,
@@ -194,7 +200,32 @@ impl Store {
         })
     }
 
-    /// Records a staged release (or finds it already recorded).
+    /// Records a release whose verified document says what to download
+    /// (or finds it already recorded, in whatever state).
+    pub fn record_downloading(
+        &self,
+        digest: &str,
+        channel: &str,
+        version: &str,
+        document: &str,
+        dir: &str,
+    ) -> Result<ReleaseRecord, StoreError> {
+        let at = now();
+        self.write_durably(|tx| {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO releases (digest, channel, version, document, dir, state, trial_runs, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'downloading', 0, ?6, ?6)",
+                params![digest, channel, version, document, dir, at],
+            )?;
+            if inserted > 0 {
+                event(tx, Some(digest), "downloading", None, Some(&format!("{channel} {version}")), &at)?;
+            }
+            tx.query_row(&format!("SELECT {COLUMNS} FROM releases WHERE digest = ?1"), params![digest], record)
+        })
+    }
+
+    /// Records a staged release: a new one, or one that was downloading
+    /// (any other state is left as it is).
     pub fn record_staged(
         &self,
         digest: &str,
@@ -210,7 +241,11 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, 'staged', 0, ?6, ?6)",
                 params![digest, channel, version, document, dir, at],
             )?;
-            if inserted > 0 {
+            let finished = tx.execute(
+                "UPDATE releases SET state = 'staged', updated_at = ?2 WHERE digest = ?1 AND state = 'downloading'",
+                params![digest, at],
+            )?;
+            if inserted + finished > 0 {
                 event(tx, Some(digest), "staged", None, Some(&format!("{channel} {version}")), &at)?;
             }
             tx.query_row(&format!("SELECT {COLUMNS} FROM releases WHERE digest = ?1"), params![digest], record)
@@ -374,6 +409,15 @@ impl Store {
         })
     }
 
+    /// Every release in `state`, newest first.
+    pub fn releases_in(&self, state: ReleaseState) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.read(|conn| {
+            conn.prepare(&format!("SELECT {COLUMNS} FROM releases WHERE state = ?1 ORDER BY updated_at DESC"))?
+                .query_map(params![state.as_str()], record)?
+                .collect()
+        })
+    }
+
     /// The digests of releases rolled back on this device.
     pub fn bad_releases(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
@@ -423,6 +467,26 @@ mod tests {
 
     fn stage(store: &Store, digest: &str, version: &str) -> ReleaseRecord {
         store.record_staged(digest, "stable", version, "{}", "/staging").unwrap()
+    }
+
+    #[test]
+    fn a_download_is_recorded_before_its_files_and_finished_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.record_downloading("sha256:a", "stable", "1.0.0", "{}", "/staging").unwrap();
+        assert_eq!(first.state, ReleaseState::Downloading);
+        assert!(store.begin_trial("sha256:a").is_err(), "a release still downloading cannot start");
+        // A crash and a restart: the next poll records it again, then finishes it.
+        store.record_downloading("sha256:a", "stable", "1.0.0", "{}", "/staging").unwrap();
+        assert_eq!(stage(&store, "sha256:a", "1.0.0").state, ReleaseState::Staged);
+        store.begin_trial("sha256:a").unwrap();
+        assert_eq!(stage(&store, "sha256:a", "1.0.0").state, ReleaseState::Trial, "staging again changes nothing");
+        assert_eq!(
+            store.record_downloading("sha256:a", "stable", "1.0.0", "{}", "/staging").unwrap().state,
+            ReleaseState::Trial
+        );
+        let events: Vec<String> = store.release_events(100).unwrap().into_iter().rev().map(|e| e.event).collect();
+        assert_eq!(events, ["downloading", "staged", "trial"]);
     }
 
     #[test]

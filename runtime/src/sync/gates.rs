@@ -19,8 +19,12 @@ pub struct Device {
     pub ring: u32,
     /// The version of the active release, if any.
     pub active: Option<semver::Version>,
-    /// Release digests this device marked bad (rolled back); never tried again.
-    pub bad: Vec<String>,
+    /// The active release's document digest, if any: a channel still
+    /// offering it is not downloaded again.
+    pub active_digest: Option<String>,
+    /// Release digests this device marked bad (rolled back), with their
+    /// versions; never downloaded or tried again.
+    pub bad: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a release may not be staged.
@@ -103,6 +107,19 @@ impl GateRefusal {
     }
 }
 
+/// What the signed hash of a channel's release document alone decides,
+/// before it is downloaded: the active release again, or a known-bad one.
+pub fn check_digest(digest: &str, device: &Device) -> Result<(), GateRefusal> {
+    if device.active_digest.as_deref() == Some(digest) {
+        let version = device.active.as_ref().map(|v| v.to_string()).unwrap_or_default();
+        return Err(GateRefusal::AlreadyActive { version });
+    }
+    if let Some(version) = device.bad.get(digest) {
+        return Err(GateRefusal::KnownBad { version: version.clone(), digest: digest.to_owned() });
+    }
+    Ok(())
+}
+
 /// Whether `device` may stage `document` (whose bytes hash to `digest`).
 pub fn check(document: &ReleaseDocument, digest: &str, device: &Device) -> Result<semver::Version, GateRefusal> {
     let version_text = document.version.clone();
@@ -115,7 +132,7 @@ pub fn check(document: &ReleaseDocument, digest: &str, device: &Device) -> Resul
             expected: device.channel.clone(),
         });
     }
-    if device.bad.iter().any(|d| d == digest) {
+    if device.bad.contains_key(digest) {
         return Err(GateRefusal::KnownBad { version: version_text, digest: digest.to_owned() });
     }
     if let Some(min) = &document.min_runner_version {
@@ -155,6 +172,7 @@ mod tests {
             min_runner_version: None,
             ring: 0,
             rollback_approved: false,
+            health: None,
         }
     }
 
@@ -164,7 +182,8 @@ mod tests {
             channel: "stable".to_owned(),
             ring: 1,
             active: active.map(|v| semver::Version::parse(v).unwrap()),
-            bad: vec!["sha256:bad".to_owned()],
+            active_digest: None,
+            bad: [("sha256:bad".to_owned(), "0.5.0".to_owned())].into(),
         }
     }
 

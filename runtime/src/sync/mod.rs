@@ -13,11 +13,14 @@
 //! the [`ReleaseDocument`] target `releases/CHANNEL.json`; its bundles are
 //! targets too, downloaded against their signed length and hash.
 //!
-//! [`Client::stage`] takes a channel's release through the [`gates`]
-//! (runner version, channel, ring, downgrade, known-bad) and writes its
-//! verified bundles under a staging directory. Every refusal has a stable
-//! code ([`SyncError::code`], [`StageError::code`]). Not yet here (issue
-//! 12's next part): the activation state machine, trial and rollback.
+//! [`Client::offer`] takes a channel's release through the [`gates`]
+//! (runner version, channel, ring, downgrade, known-bad); the release
+//! document's signed hash alone settles "already active" and "known bad",
+//! so an unchanged channel costs no download. [`Client::download`] then
+//! writes its verified bundles under a staging directory ([`Client::stage`]
+//! does both). Every refusal has a stable code ([`SyncError::code`],
+//! [`StageError::code`]). What happens to a staged release (activation,
+//! trial, rollback) is the daemon's.
 
 mod crypto;
 pub mod gates;
@@ -167,39 +170,60 @@ impl Client {
     /// Channel `channel`'s release document, verified, after a refresh;
     /// `None` if the channel has none.
     pub async fn release(&mut self, channel: &str, now: jiff::Timestamp) -> Result<Option<ReleaseDocument>, SyncError> {
-        Ok(self.release_document(channel, now).await?.map(|(document, _)| document))
+        match self.release_document(channel, now, |_| Ok(())).await {
+            Ok(found) => Ok(found.map(|(document, _)| document)),
+            Err(StageError::Sync(e)) => Err(e),
+            Err(e) => Err(SyncError::Unreachable(e.to_string())),
+        }
     }
 
     /// The release document of `channel` and its bytes. Its signed length
-    /// is checked against [`MAX_RELEASE_DOCUMENT`] before it is downloaded.
+    /// is checked against [`MAX_RELEASE_DOCUMENT`], and its signed hash
+    /// against `before_download`, before it is downloaded.
     async fn release_document(
         &mut self,
         channel: &str,
         now: jiff::Timestamp,
-    ) -> Result<Option<(ReleaseDocument, Vec<u8>)>, SyncError> {
+        before_download: impl FnOnce(&str) -> Result<(), StageError>,
+    ) -> Result<Option<(ReleaseDocument, Vec<u8>)>, StageError> {
         let name = format!("releases/{channel}.json");
         let info = match self.signed_target(&name, now).await {
             Ok(info) => info,
             Err(SyncError::Refused { code: "target_not_found", .. }) => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
+        if let Some(hash) = info.hashes.get("sha256") {
+            before_download(&format!("sha256:{hash}"))?;
+        }
         if info.length > MAX_RELEASE_DOCUMENT {
-            return Err(SyncError::BadDocument { target: name, reason: "larger than 1 MiB".to_owned() });
+            return Err(SyncError::BadDocument { target: name, reason: "larger than 1 MiB".to_owned() }.into());
         }
         let bytes = self.fetch(&info, &name).await?;
         let document: ReleaseDocument = serde_json::from_slice(&bytes)
             .map_err(|e| SyncError::BadDocument { target: name.clone(), reason: e.to_string() })?;
         if document.format != RELEASE_FORMAT || document.channel != channel {
-            return Err(SyncError::BadDocument {
+            return Err(StageError::Sync(SyncError::BadDocument {
                 target: name,
                 reason: format!(
                     "format {} for channel {:?}; expected format {RELEASE_FORMAT} for {channel:?}",
                     document.format, document.channel
                 ),
-            });
+            }));
         }
         Ok(Some((document, bytes)))
     }
+}
+
+/// A channel's release that passed the gates: its verified document,
+/// not yet its bundles.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// The release document.
+    pub document: ReleaseDocument,
+    /// Its bytes, as signed.
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>` of those bytes: the release's identity.
+    pub digest: String,
 }
 
 /// A release whose bundles are verified and written under the staging
@@ -216,21 +240,25 @@ pub struct Staged {
     pub bundles: Vec<(String, std::path::PathBuf)>,
 }
 
+/// Where release `digest` is staged under `staging`.
+pub fn staging_dir(staging: &Path, digest: &str) -> std::path::PathBuf {
+    staging.join(digest.trim_start_matches("sha256:"))
+}
+
 impl Client {
-    /// Downloads channel `channel`'s release, checks it against `device`'s
-    /// gates, and writes its bundles (each verified against its signed
-    /// length and hash, and against the document's digest) atomically under
-    /// `staging/<document digest>/`. Nothing unverified is ever written
-    /// there. `Ok(None)`: the channel has no release.
-    pub async fn stage(
+    /// Channel `channel`'s release, if `device` may take it: the document
+    /// verified, then checked against the [`gates`] and for consistency
+    /// (every job runs one of its bundles; its `health` job is one of its
+    /// jobs). `Ok(None)`: the channel has no release.
+    pub async fn offer(
         &mut self,
         channel: &str,
         device: &gates::Device,
-        staging: &Path,
         now: jiff::Timestamp,
-    ) -> Result<Option<Staged>, StageError> {
+    ) -> Result<Option<Offer>, StageError> {
         let name = format!("releases/{channel}.json");
-        let Some((document, bytes)) = self.release_document(channel, now).await? else { return Ok(None) };
+        let early = |digest: &str| gates::check_digest(digest, device).map_err(StageError::from);
+        let Some((document, bytes)) = self.release_document(channel, now, early).await? else { return Ok(None) };
         let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
         gates::check(&document, &digest, device)?;
         let bad = |reason: String| SyncError::BadDocument { target: name.clone(), reason };
@@ -240,16 +268,35 @@ impl Client {
                 return Err(bad(format!("job {job} runs {target}, which is not one of the release's bundles")).into());
             }
         }
-        let dir = staging.join(digest.trim_start_matches("sha256:"));
-        std::fs::create_dir_all(&dir).map_err(|e| StageError::Io(format!("{}: {e}", dir.display())))?;
-        let mut bundles = Vec::new();
+        if let Some(health) = &document.health {
+            if !document.jobs.contains_key(health) {
+                return Err(bad(format!("its health job {health} is not one of its jobs")).into());
+            }
+        }
         for bundle in &document.bundles {
             let file_ok = !bundle.name.is_empty()
                 && !bundle.name.starts_with('.')
+                && bundle.name != "release.json"
                 && bundle.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
             if !file_ok {
                 return Err(bad(format!("bundle name {:?} is not a plain file name", bundle.name)).into());
             }
+        }
+        Ok(Some(Offer { document, bytes, digest }))
+    }
+
+    /// Downloads `offer`'s bundles, each verified against its signed length
+    /// and hash and against the document's digest, and writes them
+    /// atomically under `staging/<document digest>/` with the document as
+    /// `release.json`. Nothing unverified is ever written there.
+    pub async fn download(&mut self, offer: Offer, staging: &Path, now: jiff::Timestamp) -> Result<Staged, StageError> {
+        let Offer { document, bytes, digest } = offer;
+        let name = format!("releases/{}.json", document.channel);
+        let bad = |reason: String| SyncError::BadDocument { target: name.clone(), reason };
+        let dir = staging_dir(staging, &digest);
+        crate::files::create_private_dir(&dir).map_err(|e| StageError::Io(format!("{}: {e}", dir.display())))?;
+        let mut bundles = Vec::new();
+        for bundle in &document.bundles {
             let bytes = self.target(&bundle.target, now).await?;
             let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
             if actual != bundle.digest || bytes.len() as u64 != bundle.length {
@@ -263,7 +310,21 @@ impl Client {
         let path = dir.join("release.json");
         crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
             .map_err(|e| StageError::Io(format!("{}: {e}", path.display())))?;
-        Ok(Some(Staged { document, digest, dir, bundles }))
+        Ok(Staged { document, digest, dir, bundles })
+    }
+
+    /// [`Client::offer`], then [`Client::download`].
+    pub async fn stage(
+        &mut self,
+        channel: &str,
+        device: &gates::Device,
+        staging: &Path,
+        now: jiff::Timestamp,
+    ) -> Result<Option<Staged>, StageError> {
+        match self.offer(channel, device, now).await? {
+            Some(offer) => Ok(Some(self.download(offer, staging, now).await?)),
+            None => Ok(None),
+        }
     }
 }
 
