@@ -12,6 +12,7 @@
 //! cache; `layers` checks the import rules of `docs/architecture.md`;
 //! `releases` checks the repositories `wfrun release` writes with python-tuf;
 //! `sync` runs the device's TUF client against both kinds of repository;
+//! `rotation` rotates keys and plays the attacks of a key holder;
 //! `durability` kills a process mid-transition of releases, again and again.
 
 mod cache;
@@ -24,6 +25,7 @@ mod hostile;
 mod layers;
 mod polyglot;
 mod releases;
+mod rotation;
 mod runner;
 mod sandbox;
 mod signing;

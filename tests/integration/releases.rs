@@ -108,7 +108,12 @@ impl Drop for StaticServer {
 }
 
 /// python-tuf's client: (exit status, its JSON answer or its error).
-fn client(server: &StaticServer, work: &Path, trusted_root: &Path, targets: &[&str]) -> (i32, Value, String) {
+pub fn python_client(
+    server: &StaticServer,
+    work: &Path,
+    trusted_root: &Path,
+    targets: &[&str],
+) -> (i32, Value, String) {
     let out = Command::new(python_tuf())
         .arg(root().join("tests/tuf/client.py"))
         .arg(server.url())
@@ -162,7 +167,7 @@ fn python_tuf_accepts_a_repository_wfrun_writes_and_follows_new_releases() {
     let server = StaticServer::start(&repo);
     let work = dir.path().join("device");
     let bundle = "bundles/stable/1.0.0/hello.wasm";
-    let (status, answer, error) = client(&server, &work, &trusted_root, &["releases/stable.json", bundle]);
+    let (status, answer, error) = python_client(&server, &work, &trusted_root, &["releases/stable.json", bundle]);
     assert_eq!(status, 0, "python-tuf refused wfrun's repository: {error}");
     let downloaded = |name: &str, answer: &Value| std::fs::read(answer["targets"][name].as_str().unwrap()).unwrap();
     assert_eq!(downloaded(bundle, &answer), std::fs::read(guest("hello")).unwrap());
@@ -177,7 +182,7 @@ fn python_tuf_accepts_a_repository_wfrun_writes_and_follows_new_releases() {
     let stats = dir.path().join("stats.wasm");
     release(&["add", repo.to_str().unwrap(), "--channel", "stable", "--version", "1.1.0", stats.to_str().unwrap()]);
     release(&["timestamp", repo.to_str().unwrap()]);
-    let (status, answer, error) = client(&server, &work, &trusted_root, &["releases/stable.json"]);
+    let (status, answer, error) = python_client(&server, &work, &trusted_root, &["releases/stable.json"]);
     assert_eq!(status, 0, "{error}");
     assert_eq!(answer["versions"]["targets"], 3);
     assert_eq!(answer["versions"]["timestamp"], 4);
@@ -202,7 +207,7 @@ fn python_tuf_refuses_what_was_changed_after_signing() {
     let original = std::fs::read_to_string(&timestamp).unwrap();
     std::fs::write(&timestamp, original.replacen("\"version\": 2\n  }", "\"version\": 3\n  }", 1)).unwrap();
     assert_ne!(std::fs::read_to_string(&timestamp).unwrap(), original, "the edit applied");
-    let (status, _, error) = client(&server, &dir.path().join("a"), &trusted_root, &["releases/stable.json"]);
+    let (status, _, error) = python_client(&server, &dir.path().join("a"), &trusted_root, &["releases/stable.json"]);
     assert_eq!(status, 1, "a forged timestamp was accepted");
     assert!(!error.is_empty());
     std::fs::write(&timestamp, &original).unwrap();
@@ -214,7 +219,7 @@ fn python_tuf_refuses_what_was_changed_after_signing() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&file, bytes).unwrap();
-    let (status, _, _) = client(&server, &dir.path().join("b"), &trusted_root, &[bundle]);
+    let (status, _, _) = python_client(&server, &dir.path().join("b"), &trusted_root, &[bundle]);
     assert_eq!(status, 1, "a changed bundle was accepted");
 
     // A root threshold of 2 met by one key signing twice is no threshold.
@@ -224,7 +229,7 @@ fn python_tuf_refuses_what_was_changed_after_signing() {
     signed["signatures"] = Value::Array(vec![first.clone(), first]);
     let forged = dir.path().join("forged-root.json");
     std::fs::write(&forged, serde_json::to_vec(&signed).unwrap()).unwrap();
-    let (status, _, _) = client(&server, &dir.path().join("c"), &forged, &["releases/stable.json"]);
+    let (status, _, _) = python_client(&server, &dir.path().join("c"), &forged, &["releases/stable.json"]);
     assert_eq!(status, 1, "a duplicated signature met the root threshold");
 }
 

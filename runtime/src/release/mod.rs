@@ -885,6 +885,25 @@ mod tests {
     }
 
     #[test]
+    fn a_root_rotation_needs_the_old_root_keys_which_may_be_kept_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("repo"), &InitOptions::default()).unwrap();
+        let offline = dir.path().join("root.key");
+        std::fs::rename(dir.path().join("repo/keys/root.key"), &offline).unwrap();
+        let rotation = Rotation { role: "root".into(), ..Default::default() };
+        let err = repo.rotate(&rotation).unwrap_err();
+        assert!(matches!(err, ReleaseError::MissingKeys { ref role, found: 0, .. } if role == "root"), "{err}");
+        assert_eq!(repo.root().unwrap().signed.version, 1, "nothing was written");
+        let rotated = repo.rotate(&Rotation { signing_keys: vec![offline.clone()], ..rotation }).unwrap();
+        assert_eq!((rotated.root_version, rotated.keyids.len(), rotated.revoked.len()), (2, 1, 1));
+        let (old, new) = (repo.read::<Root>("1.root.json", "root").unwrap(), repo.root().unwrap());
+        assert_eq!(new.valid_signatures(&old.signed, "root"), 1, "signed by the old root key");
+        assert_eq!(new.valid_signatures(&new.signed, "root"), 1, "and by the new one");
+        let bad = Rotation { role: "timestamp".into(), revoke: vec!["nope".into()], ..Default::default() };
+        assert!(matches!(repo.rotate(&bad), Err(ReleaseError::Invalid(_))));
+    }
+
+    #[test]
     fn publishing_without_a_roles_keys_names_the_role() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init(&dir.path().join("repo"), &InitOptions::default()).unwrap();

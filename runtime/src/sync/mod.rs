@@ -50,7 +50,8 @@ pub enum SyncError {
     #[error("refused ({code}): {message}")]
     Refused {
         /// `metadata_signature`, `metadata_rollback`, `metadata_expired`,
-        /// `metadata_integrity`, `metadata_malformed`, `target_not_found`.
+        /// `metadata_integrity`, `metadata_malformed`, `target_not_found`,
+        /// `bad_target_path`.
         code: &'static str,
         /// What the check said.
         message: String,
@@ -122,6 +123,9 @@ impl Client {
         store: impl MetadataStore + 'static,
     ) -> Result<Client, SyncError> {
         crypto::install();
+        if let Some(duplicate) = transport::duplicate_key(trusted_root) {
+            return Err(SyncError::TrustedRoot(duplicate));
+        }
         let mut config = UpdaterConfig::default();
         config.target_max_length = MAX_BUNDLE;
         let updater = Updater::new(origin, trusted_root)
@@ -152,8 +156,13 @@ impl Client {
         self.updater.refresh(now).await.map_err(SyncError::from_tuf)
     }
 
-    /// The verified bytes of target `name`, after a refresh.
+    /// The verified bytes of target `name`, after a refresh. A name that
+    /// could leave the targets directory (`..`, an empty or absolute part)
+    /// is refused as `bad_target_path`, signed or not.
     pub async fn target(&mut self, name: &str, now: jiff::Timestamp) -> Result<Vec<u8>, SyncError> {
+        if name.starts_with('/') || name.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+            return Err(SyncError::Refused { code: "bad_target_path", message: format!("target path {name:?}") });
+        }
         let info = self.signed_target(name, now).await?;
         self.fetch(&info, name).await
     }
@@ -268,10 +277,8 @@ impl Client {
                 return Err(bad(format!("job {job} runs {target}, which is not one of the release's bundles")).into());
             }
         }
-        if let Some(health) = &document.health {
-            if !document.jobs.contains_key(health) {
-                return Err(bad(format!("its health job {health} is not one of its jobs")).into());
-            }
+        if let Some(health) = document.health.as_ref().filter(|h| !document.jobs.contains_key(*h)) {
+            return Err(bad(format!("its health job {health} is not one of its jobs")).into());
         }
         for bundle in &document.bundles {
             let file_ok = !bundle.name.is_empty()

@@ -97,12 +97,37 @@ impl Origin {
 
 impl sigstore_tuf::Repository for Origin {
     fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
-        Box::pin(self.get(&self.metadata, name, max_length))
+        Box::pin(async move {
+            let bytes = self.get(&self.metadata, name, max_length).await?;
+            if name.ends_with("root.json") {
+                if let Some(duplicate) = bytes.as_deref().and_then(duplicate_key) {
+                    return Err(sigstore_tuf::Error::Malformed(format!("{name}: {duplicate}")));
+                }
+            }
+            Ok(bytes)
+        })
     }
 
     fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
         Box::pin(self.get(&self.targets, path, max_length))
     }
+}
+
+/// Whether a root lists one public key under two key ids: a threshold of
+/// "two keys" met by one. The TUF client counts distinct key ids, so such
+/// a root is refused before it reaches it.
+pub fn duplicate_key(root: &[u8]) -> Option<String> {
+    let root: serde_json::Value = serde_json::from_slice(root).ok()?;
+    let keys = root.get("signed")?.get("keys")?.as_object()?;
+    let mut seen: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+    for (id, key) in keys {
+        let public = key.get("keyval").and_then(|v| v.get("public")).and_then(|p| p.as_str()).unwrap_or_default();
+        let identity = format!("{}/{}", key.get("keytype").and_then(|t| t.as_str()).unwrap_or_default(), public);
+        if let Some(other) = seen.insert(identity, id) {
+            return Some(format!("key ids {other} and {id} are the same key"));
+        }
+    }
+    None
 }
 
 async fn fetch(url: &http::Uri, max_length: u64, connect_timeout: Duration) -> sigstore_tuf::Result<Option<Vec<u8>>> {
