@@ -99,10 +99,9 @@ impl sigstore_tuf::Repository for Origin {
     fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
         Box::pin(async move {
             let bytes = self.get(&self.metadata, name, max_length).await?;
-            if name.ends_with("root.json") {
-                if let Some(duplicate) = bytes.as_deref().and_then(duplicate_key) {
-                    return Err(sigstore_tuf::Error::Malformed(format!("{name}: {duplicate}")));
-                }
+            let root = bytes.as_deref().filter(|_| name.ends_with("root.json"));
+            if let Some(duplicate) = root.and_then(duplicate_key) {
+                return Err(sigstore_tuf::Error::Malformed(format!("{name}: {duplicate}")));
             }
             Ok(bytes)
         })
