@@ -647,6 +647,10 @@ fn a_release_activates_passes_its_trial_a_broken_one_rolls_back_and_jobs_run_on_
         daemon.runs().iter().filter(|r| r.output.as_deref() == Some(r#"{"greeting":"Hello, fleet!"}"#)).count()
     };
     assert!(hello_runs(&daemon) >= 2);
+    let status = sync_status(&daemon);
+    assert!(status["metadata_refreshed"].is_string(), "{status}");
+    assert!(status["metadata_expires"]["timestamp"].as_str().is_some_and(|t| t > "2026"), "{status}");
+    assert_eq!(status["metadata_expired"], false);
 
     // v2's job fails: it rolls back by itself, and v1's job runs again.
     add("2.0.0", "hostile.wasm", "v2.toml");
@@ -692,7 +696,7 @@ fn a_release_activates_passes_its_trial_a_broken_one_rolls_back_and_jobs_run_on_
     server.set_offline(true);
     assert!(wait_for(Duration::from_secs(30), || sync_status(&daemon)["last_error"][0] == "unreachable"));
     let offline = hello_runs(&daemon);
-    assert!(wait_for(Duration::from_secs(30), || hello_runs(&daemon) > offline + 5), "jobs stopped while offline");
+    assert!(wait_for(Duration::from_secs(30), || hello_runs(&daemon) > offline + 10), "jobs stopped while offline");
     assert_eq!(committed(&daemon).as_deref(), Some("1.0.0"));
     let store = Store::open(&daemon.state()).unwrap();
     let events = store.release_events(1000).unwrap();

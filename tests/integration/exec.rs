@@ -214,7 +214,17 @@ fn ctrl_c_cancels_the_run_and_records_it() {
         .args(["exec", "-q", path(&hostile), "--no-fuel", "--timeout", "60s", "--input", r#"{"mode":"loop"}"#])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // Once the run is recorded (compiling comes first, and on a busy
+    // machine takes a while), the guest is looping under the handler.
+    let recorded = || {
+        let list = wfrun().env("WFRUN_DIR", state.path()).args(["runs", "list", "--json"]).output().unwrap();
+        serde_json::from_slice::<Vec<Value>>(&list.stdout).is_ok_and(|runs| runs.len() == 1)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !recorded() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let output = child.wait_with_output().unwrap();

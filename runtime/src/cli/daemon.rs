@@ -417,14 +417,33 @@ impl SyncCommand {
                 );
                 println!("committed  {}", release(&status["committed"]));
                 println!("trial      {}", release(&status["trial"]));
-                println!("checked    {}", status["last_check"].as_str().unwrap_or("never"));
-                if let Some(error) = status["last_error"].as_array() {
-                    println!(
-                        "last error {}: {}",
-                        error.first().and_then(Value::as_str).unwrap_or(""),
-                        printable(error.get(1).and_then(Value::as_str).unwrap_or(""))
-                    );
+                if let Some(health) = status["health"].as_str() {
+                    println!("health     job {}", printable(health));
                 }
+                println!("checked    {}", status["last_check"].as_str().unwrap_or("never"));
+                let pair = |v: &Value| {
+                    v.as_array().map(|e| {
+                        format!(
+                            "{}: {}",
+                            e.first().and_then(Value::as_str).unwrap_or(""),
+                            printable(e.get(1).and_then(Value::as_str).unwrap_or(""))
+                        )
+                    })
+                };
+                if let Some(error) = pair(&status["last_error"]) {
+                    println!("last error {error}");
+                }
+                if let Some(error) = pair(&status["active_error"]) {
+                    println!("NOT RUNNING {error}");
+                }
+                let refreshed = status["metadata_refreshed"].as_str().unwrap_or("not since this daemon started");
+                let expires = status["metadata_expires"]["timestamp"].as_str().unwrap_or("unknown");
+                let expired = if status["metadata_expired"] == true {
+                    "  EXPIRED: new releases wait for a refresh; the active one keeps running"
+                } else {
+                    ""
+                };
+                println!("metadata   refreshed {refreshed} · timestamp expires {expires}{expired}");
             }),
             SyncSubcommand::Now { json } => {
                 request(global, "sync.now", json!({}), json, |_| println!("checking the release origin"))

@@ -58,6 +58,7 @@ pub(super) struct SyncState {
 struct LastCheck {
     at: Option<String>,
     error: Option<(String, String)>,
+    refreshed: Option<String>,
 }
 
 /// What `wfrun sync status` shows.
@@ -86,6 +87,15 @@ pub struct SyncStatus {
     /// Why the active release's jobs are not running, if they are not:
     /// (code, message).
     pub active_error: Option<(String, String)>,
+    /// When the TUF metadata was last refreshed from the origin (by this
+    /// daemon process).
+    pub metadata_refreshed: Option<String>,
+    /// When each trusted role's metadata expires (`root`, `timestamp`,
+    /// `snapshot`, `targets`), as kept on the device.
+    pub metadata_expires: BTreeMap<String, String>,
+    /// Whether any of it has expired: new releases wait until a refresh
+    /// succeeds; the active release keeps running.
+    pub metadata_expired: bool,
 }
 
 impl SyncState {
@@ -290,6 +300,7 @@ impl Daemon {
         let mut client =
             Client::new(origin, &state.root, &self.state_dir.join("tuf")).map_err(|e| fail(e.code(), e.to_string()))?;
         client.refresh(now).await.map_err(|e| fail(e.code(), e.to_string()))?;
+        state.last.lock().unwrap().refreshed = Some(crate::store::now());
         let active = self
             .store
             .release_in(ReleaseState::Trial)
@@ -559,6 +570,20 @@ impl Daemon {
             .or(committed.as_ref())
             .and_then(|r| serde_json::from_str::<ReleaseDocument>(&r.document).ok())
             .and_then(|d| d.health);
+        let mut metadata_expires = BTreeMap::new();
+        for role in ["root", "timestamp", "snapshot", "targets"] {
+            let path = self.state_dir.join("tuf").join(format!("{role}.json"));
+            let expires = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|v| v["signed"]["expires"].as_str().map(str::to_owned));
+            if let Some(expires) = expires {
+                metadata_expires.insert(role.to_owned(), expires);
+            }
+        }
+        let now = self.sync_time();
+        let metadata_expired =
+            metadata_expires.values().any(|e| e.parse::<jiff::Timestamp>().map_or(true, |t| t <= now));
         Ok(SyncStatus {
             url: state.settings.url.clone(),
             channel: state.settings.channel.clone(),
@@ -571,6 +596,9 @@ impl Daemon {
             trial_runs: state.settings.trial_runs,
             health,
             active_error: state.unusable.lock().unwrap().clone(),
+            metadata_refreshed: last.refreshed,
+            metadata_expires,
+            metadata_expired,
         })
     }
 }
