@@ -28,6 +28,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { what: "the schema before versioning", apply: baseline },
     Migration { what: "runs.error_detail; the `interrupted` status", apply: error_detail_and_interrupted },
     Migration { what: "device, releases and release_events", apply: releases },
+    Migration { what: "the report outbox and its dead letters", apply: outbox },
 ];
 
 /// The schema version this wfrun writes.
@@ -255,4 +256,26 @@ mod tests {
         conn.pragma_update(None, "user_version", LATEST + 1).unwrap();
         assert_eq!(migrate(&conn).unwrap(), Outcome::TooNew { found: LATEST + 1 });
     }
+}
+
+fn outbox(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE outbox (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             report_id TEXT NOT NULL UNIQUE,
+             kind TEXT NOT NULL,
+             body TEXT NOT NULL,
+             bytes INTEGER NOT NULL,
+             pinned INTEGER NOT NULL DEFAULT 0,
+             created_at TEXT NOT NULL
+         );
+         CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE dead_letters (
+             report_id TEXT NOT NULL,
+             body TEXT,
+             code TEXT NOT NULL,
+             reason TEXT,
+             at TEXT NOT NULL
+         );",
+    )
 }

@@ -20,11 +20,13 @@
 
 pub mod jobs;
 pub mod migrations;
+pub mod outbox;
 pub mod releases;
 pub mod runs;
 pub mod state;
 
 pub use jobs::{JobRecord, JobSource};
+pub use outbox::{OutboxLimits, OutboxStatus, Queued, Report, Reporter};
 pub use releases::{ReleaseEvent, ReleaseRecord, ReleaseState, TransitionError};
 pub use runs::{NewRun, RunRecord};
 pub use state::StateWrites;
@@ -81,6 +83,7 @@ pub struct Store {
     dir: PathBuf,
     db_path: PathBuf,
     conn: Mutex<Connection>,
+    reporter: std::sync::OnceLock<outbox::Reporter>,
 }
 
 /// The database's file name in the state directory.
@@ -113,7 +116,7 @@ impl Store {
                 return Err(StoreError::TooNew { path: db_path, found, known: migrations::LATEST });
             }
         }
-        Ok(Store { dir: dir.to_path_buf(), db_path, conn: Mutex::new(conn) })
+        Ok(Store { dir: dir.to_path_buf(), db_path, conn: Mutex::new(conn), reporter: std::sync::OnceLock::new() })
     }
 
     /// The state directory.
@@ -131,6 +134,28 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.sqlite(e))?;
         let value = f(&tx).map_err(|e| self.sqlite(e))?;
         tx.commit().map_err(|e| self.sqlite(e))?;
+        Ok(value)
+    }
+
+    /// Runs `f` in one write transaction committed with `synchronous =
+    /// FULL`: durable against power loss, not only against a crash. With
+    /// reporting on, the release events the transaction recorded get their
+    /// reports in it too.
+    fn write_durably<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.sqlite(e))?;
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            if let Some(reporter) = self.reporter.get() {
+                reporter.enqueue_release_events(&tx)?;
+            }
+            tx.commit()?;
+            Ok(value)
+        })();
+        let restored = conn.pragma_update(None, "synchronous", "NORMAL");
+        let value = result.map_err(|e| self.sqlite(e))?;
+        restored.map_err(|e| self.sqlite(e))?;
         Ok(value)
     }
 

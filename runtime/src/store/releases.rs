@@ -144,24 +144,6 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRecord> {
 }
 
 impl Store {
-    /// Runs `f` in one immediate transaction committed with
-    /// `synchronous = FULL`: a release transition survives a power loss
-    /// once this returns.
-    fn write_durably<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.sqlite(e))?;
-        let result = (|| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })();
-        let restored = conn.pragma_update(None, "synchronous", "NORMAL");
-        let value = result.map_err(|e| self.sqlite(e))?;
-        restored.map_err(|e| self.sqlite(e))?;
-        Ok(value)
-    }
-
     /// This device's id: a UUIDv7 made the first time it is asked for, and
     /// kept.
     pub fn device_id(&self) -> Result<String, StoreError> {
@@ -370,7 +352,7 @@ impl Store {
     /// is recorded once, not at every poll).
     pub fn record_refusal(&self, digest: Option<&str>, code: &str, message: &str) -> Result<(), StoreError> {
         let at = now();
-        self.write(|tx| {
+        self.write_durably(|tx| {
             let last: Option<(String, Option<String>, Option<String>)> = tx
                 .query_row("SELECT event, code, message FROM release_events ORDER BY seq DESC LIMIT 1", [], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))

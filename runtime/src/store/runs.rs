@@ -94,13 +94,14 @@ impl Store {
     /// transaction.
     pub fn finish_run(&self, workflow: &str, report: &RunReport, state: &StateWrites) -> Result<(), StoreError> {
         let at = now();
-        self.write(|tx| {
+        self.write_run(|tx| {
             update_finished(tx, report, &at)?;
             if report.status == RunStatus::Succeeded {
                 super::state::apply(tx, workflow, state)?;
             }
-            Ok(())
-        })
+            Ok(vec![report.run_id.clone()])
+        })?;
+        Ok(())
     }
 
     /// Records a run that was refused before its guest started (a bundle
@@ -108,10 +109,12 @@ impl Store {
     /// begun and finished in one transaction.
     pub fn record_rejected(&self, run: &NewRun, report: &RunReport) -> Result<(), StoreError> {
         let at = now();
-        self.write(|tx| {
+        self.write_run(|tx| {
             insert_run(tx, run, &at)?;
-            update_finished(tx, report, &at)
-        })
+            update_finished(tx, report, &at)?;
+            Ok(vec![run.id.clone()])
+        })?;
+        Ok(())
     }
 
     /// Marks every run left `running` by a process that is gone (a crash, a
@@ -120,7 +123,7 @@ impl Store {
     /// alone. Returns the ids.
     pub fn recover_interrupted(&self) -> Result<Vec<String>, StoreError> {
         let at = now();
-        self.write(|tx| {
+        self.write_run(|tx| {
             let mut stmt = tx.prepare("SELECT id, owner_pid, owner_boot FROM runs WHERE status = 'running'")?;
             let running: Vec<(String, Option<u32>, Option<String>)> =
                 stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
@@ -144,6 +147,24 @@ impl Store {
             }
             Ok(recovered)
         })
+    }
+
+    /// Writes finished runs: `f` returns their ids. With reporting on, each
+    /// gets its report in the same transaction, committed durably.
+    fn write_run(
+        &self,
+        f: impl FnOnce(&Transaction) -> rusqlite::Result<Vec<String>>,
+    ) -> Result<Vec<String>, StoreError> {
+        match self.reporter() {
+            None => self.write(f),
+            Some(reporter) => self.write_durably(|tx| {
+                let ids = f(tx)?;
+                for id in &ids {
+                    reporter.enqueue_run(tx, id)?;
+                }
+                Ok(ids)
+            }),
+        }
     }
 
     /// Runs, newest first, optionally only those in `status`.
@@ -250,7 +271,7 @@ fn parsed<T>(column: usize, text: String, parse: impl Fn(&str) -> Option<T>) -> 
     })
 }
 
-fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<RunRecord>> {
+pub(super) fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<RunRecord>> {
     let run = conn
         .query_row(
             "SELECT id, workflow, version, kind, bundle_path, bundle_digest, status, error_code, error_message,
