@@ -197,6 +197,28 @@ fn releases(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+fn outbox(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE outbox (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             report_id TEXT NOT NULL UNIQUE,
+             kind TEXT NOT NULL,
+             body TEXT NOT NULL,
+             bytes INTEGER NOT NULL,
+             pinned INTEGER NOT NULL DEFAULT 0,
+             created_at TEXT NOT NULL
+         );
+         CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE dead_letters (
+             report_id TEXT NOT NULL,
+             body TEXT,
+             code TEXT NOT NULL,
+             reason TEXT,
+             at TEXT NOT NULL
+         );",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,26 +278,4 @@ mod tests {
         conn.pragma_update(None, "user_version", LATEST + 1).unwrap();
         assert_eq!(migrate(&conn).unwrap(), Outcome::TooNew { found: LATEST + 1 });
     }
-}
-
-fn outbox(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE outbox (
-             seq INTEGER PRIMARY KEY AUTOINCREMENT,
-             report_id TEXT NOT NULL UNIQUE,
-             kind TEXT NOT NULL,
-             body TEXT NOT NULL,
-             bytes INTEGER NOT NULL,
-             pinned INTEGER NOT NULL DEFAULT 0,
-             created_at TEXT NOT NULL
-         );
-         CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-         CREATE TABLE dead_letters (
-             report_id TEXT NOT NULL,
-             body TEXT,
-             code TEXT NOT NULL,
-             reason TEXT,
-             at TEXT NOT NULL
-         );",
-    )
 }
