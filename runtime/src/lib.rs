@@ -20,6 +20,10 @@
 //!   record), shared by `exec` and the daemon;
 //! - [`release`]: publishing releases as signed TUF repositories;
 //! - [`sync`]: the device's TUF client for the release origin;
+//! - [`report`]: the reporting protocol and the uploader that drains the
+//!   outbox to the receiver;
+//! - [`fleet`]: `wfrun fleet serve`, the reference receiver (and a static
+//!   release origin) for a fleet on one machine;
 //! - [`daemon`]: the long-lived runner: jobs, scheduler, supervisor,
 //!   control plane, shutdown and recovery;
 //! - [`cli`]: the `wfrun` commands, each only resolving settings and calling
@@ -34,11 +38,13 @@ pub mod cli;
 pub mod daemon;
 pub mod egress;
 pub mod files;
+pub mod fleet;
 pub mod limits;
 pub mod manifest;
 pub mod outcome;
 pub mod policy;
 pub mod release;
+pub mod report;
 pub mod runner;
 pub mod sandbox;
 pub mod settings;

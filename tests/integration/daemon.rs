@@ -11,19 +11,19 @@ use wfrun_runtime::outcome::{ErrorCode, RunStatus};
 use wfrun_runtime::store::Store;
 
 /// A daemon process with its own state directory, killed when dropped.
-struct DaemonProcess {
+pub struct DaemonProcess {
     child: Child,
     dir: Option<tempfile::TempDir>,
 }
 
 impl DaemonProcess {
     /// Starts `wfrun daemon` with `config` (TOML) and waits for its socket.
-    fn start(config: &str) -> DaemonProcess {
+    pub fn start(config: &str) -> DaemonProcess {
         let dir = tempfile::tempdir().unwrap();
         DaemonProcess::start_in(dir, config)
     }
 
-    fn start_in(dir: tempfile::TempDir, config: &str) -> DaemonProcess {
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> DaemonProcess {
         let daemon = DaemonProcess::spawn(dir, config, &[]);
         // A stale socket file may be left by a killed daemon: wait until one answers.
         let socket = daemon.state().join("wfrun.sock");
@@ -34,7 +34,7 @@ impl DaemonProcess {
 
     /// Starts `wfrun daemon` with extra environment variables, without
     /// waiting for it to answer.
-    fn spawn(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> DaemonProcess {
+    pub fn spawn(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> DaemonProcess {
         let config_path = dir.path().join("wfrun.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join(format!("daemon-{}.log", now_ms()))).unwrap();
@@ -53,22 +53,22 @@ impl DaemonProcess {
         DaemonProcess { child, dir: Some(dir) }
     }
 
-    fn root(&self) -> &Path {
+    pub fn root(&self) -> &Path {
         self.dir.as_ref().expect("the directory is kept until the daemon is dropped").path()
     }
 
-    fn state(&self) -> PathBuf {
+    pub fn state(&self) -> PathBuf {
         self.root().join("state")
     }
 
     /// Stops the process (if it still runs) and keeps its directory.
-    fn into_dir(mut self) -> tempfile::TempDir {
+    pub fn into_dir(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.dir.take().unwrap()
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         let mut text = String::new();
         for entry in std::fs::read_dir(self.root()).unwrap().flatten() {
             if entry.file_name().to_string_lossy().starts_with("daemon-") {
@@ -79,7 +79,7 @@ impl DaemonProcess {
     }
 
     /// Runs a client command against this daemon.
-    fn wfrun(&self, args: &[&str]) -> Output {
+    pub fn wfrun(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_wfrun"))
             .arg("--state-dir")
             .arg(self.state())
@@ -89,26 +89,26 @@ impl DaemonProcess {
             .unwrap()
     }
 
-    fn runs(&self) -> Vec<wfrun_runtime::store::RunRecord> {
+    pub fn runs(&self) -> Vec<wfrun_runtime::store::RunRecord> {
         Store::open_existing(&self.state()).unwrap().map(|s| s.list_runs(None, 1000).unwrap()).unwrap_or_default()
     }
 
-    fn run(&self, id: &str) -> Option<wfrun_runtime::store::RunRecord> {
+    pub fn run(&self, id: &str) -> Option<wfrun_runtime::store::RunRecord> {
         Store::open_existing(&self.state()).unwrap().and_then(|s| s.run(id).unwrap())
     }
 
-    fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
     /// Waits for the process to exit; its status code.
-    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
         self.wait_status(timeout).and_then(|status| status.code())
     }
 
     /// Waits for the process to exit; its status (`None`: it did not).
-    fn wait_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub fn wait_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -131,7 +131,7 @@ fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
 }
 
-fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+pub fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if ready() {
@@ -142,7 +142,7 @@ fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     ready()
 }
 
-fn toml_path(path: &Path) -> String {
+pub fn toml_path(path: &Path) -> String {
     format!("{:?}", path.to_str().unwrap())
 }
 
@@ -150,7 +150,7 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr(output: &Output) -> String {
+pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -222,7 +222,7 @@ fn the_control_socket_is_private() {
     assert_eq!(dir_mode & 0o077, 0, "state directory mode {dir_mode:o}");
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -592,7 +592,7 @@ fn require_signed_without_trusted_keys_is_refused_at_start() {
 }
 
 /// `wfrun sync status --json`'s result.
-fn sync_status(daemon: &DaemonProcess) -> Value {
+pub fn sync_status(daemon: &DaemonProcess) -> Value {
     serde_json::from_slice::<Value>(&daemon.wfrun(&["sync", "status", "--json"]).stdout).unwrap()["result"].clone()
 }
 

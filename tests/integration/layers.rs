@@ -26,17 +26,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("runner", &["policy", "workflow", "bundle", "sandbox", "store", "outcome"]),
     ("release", &["bundle", "files", "manifest"]),
     ("sync", &["manifest", "egress", "files"]),
+    ("report", &["store", "egress", "files"]),
+    ("fleet", &["report", "store", "files"]),
     (
         "daemon",
         &[
-            "runner", "sync", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits", "egress",
+            "runner", "sync", "report", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits", "egress",
             "outcome", "units", "files", "settings",
         ],
     ),
     (
         "cli",
         &[
-            "daemon", "runner", "release", "sync", "policy", "workflow", "bundle", "sandbox", "store", "manifest",
+            "daemon", "runner", "release", "sync", "report", "fleet", "policy", "workflow", "bundle", "sandbox", "store", "manifest",
             "limits", "egress", "outcome", "units", "files", "settings",
         ],
     ),

@@ -13,7 +13,9 @@
 //! `releases` checks the repositories `wfrun release` writes with python-tuf;
 //! `sync` runs the device's TUF client against both kinds of repository;
 //! `rotation` rotates keys and plays the attacks of a key holder;
-//! `durability` kills a process mid-transition of releases, again and again.
+//! `durability` kills a process mid-transition of releases, again and again;
+//! `reports` runs daemons against `wfrun fleet serve` (and a misbehaving
+//! proxy in front of it) for the outbox, the uploader and heartbeats.
 
 mod cache;
 mod daemon;
@@ -25,6 +27,7 @@ mod hostile;
 mod layers;
 mod polyglot;
 mod releases;
+mod reports;
 mod rotation;
 mod runner;
 mod sandbox;

@@ -138,6 +138,7 @@ impl StatusCommand {
                     status["release"]["state"].as_str().unwrap_or("")
                 );
             }
+            print_report(&status["report"]);
             println!(
                 "programs {} prepared · {} loads · {} reused",
                 status["programs"]["programs"], status["programs"]["loads"], status["programs"]["hits"]
@@ -153,6 +154,34 @@ impl StatusCommand {
             }
         })
     }
+}
+
+/// The outbox and uploader lines of `status` and `sync status`.
+fn print_report(report: &Value) {
+    if report.is_null() {
+        return;
+    }
+    let (outbox, uploader) = (&report["outbox"], &report["uploader"]);
+    println!(
+        "reports {} queued ({} bytes) · {} dropped · {} dead letters → {}",
+        outbox["depth"],
+        outbox["bytes"],
+        outbox["dropped_total"],
+        outbox["dead_letters"],
+        printable(uploader["endpoint"].as_str().unwrap_or(""))
+    );
+    let mut line = format!("        last upload {}", uploader["last_upload"].as_str().unwrap_or("never"));
+    if let Some(heartbeat) = uploader["last_heartbeat"].as_str() {
+        line += &format!(" · last heartbeat {heartbeat}");
+    }
+    if let Some(error) = uploader["last_error"].as_array() {
+        let text = |i: usize| printable(error.get(i).and_then(Value::as_str).unwrap_or(""));
+        line += &format!(" · last error {}: {}", text(0), text(1));
+    }
+    if let Some(next) = uploader["next_retry"].as_str() {
+        line += &format!(" · next retry {next}");
+    }
+    println!("{line}");
 }
 
 fn print_jobs(jobs: &Value) {
@@ -444,6 +473,7 @@ impl SyncCommand {
                     ""
                 };
                 println!("metadata   refreshed {refreshed} · timestamp expires {expires}{expired}");
+                print_report(&status["report"]);
             }),
             SyncSubcommand::Now { json } => {
                 request(global, "sync.now", json!({}), json, |_| println!("checking the release origin"))

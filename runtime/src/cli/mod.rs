@@ -9,6 +9,7 @@
 mod cache;
 mod daemon;
 mod exec;
+mod fleet;
 mod inspect;
 mod pack;
 mod release;
@@ -71,6 +72,7 @@ enum Command {
     Release(release::ReleaseCommand),
     Sync(daemon::SyncCommand),
     Rollback(daemon::RollbackCommand),
+    Fleet(fleet::FleetCommand),
 }
 
 /// Runs the `wfrun` command line and returns its exit status.
@@ -94,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Release(command) => command.execute(),
         Command::Sync(command) => command.execute(&cli.global),
         Command::Rollback(command) => command.execute(&cli.global),
+        Command::Fleet(command) => command.execute(&cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

@@ -60,6 +60,8 @@ pub struct DaemonConfig {
     /// This device's id; `None`: the one made once and kept in the state
     /// directory.
     pub device_id: Option<String>,
+    /// Reporting runs and release events to a receiver; `None`: no reports.
+    pub report: Option<crate::report::ReportSettings>,
 }
 
 /// The `[sync]` table: where releases come from and how they are tried.
@@ -101,6 +103,7 @@ impl Default for DaemonConfig {
             jobs: BTreeMap::new(),
             sync: None,
             device_id: None,
+            report: None,
         }
     }
 }
@@ -126,6 +129,23 @@ struct File {
     sync: Option<SyncSection>,
     #[serde(default)]
     device: DeviceSection,
+    report: Option<ReportSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportSection {
+    endpoint: String,
+    token_file: Option<PathBuf>,
+    heartbeat: Option<String>,
+    batch_reports: Option<usize>,
+    batch_bytes: Option<String>,
+    outbox_max_reports: Option<u64>,
+    outbox_max_bytes: Option<String>,
+    backoff_min: Option<String>,
+    backoff_max: Option<String>,
+    retry_after_max: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +314,55 @@ pub struct ConfigError {
     pub problem: Box<ConfigProblem>,
 }
 
+/// The `[report]` table, checked: every value in range, the endpoint
+/// TLS unless loopback.
+fn report_settings(
+    report: ReportSection,
+    resolve: &impl Fn(PathBuf) -> PathBuf,
+) -> Result<crate::report::ReportSettings, ConfigProblem> {
+    crate::report::endpoint_url(&report.endpoint, crate::report::REPORTS_PATH).map_err(|e| {
+        value("report.endpoint", ValueError::Address { value: report.endpoint.clone(), reason: e.reason })
+    })?;
+    let mut settings = crate::report::ReportSettings::new(&report.endpoint);
+    settings.token_file = report.token_file.map(resolve);
+    let duration = |key: &str, text: &Option<String>, range: std::ops::RangeInclusive<Duration>, into: &mut Duration| {
+        if let Some(text) = text {
+            *into = units::duration(text, range).map_err(|e| value(key, e))?;
+        }
+        Ok::<_, ConfigProblem>(())
+    };
+    let (ms, day) = (Duration::from_millis(1), Duration::from_secs(24 * 3600));
+    duration("report.heartbeat", &report.heartbeat, ms * 100..=day, &mut settings.heartbeat)?;
+    duration("report.backoff_min", &report.backoff_min, ms..=day, &mut settings.backoff_min)?;
+    duration("report.backoff_max", &report.backoff_max, ms..=day, &mut settings.backoff_max)?;
+    duration("report.retry_after_max", &report.retry_after_max, Duration::ZERO..=day, &mut settings.retry_after_max)?;
+    duration("report.timeout", &report.timeout, ms * 100..=Duration::from_secs(600), &mut settings.timeout)?;
+    if settings.backoff_max < settings.backoff_min {
+        return Err(value(
+            "report.backoff_max",
+            ValueError::Range { value: format!("{:?}", settings.backoff_max), range: "at least report.backoff_min" },
+        ));
+    }
+    let count = |key: &str, n: Option<u64>, range: std::ops::RangeInclusive<u64>, label: &'static str| match n {
+        Some(n) if !range.contains(&n) => Err(value(key, ValueError::Range { value: n.to_string(), range: label })),
+        other => Ok(other),
+    };
+    if let Some(n) = count("report.batch_reports", report.batch_reports.map(|n| n as u64), 1..=10_000, "1..=10000")? {
+        settings.batch_reports = n as usize;
+    }
+    if let Some(n) = count("report.outbox_max_reports", report.outbox_max_reports, 10..=10_000_000, "10..=10000000")? {
+        settings.outbox.max_reports = n;
+    }
+    if let Some(text) = &report.batch_bytes {
+        settings.batch_bytes = units::size(text, 1024..=64 * 1024 * 1024).map_err(|e| value("report.batch_bytes", e))?;
+    }
+    if let Some(text) = &report.outbox_max_bytes {
+        settings.outbox.max_bytes =
+            units::size(text, 64 * 1024..=1 << 40).map_err(|e| value("report.outbox_max_bytes", e))?;
+    }
+    Ok(settings)
+}
+
 fn value(key: &str, error: impl Into<ValueError>) -> ConfigProblem {
     ConfigProblem::Value { key: key.to_owned(), error: error.into() }
 }
@@ -410,6 +479,9 @@ impl DaemonConfig {
             });
         }
         config.device_id = file.device.id;
+        if let Some(report) = file.report {
+            config.report = Some(report_settings(report, &resolve)?);
+        }
         Ok(config)
     }
 
@@ -565,6 +637,46 @@ mod tests {
         assert!(matches!(
             err("[jobs.a]\nbundle = \"x\"\nmemory = \"1GiB\""),
             ConfigProblem::Job(JobError::MemoryOverDaemon { .. })
+        ));
+    }
+
+    #[test]
+    fn the_report_table_has_defaults_refuses_plain_http_off_loopback_and_unknown_keys() {
+        let parse = |text: &str| DaemonConfig::parse(text, Path::new("/etc/wfrun"));
+        let config = parse("[report]\nendpoint = \"https://fleet.example.com\"\ntoken_file = \"report.token\"").unwrap();
+        let report = config.report.unwrap();
+        assert_eq!(report, crate::report::ReportSettings {
+            token_file: Some(PathBuf::from("/etc/wfrun/report.token")),
+            ..crate::report::ReportSettings::new("https://fleet.example.com")
+        });
+        let config = parse(
+            "[report]\nendpoint = \"http://127.0.0.1:8440\"\nheartbeat = \"5s\"\nbatch_reports = 10\n\
+             outbox_max_reports = 500\noutbox_max_bytes = \"1MiB\"\nretry_after_max = \"10m\"",
+        )
+        .unwrap();
+        let report = config.report.unwrap();
+        assert_eq!((report.heartbeat, report.batch_reports), (Duration::from_secs(5), 10));
+        assert_eq!((report.outbox.max_reports, report.outbox.max_bytes), (500, 1 << 20));
+        assert_eq!(report.retry_after_max, Duration::from_secs(600));
+
+        let err = |text: &str| parse(text).unwrap_err();
+        assert!(matches!(
+            err("[report]\nendpoint = \"http://10.0.0.5:8440\""),
+            ConfigProblem::Value { key, error: ValueError::Address { .. } } if key == "report.endpoint"
+        ));
+        assert!(matches!(err("[report]\nendpoint = \"https://f.example\"\nbatch = 3"), ConfigProblem::Parse(_)));
+        assert!(matches!(err("[report]\ntoken_file = \"t\""), ConfigProblem::Parse(_)), "the endpoint is required");
+        assert!(matches!(
+            err("[report]\nendpoint = \"https://f.example\"\noutbox_max_reports = 1"),
+            ConfigProblem::Value { key, .. } if key == "report.outbox_max_reports"
+        ));
+        assert!(matches!(
+            err("[report]\nendpoint = \"https://f.example\"\nbackoff_min = \"10s\"\nbackoff_max = \"1s\""),
+            ConfigProblem::Value { key, .. } if key == "report.backoff_max"
+        ));
+        assert!(matches!(
+            err("[report]\nendpoint = \"https://f.example\"\nheartbeat = \"1ms\""),
+            ConfigProblem::Value { key, .. } if key == "report.heartbeat"
         ));
     }
 }

@@ -159,6 +159,10 @@ pub struct Daemon {
     control_token: Option<String>,
     /// Pulling releases, with a `[sync]` table.
     sync: Option<releases::SyncState>,
+    /// This device's id (`[device] id`, or the one made once).
+    device_id: String,
+    /// Sending reports and heartbeats, with a `[report]` table.
+    uploader: Option<Arc<crate::report::uploader::Uploader>>,
     _lock: std::fs::File,
 }
 
@@ -186,6 +190,25 @@ impl Daemon {
         if lock.try_lock().is_err() {
             anyhow::bail!("another wfrun daemon is running on state directory {}", state_dir.display());
         }
+        let device_id = match &config.device_id {
+            Some(id) => id.clone(),
+            None => store.device_id()?,
+        };
+        // Reporting on before anything is recorded, the interrupted runs
+        // found below included.
+        let uploader = match &config.report {
+            Some(settings) => {
+                store.enable_outbox(crate::store::Reporter {
+                    device_id: device_id.clone(),
+                    runner_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    limits: settings.outbox,
+                })?;
+                let uploader = crate::report::uploader::Uploader::new(store.clone(), settings.clone(), device_id.clone())
+                    .context("[report]")?;
+                Some(Arc::new(uploader))
+            }
+            None => None,
+        };
         let recovered = store.recover_interrupted()?;
         if !recovered.is_empty() {
             tracing::warn!(
@@ -254,6 +277,8 @@ impl Daemon {
             started: SystemTime::now(),
             control_token,
             sync,
+            device_id,
+            uploader,
             _lock: lock,
         });
         daemon.check_trial_restarts();
@@ -289,6 +314,10 @@ impl Daemon {
         }
         let scheduler = tokio::spawn(scheduler::run(self.clone()));
         let sync = tokio::spawn(self.clone().sync_loop());
+        let uploader = self.uploader.clone().map(|uploader| {
+            let daemon = self.clone();
+            tokio::spawn(uploader.run(move || daemon.heartbeat()))
+        });
         eprintln!(
             "wfrun daemon: state directory {}, control socket {}, {} job(s)",
             self.state_dir.display(),
@@ -305,6 +334,9 @@ impl Daemon {
         self.stopping.store(true, Ordering::SeqCst);
         scheduler.abort();
         sync.abort();
+        if let Some(uploader) = uploader {
+            uploader.abort();
+        }
         for listener in listeners {
             listener.abort();
         }

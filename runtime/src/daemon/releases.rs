@@ -96,6 +96,9 @@ pub struct SyncStatus {
     /// Whether any of it has expired: new releases wait until a refresh
     /// succeeds; the active release keeps running.
     pub metadata_expired: bool,
+    /// Reporting, with a `[report]` table: the outbox and the uploader.
+    #[serde(default)]
+    pub report: Option<super::status::ReportStatus>,
 }
 
 impl SyncState {
@@ -599,6 +602,7 @@ impl Daemon {
             metadata_refreshed: last.refreshed,
             metadata_expires,
             metadata_expired,
+            report: self.report_status()?,
         })
     }
 }

@@ -5,6 +5,7 @@ use super::Daemon;
 use super::DaemonError;
 use crate::policy::TrustMode;
 use crate::runner::CacheStats;
+use crate::report::{Capabilities, Heartbeat, ReleaseSummary};
 use crate::store::JobRecord;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
@@ -60,10 +61,84 @@ impl Daemon {
                     .or(self.store.release_in(crate::store::ReleaseState::Committed)?),
                 None => None,
             },
+            device_id: self.device_id.clone(),
+            report: self.report_status()?,
             running,
             jobs,
         })
     }
+
+    /// The outbox and the uploader, with a `[report]` table.
+    pub fn report_status(&self) -> Result<Option<ReportStatus>, DaemonError> {
+        let Some(uploader) = &self.uploader else { return Ok(None) };
+        Ok(Some(ReportStatus { outbox: self.store.outbox_status()?, uploader: uploader.state() }))
+    }
+
+    /// Tells the uploader there is something new to send.
+    pub(super) fn reports_written(&self) {
+        if let Some(uploader) = &self.uploader {
+            uploader.wake.notify_one();
+        }
+    }
+
+    /// This daemon's heartbeat, as the uploader sends it.
+    pub(super) fn heartbeat(&self) -> Heartbeat {
+        use crate::store::ReleaseState;
+        let summary = |state: ReleaseState| {
+            self.store.release_in(state).ok().flatten().map(|r| ReleaseSummary {
+                version: r.version,
+                digest: r.digest,
+                channel: r.channel,
+                state: r.state.as_str().to_owned(),
+            })
+        };
+        let last_known_good = summary(ReleaseState::Committed);
+        let sync = self.sync_status().ok();
+        let kinds: std::collections::BTreeSet<String> = self
+            .store
+            .list_runs(None, 200)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| r.kind.map(|k| k.as_str().to_owned()))
+            .collect();
+        Heartbeat {
+            schema: crate::report::REPORT_SCHEMA,
+            device_id: self.device_id.clone(),
+            runner_version: env!("CARGO_PKG_VERSION").to_owned(),
+            sent_at: crate::store::now(),
+            uptime_s: self.started.elapsed().unwrap_or_default().as_secs(),
+            active_release: summary(ReleaseState::Trial).or_else(|| last_known_good.clone()),
+            last_known_good,
+            ring: sync.as_ref().map(|s| s.ring),
+            sync: sync.map(|s| {
+                serde_json::json!({
+                    "channel": s.channel,
+                    "last_check": s.last_check,
+                    "last_error": s.last_error.map(|(code, _)| code),
+                    "active_error": s.active_error.map(|(code, _)| code),
+                    "metadata_refreshed": s.metadata_refreshed,
+                    "metadata_expires": s.metadata_expires,
+                    "metadata_expired": s.metadata_expired,
+                })
+            }),
+            capabilities: Capabilities {
+                wit_contract: wfrun_host_api::HANDLER_EXPORT.to_owned(),
+                wasi_http: true,
+                guest_kinds_seen: kinds.into_iter().collect(),
+                triggers: ["interval", "cron", "webhook", "manual"].map(str::to_owned).to_vec(),
+            },
+            outbox: self.store.outbox_status().unwrap_or_default(),
+        }
+    }
+}
+
+/// The outbox and the uploader, as `status` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportStatus {
+    /// The outbox's numbers.
+    pub outbox: crate::store::OutboxStatus,
+    /// The uploader's.
+    pub uploader: crate::report::uploader::UploadState,
 }
 
 /// The daemon's state, as `status` returns it.
@@ -90,6 +165,12 @@ pub struct Status {
     /// The active release (in trial, else committed), with a `[sync]` table.
     #[serde(default)]
     pub release: Option<crate::store::ReleaseRecord>,
+    /// This device's id.
+    #[serde(default)]
+    pub device_id: String,
+    /// Reporting, with a `[report]` table.
+    #[serde(default)]
+    pub report: Option<ReportStatus>,
     /// Runs in flight.
     pub running: Vec<RunningStatus>,
     /// Every job.

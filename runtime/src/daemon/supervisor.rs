@@ -102,6 +102,7 @@ impl Daemon {
                 self.run_once(name, &spec, input.clone(), &run_id, cancel.clone()).await
             };
             self.running.lock().unwrap().remove(&run_id);
+            self.reports_written();
             let from_release = self.jobs.get(name).is_some_and(|job| job.source == crate::store::JobSource::Release);
             let failures = match self.jobs.record_run(name, &run_id, report.status) {
                 Ok(n) => n,

@@ -9,6 +9,7 @@
 //! allowed by default. `docs/security.md` has the rule grammar and the checks.
 
 pub mod client;
+pub mod exchange;
 pub mod policy;
 pub mod rule;
 

@@ -13,7 +13,9 @@
 //! new report would pass a bound, the **oldest** reports are dropped (a run
 //! never waits or fails for it), and the drop is counted: how many, and the
 //! first and last dropped report ids. The next batch carries that count as
-//! a report of its own (`kind = "outbox_dropped"`), which is never dropped.
+//! a report of its own (`kind = "outbox_dropped"`), which is never dropped;
+//! one such notice waits at a time, and drops after it are counted for the
+//! next, so a long outage cannot fill the outbox with notices.
 //! A row whose body does not parse is moved to the dead letters and counted,
 //! never handed out again. Reports the receiver refuses one by one go to the
 //! dead letters too ([`Store::dead_letter`]), kept and counted.
@@ -361,7 +363,10 @@ impl Store {
         self.write_durably(|tx| {
             let dropped = meta(tx, "dropped")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             let corrupt = meta(tx, "corrupt")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            if let Some(reporter) = reporter.filter(|_| dropped > 0 || corrupt > 0) {
+            // One notice waits at a time: while the receiver is away, later
+            // drops add to the count kept here, not to the pinned rows.
+            let waiting: i64 = tx.query_row("SELECT COUNT(*) FROM outbox WHERE pinned = 1", [], |r| r.get(0))?;
+            if let Some(reporter) = reporter.filter(|_| waiting == 0 && (dropped > 0 || corrupt > 0)) {
                 let notice = Dropped {
                     count: dropped,
                     first_report_id: meta(tx, "dropped_first")?,
@@ -520,17 +525,22 @@ mod tests {
         assert_eq!(dropped.count, 3);
         // The first and last dropped reports are the first runs' reports.
         assert!(dropped.first_report_id.is_some() && dropped.first_report_id != dropped.last_report_id);
-        // The notice is never dropped itself, and is made once.
+        // The notice is never dropped itself, and while it waits, new
+        // drops are counted for the next one instead of pinning more rows.
         for i in 0..10 {
             run(&store, &format!("more{i}"));
         }
+        let queued = store.outbox_batch(100, 1 << 20).unwrap();
+        let batch = reports(&queued);
+        let notices: Vec<&Report> = batch.iter().filter(|r| r.kind == "outbox_dropped").collect();
+        assert_eq!(notices.len(), 1, "one notice waits at a time");
+        assert_eq!(notices[0].dropped.as_ref().unwrap().count, 3);
+        assert!(store.outbox_status().unwrap().depth <= 5);
+        let total = store.outbox_status().unwrap().dropped_total;
+        store.acknowledge(&queued.iter().map(|q| q.report_id.clone()).collect::<Vec<_>>()).unwrap();
         let batch = reports(&store.outbox_batch(100, 1 << 20).unwrap());
-        assert_eq!(
-            batch.iter().filter(|r| r.kind == "outbox_dropped").count(),
-            2,
-            "the first notice, and one for the new drops"
-        );
-        assert!(store.outbox_status().unwrap().depth <= 5 + 2);
+        let [notice] = batch.try_into().unwrap();
+        assert_eq!(notice.dropped.unwrap().count, total - 3, "the next notice counts the drops since");
 
         // Bytes bound too.
         let dir = tempfile::tempdir().unwrap();

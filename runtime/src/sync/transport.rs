@@ -7,13 +7,8 @@
 //! server frames it: an endless or slow body cannot hold the device.
 //! 404 and 403 mean "not there" (the end of the root chain).
 
-use crate::egress::client::{Stream, tls_connector};
-use bytes::Buf;
-use http_body_util::BodyExt;
 use sigstore_tuf::transport::FetchFuture;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use wasmtime_wasi_http::io::TokioIo;
 
 /// How long each step of a fetch may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,67 +125,17 @@ pub fn duplicate_key(root: &[u8]) -> Option<String> {
 }
 
 async fn fetch(url: &http::Uri, max_length: u64, connect_timeout: Duration) -> sigstore_tuf::Result<Option<Vec<u8>>> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| sigstore_tuf::Error::transport(format!("{url}: {what}: {e}"));
-    let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-    let https = url.scheme_str() == Some("https");
-    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let connect = async {
-        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| failed("connect", &e))?;
-        if !https {
-            return Ok(Stream::Plain(tcp));
-        }
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| failed("TLS name", &e))?;
-        let tls = tls_connector().connect(name, tcp).await.map_err(|e| failed("TLS", &e))?;
-        Ok::<_, sigstore_tuf::Error>(Stream::Tls(Box::new(tls)))
-    };
-    let stream = tokio::time::timeout(connect_timeout, connect)
-        .await
-        .map_err(|_| failed("connect", &format!("no connection within {connect_timeout:?}")))??;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed("HTTP", &e))?;
-    let driver = tokio::spawn(connection);
-    let authority = url.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-    let request = http::Request::get(url.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-        .header(http::header::HOST, authority)
-        .header(http::header::USER_AGENT, concat!("wfrun/", env!("CARGO_PKG_VERSION")))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| failed("request", &e))?;
-    let response = sender.send_request(request).await.map_err(|e| failed("request", &e))?;
-    let status = response.status();
-    if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::FORBIDDEN {
-        driver.abort();
+    use crate::egress::exchange::{ExchangeError, exchange};
+    let answer = exchange(http::Method::GET, url, &[], bytes::Bytes::new(), connect_timeout, max_length).await;
+    let answer = answer.map_err(|e| match e {
+        ExchangeError::TooLong { .. } => sigstore_tuf::Error::transport(format!("too long: {e}")),
+        ExchangeError::Failed { .. } => sigstore_tuf::Error::transport(e.to_string()),
+    })?;
+    if answer.status == http::StatusCode::NOT_FOUND || answer.status == http::StatusCode::FORBIDDEN {
         return Ok(None);
     }
-    if !status.is_success() {
-        driver.abort();
-        return Err(failed("answer", &status));
+    if !answer.status.is_success() {
+        return Err(sigstore_tuf::Error::transport(format!("{url}: answer: {}", answer.status)));
     }
-    let declared: Option<u64> =
-        response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    if declared.is_some_and(|length| length > max_length) {
-        driver.abort();
-        return Err(failed(
-            "too long",
-            &format!("{} bytes, more than the {max_length} allowed", declared.unwrap_or(0)),
-        ));
-    }
-    let mut body = response.into_body();
-    let mut bytes = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| failed("body", &e))?;
-        if let Ok(mut data) = frame.into_data() {
-            if bytes.len() as u64 + data.remaining() as u64 > max_length {
-                driver.abort();
-                return Err(failed("too long", &format!("more than the {max_length} bytes allowed")));
-            }
-            while data.has_remaining() {
-                let chunk = data.chunk();
-                bytes.extend_from_slice(chunk);
-                let n = chunk.len();
-                data.advance(n);
-            }
-        }
-    }
-    driver.abort();
-    Ok(Some(bytes))
+    Ok(Some(answer.body))
 }
