@@ -32,7 +32,12 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Starts `wfrun daemon` on a fresh state directory under `dir` with one
 /// `hello` job and `extra` config lines; returns it once its socket answers.
-fn start_daemon(dir: &std::path::Path, name: &str, hello: &std::path::Path, extra: &str) -> (Child, std::path::PathBuf) {
+fn start_daemon(
+    dir: &std::path::Path,
+    name: &str,
+    hello: &std::path::Path,
+    extra: &str,
+) -> (Child, std::path::PathBuf) {
     let state = dir.join(name);
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(

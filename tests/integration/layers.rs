@@ -31,15 +31,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "daemon",
         &[
-            "runner", "sync", "report", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits", "egress",
-            "outcome", "units", "files", "settings",
+            "runner", "sync", "report", "policy", "workflow", "bundle", "sandbox", "store", "manifest", "limits",
+            "egress", "outcome", "units", "files", "settings",
         ],
     ),
     (
         "cli",
         &[
-            "daemon", "runner", "release", "sync", "report", "fleet", "policy", "workflow", "bundle", "sandbox", "store", "manifest",
-            "limits", "egress", "outcome", "units", "files", "settings",
+            "daemon", "runner", "release", "sync", "report", "fleet", "policy", "workflow", "bundle", "sandbox",
+            "store", "manifest", "limits", "egress", "outcome", "units", "files", "settings",
         ],
     ),
 ];

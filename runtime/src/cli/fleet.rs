@@ -78,7 +78,10 @@ impl FleetCommand {
                     }
                 };
                 if let Some(repo) = repo.as_ref().filter(|r| !r.join("metadata/root.json").is_file()) {
-                    eprintln!("wfrun: invalid_input: {}: not a release repository (no metadata/root.json)", repo.display());
+                    eprintln!(
+                        "wfrun: invalid_input: {}: not a release repository (no metadata/root.json)",
+                        repo.display()
+                    );
                     return Ok(ExitStatus::Invalid);
                 }
                 let receiver = Arc::new(Receiver::open(&state_dir, tokens, repo.clone())?);
@@ -131,7 +134,8 @@ impl FleetCommand {
                 Ok(ExitStatus::Success)
             }
             FleetSubcommand::Reports { device, limit, json } => {
-                let reports = Receiver::open(&state_dir, Default::default(), None)?.reports_of(device.as_deref(), limit)?;
+                let reports =
+                    Receiver::open(&state_dir, Default::default(), None)?.reports_of(device.as_deref(), limit)?;
                 if json {
                     println!("{}", serde_json::to_string(&reports)?);
                     return Ok(ExitStatus::Success);
@@ -154,7 +158,12 @@ impl FleetCommand {
                         Some(kind) => kind.to_owned(),
                         None => "?".to_owned(),
                     };
-                    println!("{}  {}  {}", r["created_at"].as_str().unwrap_or(""), printable(r["device_id"].as_str().unwrap_or("")), printable(&what));
+                    println!(
+                        "{}  {}  {}",
+                        r["created_at"].as_str().unwrap_or(""),
+                        printable(r["device_id"].as_str().unwrap_or("")),
+                        printable(&what)
+                    );
                 }
                 Ok(ExitStatus::Success)
             }

@@ -325,12 +325,13 @@ fn report_settings(
     })?;
     let mut settings = crate::report::ReportSettings::new(&report.endpoint);
     settings.token_file = report.token_file.map(resolve);
-    let duration = |key: &str, text: &Option<String>, range: std::ops::RangeInclusive<Duration>, into: &mut Duration| {
-        if let Some(text) = text {
-            *into = units::duration(text, range).map_err(|e| value(key, e))?;
-        }
-        Ok::<_, ConfigProblem>(())
-    };
+    let duration =
+        |key: &str, text: &Option<String>, range: std::ops::RangeInclusive<Duration>, into: &mut Duration| {
+            if let Some(text) = text {
+                *into = units::duration(text, range).map_err(|e| value(key, e))?;
+            }
+            Ok::<_, ConfigProblem>(())
+        };
     let (ms, day) = (Duration::from_millis(1), Duration::from_secs(24 * 3600));
     duration("report.heartbeat", &report.heartbeat, ms * 100..=day, &mut settings.heartbeat)?;
     duration("report.backoff_min", &report.backoff_min, ms..=day, &mut settings.backoff_min)?;
@@ -354,7 +355,8 @@ fn report_settings(
         settings.outbox.max_reports = n;
     }
     if let Some(text) = &report.batch_bytes {
-        settings.batch_bytes = units::size(text, 1024..=64 * 1024 * 1024).map_err(|e| value("report.batch_bytes", e))?;
+        settings.batch_bytes =
+            units::size(text, 1024..=64 * 1024 * 1024).map_err(|e| value("report.batch_bytes", e))?;
     }
     if let Some(text) = &report.outbox_max_bytes {
         settings.outbox.max_bytes =
@@ -643,12 +645,16 @@ mod tests {
     #[test]
     fn the_report_table_has_defaults_refuses_plain_http_off_loopback_and_unknown_keys() {
         let parse = |text: &str| DaemonConfig::parse(text, Path::new("/etc/wfrun"));
-        let config = parse("[report]\nendpoint = \"https://fleet.example.com\"\ntoken_file = \"report.token\"").unwrap();
+        let config =
+            parse("[report]\nendpoint = \"https://fleet.example.com\"\ntoken_file = \"report.token\"").unwrap();
         let report = config.report.unwrap();
-        assert_eq!(report, crate::report::ReportSettings {
-            token_file: Some(PathBuf::from("/etc/wfrun/report.token")),
-            ..crate::report::ReportSettings::new("https://fleet.example.com")
-        });
+        assert_eq!(
+            report,
+            crate::report::ReportSettings {
+                token_file: Some(PathBuf::from("/etc/wfrun/report.token")),
+                ..crate::report::ReportSettings::new("https://fleet.example.com")
+            }
+        );
         let config = parse(
             "[report]\nendpoint = \"http://127.0.0.1:8440\"\nheartbeat = \"5s\"\nbatch_reports = 10\n\
              outbox_max_reports = 500\noutbox_max_bytes = \"1MiB\"\nretry_after_max = \"10m\"",

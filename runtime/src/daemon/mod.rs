@@ -203,8 +203,9 @@ impl Daemon {
                     runner_version: env!("CARGO_PKG_VERSION").to_owned(),
                     limits: settings.outbox,
                 })?;
-                let uploader = crate::report::uploader::Uploader::new(store.clone(), settings.clone(), device_id.clone())
-                    .context("[report]")?;
+                let uploader =
+                    crate::report::uploader::Uploader::new(store.clone(), settings.clone(), device_id.clone())
+                        .context("[report]")?;
                 Some(Arc::new(uploader))
             }
             None => None,

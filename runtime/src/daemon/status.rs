@@ -4,8 +4,8 @@
 use super::Daemon;
 use super::DaemonError;
 use crate::policy::TrustMode;
-use crate::runner::CacheStats;
 use crate::report::{Capabilities, Heartbeat, ReleaseSummary};
+use crate::runner::CacheStats;
 use crate::store::JobRecord;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;

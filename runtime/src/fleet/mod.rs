@@ -92,7 +92,8 @@ pub fn read_tokens(path: &Path) -> Result<BTreeMap<String, String>, FleetError> 
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |reason: &str| FleetError::Tokens { path: path.to_path_buf(), line: index + 1, reason: reason.into() };
+        let bad =
+            |reason: &str| FleetError::Tokens { path: path.to_path_buf(), line: index + 1, reason: reason.into() };
         let (device, token) = line.split_once('=').ok_or_else(|| bad("not DEVICE_ID=TOKEN"))?;
         let (device, token) = (device.trim(), token.trim());
         if device.is_empty() || token.len() < 16 {
@@ -131,7 +132,11 @@ async fn read_body(mut body: hyper::body::Incoming, max: u64) -> Result<Vec<u8>,
 
 impl Receiver {
     /// Opens (creating if needed) the receiver's database in `state_dir`.
-    pub fn open(state_dir: &Path, tokens: BTreeMap<String, String>, repo: Option<PathBuf>) -> Result<Receiver, FleetError> {
+    pub fn open(
+        state_dir: &Path,
+        tokens: BTreeMap<String, String>,
+        repo: Option<PathBuf>,
+    ) -> Result<Receiver, FleetError> {
         let file = |reason: String| FleetError::File { path: state_dir.join("fleet.db"), reason };
         crate::files::create_private_dir(state_dir)
             .map_err(|e| FleetError::File { path: state_dir.to_path_buf(), reason: e.to_string() })?;
@@ -164,7 +169,8 @@ impl Receiver {
                     let receiver = receiver.clone();
                     async move { Ok::<_, std::convert::Infallible>(receiver.handle(request).await) }
                 });
-                let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let connection =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(120), connection).await;
             });
         }
@@ -197,10 +203,8 @@ impl Receiver {
                 };
                 let heartbeat = path == crate::report::HEARTBEAT_PATH;
                 let max = if heartbeat { MAX_HEARTBEAT } else { MAX_BATCH };
-                let declared: Option<u64> = request
-                    .headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                let declared: Option<u64> =
+                    request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
                 if declared.is_some_and(|n| n > max) {
                     return refuse(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("more than {max} bytes"));
                 }
@@ -282,7 +286,10 @@ impl Receiver {
                 match seen {
                     Some(same) if same == hash => answer.duplicates += 1,
                     Some(_) => {
-                        return Ok(Err(("key_reused".into(), format!("report {id} was stored before with another body"))));
+                        return Ok(Err((
+                            "key_reused".into(),
+                            format!("report {id} was stored before with another body"),
+                        )));
                     }
                     None => {
                         tx.execute(

@@ -14,7 +14,7 @@
 pub mod backoff;
 pub mod uploader;
 
-pub use crate::store::outbox::{Dropped, REPORT_SCHEMA, Report, ReleaseReportBody, RunMetrics, RunReportBody};
+pub use crate::store::outbox::{Dropped, REPORT_SCHEMA, ReleaseReportBody, Report, RunMetrics, RunReportBody};
 use crate::store::{OutboxLimits, OutboxStatus};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -155,8 +155,7 @@ pub struct EndpointError {
 /// crosses a network in the clear.
 pub fn endpoint_url(endpoint: &str, path: &str) -> Result<http::Uri, EndpointError> {
     let bad = |reason: &str| EndpointError { endpoint: endpoint.to_owned(), reason: reason.to_owned() };
-    let uri: http::Uri =
-        format!("{}{path}", endpoint.trim_end_matches('/')).parse().map_err(|_| bad("not a URL"))?;
+    let uri: http::Uri = format!("{}{path}", endpoint.trim_end_matches('/')).parse().map_err(|_| bad("not a URL"))?;
     let host = uri.host().ok_or_else(|| bad("no host"))?.trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     match uri.scheme_str() {

@@ -21,7 +21,9 @@
 //! it.
 
 use super::backoff::{full_jitter, retry_after};
-use super::{EndpointError, HEARTBEAT_PATH, Heartbeat, REPORTS_PATH, ReportSettings, UploadAnswer, UploadBatch, endpoint_url};
+use super::{
+    EndpointError, HEARTBEAT_PATH, Heartbeat, REPORTS_PATH, ReportSettings, UploadAnswer, UploadBatch, endpoint_url,
+};
 use crate::egress::exchange::{Answer, exchange};
 use crate::store::{Queued, Store};
 use serde::{Deserialize, Serialize};
@@ -206,7 +208,8 @@ impl Uploader {
     fn failed(&self, code: &str, message: String, after: Option<Duration>) -> Duration {
         let mut state = self.state.lock().unwrap();
         state.failures += 1;
-        let wait = after.unwrap_or_else(|| full_jitter(state.failures, self.settings.backoff_min, self.settings.backoff_max));
+        let wait =
+            after.unwrap_or_else(|| full_jitter(state.failures, self.settings.backoff_min, self.settings.backoff_max));
         tracing::debug!(code, "report upload: {message}; next try in {wait:?}");
         state.last_error = Some((code.to_owned(), message));
         state.next_retry = Some(humantime::format_rfc3339_millis(SystemTime::now() + wait).to_string());
