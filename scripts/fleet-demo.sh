@@ -10,7 +10,8 @@
 # (or FLEET_DEMO_DIR), which is kept so you can look around afterwards.
 #
 # Usage: scripts/fleet-demo.sh
-# Builds wfrun (release) and the hello example if they are missing.
+# Builds wfrun (release; or set WFRUN=path/to/wfrun) and the hello example
+# if they are missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -25,8 +26,11 @@ if [ ! -f "$root/examples/dist/hello.wasm" ]; then
   mkdir -p "$root/examples/dist"
   cp "$root/examples/target/wasm32-wasip2/release/hello.wasm" "$root/examples/dist/"
 fi
-cargo build --quiet --release --locked --manifest-path "$root/Cargo.toml" --bin wfrun
-wfrun="$root/target/release/wfrun"
+wfrun="${WFRUN:-}"   # a wfrun binary to use instead of building one
+if [ -z "$wfrun" ]; then
+  cargo build --quiet --release --locked --manifest-path "$root/Cargo.toml" --bin wfrun
+  wfrun="$root/target/release/wfrun"
+fi
 cp "$root/examples/dist/hello.wasm" .
 
 pids=()
@@ -125,6 +129,6 @@ import json, sys
 for r in json.load(sys.stdin):
     if r["kind"] == "release":
         e = r["release"]
-        print("  %s  %-6s %-12s %s" % (e["at"], e["version"], e["event"], e["code"] or ""))
+        print("  %s  %-6s %-12s %s" % (e["at"], e["version"] or "", e["event"], e["code"] or ""))
 ' >&2
 say "done: everything is in $work (fleet.log and device.log hold the two processes' logs)"

@@ -6,7 +6,9 @@
 //! [`write_atomic`] is the one way wfrun replaces a file (a bundle it packs
 //! or signs, a cache entry, a signature): a reader sees the old file or the
 //! new one, never half of either, and the new one survives a power loss once
-//! the call returns.
+//! the call returns. [`read_capped`] is the one way wfrun reads a file a
+//! user names (a bundle, an input, a config, a key): regular files only,
+//! and a size cap checked before the first byte is read.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
@@ -20,6 +22,122 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
+}
+
+/// This process's real user id, from `/proc/self/status` (no `unsafe`).
+#[cfg(unix)]
+pub fn current_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// Why a state directory is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    /// It cannot be created, read or tightened.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another user owns it: what it holds cannot be trusted.
+    #[error("{} is owned by user {owner}, not by this user ({me}); refusing to use it", path.display())]
+    NotOwned {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's user.
+        me: u32,
+    },
+}
+
+/// Makes `dir` a state directory fit to trust: created 0700 if missing,
+/// refused if another user owns it, and tightened to 0700 (with a warning)
+/// if group or others may use it.
+pub fn secure_state_dir(dir: &Path) -> Result<(), StateDirError> {
+    let io = |source| StateDirError::Io { path: dir.to_path_buf(), source };
+    create_private_dir(dir).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::metadata(dir).map_err(io)?;
+        if let Some(me) = current_uid()
+            && meta.uid() != me
+        {
+            return Err(StateDirError::NotOwned { path: dir.to_path_buf(), owner: meta.uid(), me });
+        }
+        if meta.mode() & 0o077 != 0 {
+            tracing::warn!("{}: mode {:o} lets others in; tightening it to 0700", dir.display(), meta.mode() & 0o777);
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` empty and 0600 if it is missing, and tightens it to 0600
+/// if it exists: for files another library then opens (SQLite's database,
+/// whose `-wal` and `-shm` files take the database file's mode).
+pub fn ensure_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
+/// The largest file of each kind wfrun reads.
+pub mod caps {
+    /// A bundle (and the largest component the sandbox compiles).
+    pub const BUNDLE: u64 = 256 * 1024 * 1024;
+    /// An input file, or input on stdin.
+    pub const INPUT: u64 = 64 * 1024 * 1024;
+    /// A config, policy, secrets, tokens or key file, a signature.
+    pub const SETTINGS: u64 = 1024 * 1024;
+}
+
+/// Reads `path` whole, refusing what would read without bound: anything
+/// but a regular file (a FIFO, a device such as `/dev/zero`, a directory)
+/// with `InvalidInput`, and a file over `max` bytes with `FileTooLarge`,
+/// both before a byte is read. Opened non-blocking, so a FIFO cannot hang
+/// the open.
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(target_os = "linux")]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, 0o4000); // O_NONBLOCK
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(Error::new(ErrorKind::FileTooLarge, format!("{} bytes, over the limit of {max}", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while it is read stops at the cap too.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(ErrorKind::FileTooLarge, format!("over the limit of {max} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] as UTF-8 text.
+pub fn read_capped_text(path: &Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_capped(path, max)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// Opens `path` for writing, private to the user: a new file only

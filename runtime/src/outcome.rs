@@ -39,11 +39,15 @@ pub enum ErrorCode {
     /// wfrun stopped before the run finished (a crash, kill -9, power loss);
     /// set when the daemon next starts.
     Interrupted,
+    /// wfrun could not do its own part: out of file descriptors, memory or
+    /// disk, or an I/O error. Neither the guest's fault nor the bundle's:
+    /// the daemon retries it and never counts it toward pausing a job.
+    HostError,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::Timeout,
         ErrorCode::FuelExhausted,
         ErrorCode::MemoryLimit,
@@ -54,6 +58,7 @@ impl ErrorCode {
         ErrorCode::InvalidBundle,
         ErrorCode::InvalidInput,
         ErrorCode::Interrupted,
+        ErrorCode::HostError,
     ];
 
     /// The code as it is written in JSON and run records.
@@ -69,6 +74,7 @@ impl ErrorCode {
             ErrorCode::InvalidBundle => "invalid_bundle",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::Interrupted => "interrupted",
+            ErrorCode::HostError => "host_error",
         }
     }
 
@@ -135,6 +141,7 @@ impl ExitStatus {
             },
             Some(code) if code.is_limit() => ExitStatus::Limit,
             Some(ErrorCode::Trap) => ExitStatus::Trap,
+            Some(ErrorCode::HostError) => ExitStatus::Internal,
             Some(_) => ExitStatus::Invalid,
         }
     }

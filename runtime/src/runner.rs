@@ -66,7 +66,7 @@ impl Prepared {
 /// stable code and detail.
 #[derive(Debug, Clone)]
 pub struct Rejection {
-    /// `invalid_bundle` or `invalid_input`.
+    /// `invalid_bundle`, `invalid_input`, or `host_error`.
     pub code: ErrorCode,
     /// The finer reason, e.g. `signature_missing`, `not_wasm`, `over_ceiling`.
     pub detail: &'static str,
@@ -86,9 +86,11 @@ impl Rejection {
         Rejection { code: ErrorCode::InvalidBundle, detail, message, digest, kind: None, workflow: None }
     }
 
-    /// A bundle file that cannot be used.
+    /// A bundle file that cannot be used: `invalid_bundle`, or
+    /// `host_error` when reading it failed for the host's own reasons.
     pub fn bundle(error: &BundleError, digest: Option<String>) -> Rejection {
-        Rejection::invalid_bundle(error.detail(), error.to_string(), digest)
+        let code = if error.is_host_fault() { ErrorCode::HostError } else { ErrorCode::InvalidBundle };
+        Rejection { code, ..Rejection::invalid_bundle(error.detail(), error.to_string(), digest) }
     }
 
     /// An `invalid_input` rejection of a prepared bundle.

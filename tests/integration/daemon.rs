@@ -35,10 +35,24 @@ impl DaemonProcess {
     /// Starts `wfrun daemon` with extra environment variables, without
     /// waiting for it to answer.
     pub fn spawn(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> DaemonProcess {
+        DaemonProcess::spawn_under(&[], dir, config, env)
+    }
+
+    /// [`spawn`](Self::spawn) through `wrapper` (e.g. `prlimit --nofile=…`),
+    /// which must exec the daemon in its place.
+    pub fn spawn_under(wrapper: &[&str], dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> DaemonProcess {
         let config_path = dir.path().join("wfrun.toml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join(format!("daemon-{}.log", now_ms()))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wfrun"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_wfrun"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_wfrun")),
+        };
+        let child = command
             .args(["daemon", "--config"])
             .arg(&config_path)
             .arg("--state-dir")
@@ -243,8 +257,23 @@ fn post(port: u16, path: &str, headers: &[(&str, String)], body: &str) -> (u16, 
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// A POST whose Host header is `host`.
+fn post_raw_host(port: u16, path: &str, host: &str, body: &str) -> (u16, Value) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 #[test]
-fn a_webhook_runs_its_job_with_the_body_as_input_and_checks_signatures() {
+fn a_webhook_runs_its_job_and_refuses_forged_replayed_stale_and_cross_site_requests() {
     use hmac::{Hmac, Mac};
     let hello = guest("hello");
     let port = free_port();
@@ -266,14 +295,43 @@ fn a_webhook_runs_its_job_with_the_body_as_input_and_checks_signatures() {
     assert_eq!(daemon.run(&run_id).unwrap().output.as_deref(), Some(r#"{"greeting":"Hello, webhook!"}"#));
 
     let body = r#"{"name":"signed"}"#;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let signed = |timestamp: u64, delivery: &str, body: &str| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(secret).unwrap()).unwrap();
+        mac.update(format!("v1:{timestamp}:{delivery}:{body}").as_bytes());
+        vec![
+            ("X-Wfrun-Timestamp", timestamp.to_string()),
+            ("X-Wfrun-Delivery", delivery.to_owned()),
+            ("X-Wfrun-Signature", format!("sha256={}", hex::encode(mac.finalize().into_bytes()))),
+        ]
+    };
+    let code = |(status, answer): (u16, Value)| (status, answer["error"]["code"].as_str().unwrap_or("").to_owned());
+    assert_eq!(code(post(port, "/hooks/signed", &[], body)), (401, "stale_signature".into()));
+    let mut forged = signed(now, "d-1", body);
+    forged[2].1 = format!("sha256={}", "0".repeat(64));
+    assert_eq!(code(post(port, "/hooks/signed", &forged, body)), (401, "bad_signature".into()));
+    // The body alone signed (the old scheme) is refused: it could be replayed.
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(secret).unwrap()).unwrap();
     mac.update(body.as_bytes());
-    let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let bad = format!("sha256={}", "0".repeat(64));
-    assert_eq!(post(port, "/hooks/signed", &[], body).0, 401);
-    assert_eq!(post(port, "/hooks/signed", &[("X-Wfrun-Signature", bad)], body).0, 401);
-    let (status, answer) = post(port, "/hooks/signed", &[("X-Wfrun-Signature", good)], body);
+    let mut body_only = signed(now, "d-1", body);
+    body_only[2].1 = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(code(post(port, "/hooks/signed", &body_only, body)), (401, "bad_signature".into()));
+    let (status, answer) = post(port, "/hooks/signed", &signed(now, "d-1", body), body);
     assert_eq!(status, 202, "{answer}");
+    // A captured request, sent again: refused. Signed long ago: refused.
+    assert_eq!(code(post(port, "/hooks/signed", &signed(now, "d-1", body), body)), (409, "replayed".into()));
+    assert_eq!(
+        code(post(port, "/hooks/signed", &signed(now - 600, "d-2", body), body)),
+        (401, "stale_signature".into())
+    );
+    assert_eq!(post(port, "/hooks/signed", &signed(now, "d-2", body), body).0, 202);
+
+    // A job without a secret takes no request a web page could make a
+    // browser send: one with an Origin, or a rebound Host.
+    let origin = [("Origin", "https://evil.example".to_owned())];
+    assert_eq!(code(post(port, "/hooks/hook", &origin, "{}")), (403, "cross_origin".into()));
+    let rebound = [("Host", format!("evil.example:{port}"))];
+    assert_eq!(code(post_raw_host(port, "/hooks/hook", &rebound[0].1, "{}")), (403, "bad_host".into()));
 
     // The secret never leaves the daemon.
     let list = stdout(&daemon.wfrun(&["jobs", "list", "--json"]));

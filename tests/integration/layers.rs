@@ -17,7 +17,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("units", &[]),
     ("limits", &["units"]),
     ("settings", &["limits", "units"]),
-    ("egress", &["outcome"]),
+    ("egress", &["outcome", "files"]),
     ("bundle", &["manifest", "files", "outcome"]),
     ("sandbox", &["limits", "egress", "outcome", "files"]),
     ("store", &["manifest", "outcome", "files"]),

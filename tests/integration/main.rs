@@ -13,6 +13,7 @@
 //! `releases` checks the repositories `wfrun release` writes with python-tuf;
 //! `sync` runs the device's TUF client against both kinds of repository;
 //! `rotation` rotates keys and plays the attacks of a key holder;
+//! `hardening` replays the attacks that once worked, one test each;
 //! `durability` kills a process mid-transition of releases, again and again;
 //! `reports` runs daemons against `wfrun fleet serve` (and a misbehaving
 //! proxy in front of it) for the outbox, the uploader and heartbeats.
@@ -23,6 +24,7 @@ mod durability;
 mod egress;
 mod exec;
 mod guests;
+mod hardening;
 mod hostile;
 mod layers;
 mod polyglot;

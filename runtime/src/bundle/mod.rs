@@ -120,12 +120,37 @@ impl BundleError {
     pub fn detail(&self) -> &'static str {
         match self {
             BundleError::Missing { .. } => "missing",
-            BundleError::Read { .. } => "unreadable",
+            BundleError::Read { source, .. } => host_fault(source).unwrap_or(match source.kind() {
+                std::io::ErrorKind::FileTooLarge => "too_large",
+                std::io::ErrorKind::InvalidInput => "not_a_file",
+                _ => "unreadable",
+            }),
             BundleError::NotWasm { .. } => "not_wasm",
             BundleError::CoreModule { .. } => "core_module",
             BundleError::Invalid { .. } => "invalid_component",
             BundleError::Signature { error, .. } => error.code(),
         }
+    }
+}
+
+impl BundleError {
+    /// Whether the failure is the host's (descriptors, memory, disk, I/O),
+    /// not the bundle's: such a run is a `host_error`, retried and never
+    /// counted toward pausing a job.
+    pub fn is_host_fault(&self) -> bool {
+        matches!(self, BundleError::Read { source, .. } if host_fault(source).is_some())
+    }
+}
+
+/// The detail of an I/O error that is the host's fault: out of file
+/// descriptors (`EMFILE`, `ENFILE`), of memory, of disk, or a device error.
+pub fn host_fault(error: &std::io::Error) -> Option<&'static str> {
+    match error.raw_os_error()? {
+        23 | 24 => Some("descriptors_exhausted"), // ENFILE, EMFILE
+        12 => Some("out_of_memory"),              // ENOMEM
+        28 => Some("disk_full"),                  // ENOSPC
+        5 | 4 | 11 => Some("io_error"),           // EIO, EINTR, EAGAIN
+        _ => None,
     }
 }
 
@@ -150,10 +175,11 @@ impl Bundle {
     /// Reads the bundle at `path`.
     pub fn read(path: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => BundleError::Missing { path: path.clone() },
-            _ => BundleError::Read { path: path.clone(), source },
-        })?;
+        let bytes =
+            crate::files::read_capped(&path, crate::files::caps::BUNDLE).map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => BundleError::Missing { path: path.clone() },
+                _ => BundleError::Read { path: path.clone(), source },
+            })?;
         Bundle::from_bytes(path, bytes)
     }
 
@@ -213,7 +239,7 @@ impl Bundle {
     /// there is one.
     pub fn read_detached(&self) -> Result<Option<SignatureRecord>, BundleError> {
         let path = signature::detached_path(&self.path);
-        match std::fs::read(&path) {
+        match crate::files::read_capped(&path, crate::files::caps::SETTINGS) {
             Ok(bytes) => signature::parse_record(&bytes)
                 .map(Some)
                 .map_err(|error| BundleError::Signature { path: path.clone(), error }),
@@ -373,6 +399,16 @@ fn leb128_len(mut value: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_memory_or_disk_is_the_hosts_fault_not_the_bundles() {
+        let read =
+            |errno| BundleError::Read { path: "b.wasm".into(), source: std::io::Error::from_raw_os_error(errno) };
+        assert_eq!((read(24).is_host_fault(), read(24).detail()), (true, "descriptors_exhausted"));
+        assert_eq!((read(23).is_host_fault(), read(28).detail()), (true, "disk_full"));
+        assert_eq!((read(13).is_host_fault(), read(13).detail()), (false, "unreadable"), "EACCES is the bundle's");
+        assert!(!BundleError::Missing { path: "b.wasm".into() }.is_host_fault());
+    }
 
     #[test]
     fn rejects_text_files_as_not_wasm() {

@@ -126,7 +126,8 @@ impl PublicKey {
         if text_or_path.starts_with("ed25519:") {
             return PublicKey::from_text(text_or_path);
         }
-        let text = std::fs::read_to_string(text_or_path).map_err(|e| format!("{text_or_path}: {e}"))?;
+        let text = crate::files::read_capped_text(Path::new(text_or_path), crate::files::caps::SETTINGS)
+            .map_err(|e| format!("{text_or_path}: {e}"))?;
         PublicKey::from_text(&text).map_err(|e| format!("{text_or_path}: {e}"))
     }
 }
@@ -166,7 +167,8 @@ impl SecretKey {
 
     /// Reads a `.key` file.
     pub fn load(path: &Path) -> Result<SecretKey, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = crate::files::read_capped_text(path, crate::files::caps::SETTINGS)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let hex_seed = text
             .trim()
             .strip_prefix("ed25519-secret:")

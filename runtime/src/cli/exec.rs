@@ -337,7 +337,7 @@ impl ExecCommand {
         let (source, text) = if let Some(input) = &self.input {
             ("--input".to_owned(), input.clone())
         } else if let Some(path) = &self.input_file {
-            let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            let text = crate::files::read_capped_text(path, crate::files::caps::INPUT).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => format!("input file {}: no such file", path.display()),
                 _ => format!("input file {}: cannot read: {e}", path.display()),
             })?;
@@ -346,7 +346,11 @@ impl ExecCommand {
             return Ok("{}".to_owned());
         } else {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: cannot read: {e}"))?;
+            let max = crate::files::caps::INPUT;
+            std::io::stdin().take(max + 1).read_to_string(&mut text).map_err(|e| format!("stdin: cannot read: {e}"))?;
+            if text.len() as u64 > max {
+                return Err(format!("stdin: more than {max} bytes of input"));
+            }
             if text.trim().is_empty() {
                 return Ok("{}".to_owned());
             }
@@ -395,7 +399,8 @@ impl ExecCommand {
 
 /// Reads `NAME=VALUE` lines; blank lines and `#` comments are skipped.
 fn read_secrets(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("secrets file {}: {e}", path.display()))?;
+    let text = crate::files::read_capped_text(path, crate::files::caps::SETTINGS)
+        .map_err(|e| format!("secrets file {}: {e}", path.display()))?;
     let mut secrets = BTreeMap::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();

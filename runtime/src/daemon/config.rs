@@ -382,7 +382,8 @@ impl DaemonConfig {
     /// Reads `path`.
     pub fn read(path: &Path) -> Result<DaemonConfig, ConfigError> {
         let fail = |problem| ConfigError { path: path.to_path_buf(), problem: Box::new(problem) };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(ConfigProblem::Read(e)))?;
+        let text = crate::files::read_capped_text(path, crate::files::caps::SETTINGS)
+            .map_err(|e| fail(ConfigProblem::Read(e)))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         DaemonConfig::parse(&text, &base).map_err(fail)
     }
@@ -514,7 +515,8 @@ struct JobsFile {
 /// the largest memory ceiling any device may have).
 pub fn read_jobs(path: &Path) -> Result<BTreeMap<String, JobSpec>, ConfigError> {
     let fail = |problem| ConfigError { path: path.to_path_buf(), problem: Box::new(problem) };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(ConfigProblem::Read(e)))?;
+    let text =
+        crate::files::read_capped_text(path, crate::files::caps::SETTINGS).map_err(|e| fail(ConfigProblem::Read(e)))?;
     let file: JobsFile =
         toml::from_str(&text).map_err(|e| fail(ConfigProblem::Parse(e.to_string().trim_end().to_owned())))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();

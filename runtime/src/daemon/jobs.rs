@@ -227,9 +227,15 @@ impl JobTable {
     }
 
     /// Records how a run of job `name` ended; returns its consecutive failures.
-    pub fn record_run(&self, name: &str, run_id: &str, status: RunStatus) -> Result<u32, StoreError> {
+    pub fn record_run(
+        &self,
+        name: &str,
+        run_id: &str,
+        status: RunStatus,
+        code: Option<crate::outcome::ErrorCode>,
+    ) -> Result<u32, StoreError> {
         let mut jobs = self.lock();
-        let failures = self.store.record_job_run(name, run_id, status)?;
+        let failures = self.store.record_job_run(name, run_id, status, code)?;
         if let Some(job) = jobs.get_mut(name) {
             job.last_run_at = Some(crate::store::now());
             job.last_run_id = Some(run_id.to_owned());

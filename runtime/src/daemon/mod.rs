@@ -181,11 +181,8 @@ impl Daemon {
         // settings must not start.
         let policy = config.policy().context("trust")?;
         let store = Arc::new(Store::open(&state_dir)?);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(state_dir.join(LOCK_NAME))
+        let lock = crate::files::ensure_private_file(&state_dir.join(LOCK_NAME))
+            .and_then(|()| std::fs::OpenOptions::new().write(true).open(state_dir.join(LOCK_NAME)))
             .with_context(|| format!("opening {}", state_dir.join(LOCK_NAME).display()))?;
         if lock.try_lock().is_err() {
             anyhow::bail!("another wfrun daemon is running on state directory {}", state_dir.display());

@@ -494,6 +494,8 @@ impl Daemon {
                 }
                 false
             }
+            // The host's own failure is no verdict on the release.
+            RunStatus::Failed if code == Some(crate::outcome::ErrorCode::HostError) => false,
             RunStatus::Failed => {
                 let code = code.map_or("failed", |c| c.as_str());
                 let message = format!("job {name}'s run in trial ended with {code}");

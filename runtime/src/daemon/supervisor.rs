@@ -104,7 +104,7 @@ impl Daemon {
             self.running.lock().unwrap().remove(&run_id);
             self.reports_written();
             let from_release = self.jobs.get(name).is_some_and(|job| job.source == crate::store::JobSource::Release);
-            let failures = match self.jobs.record_run(name, &run_id, report.status) {
+            let failures = match self.jobs.record_run(name, &run_id, report.status, report.error_code) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!("job {name}: recording run {run_id}: {e}");

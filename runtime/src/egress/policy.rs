@@ -248,7 +248,8 @@ impl PolicyFile {
     /// Reads and validates a policy file.
     pub fn read(path: &Path) -> Result<EgressPolicy, PolicyError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: shown.clone(), source })?;
+        let text = crate::files::read_capped_text(path, crate::files::caps::SETTINGS)
+            .map_err(|source| PolicyError::Read { path: shown.clone(), source })?;
         let file: PolicyFile =
             toml::from_str(&text).map_err(|e| PolicyError::Invalid { path: shown.clone(), reason: e.to_string() })?;
         file.egress.into_policy().map_err(|e| match e {

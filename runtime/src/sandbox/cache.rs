@@ -15,8 +15,14 @@
 //! - each entry starts with the SHA-256 of the artifact, and the bytes that
 //!   are hashed are the bytes that are deserialized (no re-read, no window
 //!   to swap the file);
-//! - an entry that is truncated, corrupt or made by an incompatible engine
-//!   is removed and the component compiled again; it is never executed.
+//! - each entry records the SHA-256 of the component it was compiled from
+//!   and the engine's key, checked at load: an entry copied over another
+//!   component's file name is refused;
+//! - an entry is read only if this user owns it and no one else may write
+//!   it (checked on the open file);
+//! - an entry that is truncated, corrupt, of another component or made by an
+//!   incompatible engine is removed and the component compiled again; it is
+//!   never executed.
 
 use crate::files::{Mode, create_private_dir, write_atomic};
 use sha2::{Digest, Sha256};
@@ -26,7 +32,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The first bytes of every entry.
-const MAGIC: &[u8] = b"wfrun-artifact-v1\n";
+const MAGIC: &[u8] = b"wfrun-artifact-v2\n";
 
 /// Where an entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,18 +71,18 @@ impl ArtifactCache {
         self.dir.join(format!("{}-{}.cwasm", hex::encode(digest), self.engine_key))
     }
 
-    /// The compiled form of `component` (whose SHA-256 is `digest`): from
-    /// the cache if a sound entry is there, else compiled and stored.
-    pub fn load_or_compile(
+    /// The compiled form of the component whose SHA-256 is `digest`: from
+    /// the cache if a sound entry is there, else `compile()`d and stored.
+    pub fn load_or_compile<E>(
         &self,
         engine: &Engine,
-        component: &[u8],
         digest: &[u8],
-    ) -> wasmtime::Result<(Component, Origin)> {
+        compile: impl FnOnce() -> Result<Component, E>,
+    ) -> Result<(Component, Origin), E> {
         let path = self.entry(digest);
         let mut origin = Origin::Compiled;
-        if let Ok(bytes) = std::fs::read(&path) {
-            match checked_artifact(&bytes).map(|artifact| deserialize(engine, artifact)) {
+        if let Some(bytes) = read_own_entry(&path) {
+            match checked_artifact(&bytes, digest, &self.engine_key).map(|artifact| deserialize(engine, artifact)) {
                 Some(Ok(loaded)) => return Ok((loaded, Origin::Cached)),
                 _ => {
                     tracing::warn!("removing unusable cache entry {}", path.display());
@@ -85,22 +91,18 @@ impl ArtifactCache {
                 }
             }
         }
-        let compiled = Component::new(engine, component)?;
-        if let Err(e) = self.store(&path, &compiled) {
+        let compiled = compile()?;
+        if let Err(e) = self.store(&path, digest, &compiled) {
             // A cache that cannot be written costs speed, not correctness.
             tracing::warn!("cannot write cache entry {}: {e:#}", path.display());
         }
         Ok((compiled, origin))
     }
 
-    fn store(&self, path: &Path, compiled: &Component) -> anyhow::Result<()> {
+    fn store(&self, path: &Path, component_digest: &[u8], compiled: &Component) -> anyhow::Result<()> {
         let artifact = compiled.serialize()?;
         create_private_dir(&self.dir)?;
-        let mut entry = Vec::with_capacity(MAGIC.len() + 32 + artifact.len());
-        entry.extend_from_slice(MAGIC);
-        entry.extend_from_slice(&Sha256::digest(&artifact));
-        entry.extend_from_slice(&artifact);
-        write_atomic(path, &entry, Mode::Private)?;
+        write_atomic(path, &entry_bytes(component_digest, &self.engine_key, &artifact), Mode::Private)?;
         Ok(())
     }
 }
@@ -129,14 +131,54 @@ pub fn clear(dir: &Path) -> std::io::Result<usize> {
     Ok(entries.len())
 }
 
-/// The artifact inside an entry, if the entry is whole and its digest holds.
-fn checked_artifact(entry: &[u8]) -> Option<&[u8]> {
+/// An entry: the magic, the SHA-256 of the component it was compiled from,
+/// the engine key (length-prefixed), the SHA-256 of the artifact, and the
+/// artifact.
+fn entry_bytes(component_digest: &[u8], engine_key: &str, artifact: &[u8]) -> Vec<u8> {
+    let mut entry = Vec::with_capacity(MAGIC.len() + 32 + 1 + engine_key.len() + 32 + artifact.len());
+    entry.extend_from_slice(MAGIC);
+    entry.extend_from_slice(component_digest);
+    entry.push(engine_key.len() as u8);
+    entry.extend_from_slice(engine_key.as_bytes());
+    entry.extend_from_slice(&Sha256::digest(artifact));
+    entry.extend_from_slice(artifact);
+    entry
+}
+
+/// The artifact inside an entry, if the entry is whole, was made from the
+/// component whose SHA-256 is `component_digest` by an engine with
+/// `engine_key`, and its artifact digest holds. A file copied over another
+/// component's entry name is refused here: it names its own source.
+fn checked_artifact<'a>(entry: &'a [u8], component_digest: &[u8], engine_key: &str) -> Option<&'a [u8]> {
     let rest = entry.strip_prefix(MAGIC)?;
+    let rest = rest.strip_prefix(component_digest).filter(|_| component_digest.len() == 32)?;
+    let (&length, rest) = rest.split_first()?;
+    let rest = rest.strip_prefix(engine_key.as_bytes()).filter(|_| usize::from(length) == engine_key.len())?;
     if rest.len() < 32 {
         return None;
     }
     let (digest, artifact) = rest.split_at(32);
     (Sha256::digest(artifact).as_slice() == digest).then_some(artifact)
+}
+
+/// Reads an entry only if this user owns it and no one else may write it,
+/// checked on the open file (so it cannot be swapped in between).
+fn read_own_entry(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().ok()?;
+        let mine = crate::files::current_uid().is_none_or(|me| me == meta.uid());
+        if !meta.is_file() || !mine || meta.mode() & 0o022 != 0 {
+            tracing::warn!("ignoring cache entry {}: not a private file of this user", path.display());
+            return None;
+        }
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 #[allow(unsafe_code)]
@@ -146,8 +188,11 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
     // file, rename) into a directory only this user can write, and its
     // SHA-256, recorded in the same file, was checked over these very bytes
     // just now, in memory, so no other process can swap them in between.
+    // The file is this user's and no one else may write it (checked on the
+    // open file), and the entry names the component it was compiled from
+    // and the engine that compiled it, both checked against this load.
     // wasmtime itself rejects artifacts from an incompatible engine or
-    // version, and the entry's name already binds both.
+    // version.
     unsafe { Component::deserialize(engine, artifact) }
 }
 
@@ -156,17 +201,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_whole_entries_with_a_matching_digest_are_offered() {
+    fn only_whole_entries_of_the_same_component_and_engine_with_a_matching_digest_are_offered() {
         let artifact = b"machine code";
-        let mut entry = MAGIC.to_vec();
-        entry.extend_from_slice(&Sha256::digest(artifact));
-        entry.extend_from_slice(artifact);
-        assert_eq!(checked_artifact(&entry), Some(&artifact[..]));
+        let component = Sha256::digest(b"component a");
+        let entry = entry_bytes(&component, "engine-1", artifact);
+        assert_eq!(checked_artifact(&entry, &component, "engine-1"), Some(&artifact[..]));
         let mut flipped = entry.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(checked_artifact(&flipped), None);
-        assert_eq!(checked_artifact(&entry[..entry.len() - 1]), None);
-        assert_eq!(checked_artifact(&entry[..MAGIC.len() + 10]), None);
-        assert_eq!(checked_artifact(b"something else entirely"), None);
+        assert_eq!(checked_artifact(&flipped, &component, "engine-1"), None);
+        assert_eq!(checked_artifact(&entry[..entry.len() - 1], &component, "engine-1"), None);
+        assert_eq!(checked_artifact(&entry[..MAGIC.len() + 10], &component, "engine-1"), None);
+        assert_eq!(checked_artifact(b"something else entirely", &component, "engine-1"), None);
+        // Another component's entry, copied over this one's name.
+        assert_eq!(checked_artifact(&entry, &Sha256::digest(b"component b"), "engine-1"), None);
+        assert_eq!(checked_artifact(&entry, &component, "engine-2"), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_entry_others_may_write_is_never_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("entry.cwasm");
+        std::fs::write(&path, b"bytes").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_own_entry(&path).as_deref(), Some(&b"bytes"[..]));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(read_own_entry(&path), None);
     }
 }

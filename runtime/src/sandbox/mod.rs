@@ -19,6 +19,7 @@ pub mod cache;
 mod capture;
 mod host;
 mod limits;
+pub mod shape;
 
 pub use cache::Origin;
 pub use capture::Tee;
@@ -109,6 +110,15 @@ pub enum LoadError {
         /// What the validator or compiler said.
         reason: String,
     },
+    /// The component's shape passes a limit checked before compilation
+    /// (nesting, sections, functions, control depth, size).
+    #[error("{name}: refused before compilation: {error}")]
+    Shape {
+        /// The component's name.
+        name: String,
+        /// The limit passed.
+        error: shape::ShapeError,
+    },
     /// The component exports neither a node nor a command.
     #[error(
         "{name}: exports neither `{node}` (a node) nor `wasi:cli/run@0.2.x` (a job); \
@@ -136,6 +146,7 @@ impl LoadError {
     pub fn detail(&self) -> &'static str {
         match self {
             LoadError::Invalid { .. } => "invalid_component",
+            LoadError::Shape { error, .. } => error.detail(),
             LoadError::NoKnownWorld { .. } => "no_known_world",
             LoadError::Unlinkable { .. } => "unlinkable",
         }
@@ -317,12 +328,18 @@ impl Sandbox {
     /// job, and pre-instantiates it against the linker.
     pub fn load(&self, component: &[u8], name: &str) -> Result<Program, LoadError> {
         let digest = Sha256::digest(component);
-        let compiled = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, component, &digest),
-            None => Component::new(&self.engine, component).map(|c| (c, Origin::Compiled)),
+        // What is compiled is first checked for a shape that would make
+        // compiling it blow up; a cached artifact passed that check.
+        let compile = || {
+            shape::check(component, &shape::ShapeLimits::default())
+                .map_err(|error| LoadError::Shape { name: name.to_owned(), error })?;
+            Component::new(&self.engine, component)
+                .map_err(|e| LoadError::Invalid { name: name.to_owned(), reason: format!("{e:#}") })
         };
-        let (component, origin) =
-            compiled.map_err(|e| LoadError::Invalid { name: name.to_owned(), reason: format!("{e:#}") })?;
+        let (component, origin) = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &digest, compile)?,
+            None => (compile()?, Origin::Compiled),
+        };
         let exports: Vec<String> =
             component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
         let is_node = exports.iter().any(|e| e == wfrun_host_api::HANDLER_EXPORT);

@@ -97,15 +97,24 @@ impl Store {
 
     /// Records how a job's run ended; returns its consecutive failures (a
     /// success clears them, a failure adds one, anything else leaves them).
-    pub fn record_job_run(&self, name: &str, run_id: &str, status: RunStatus) -> Result<u32, StoreError> {
+    pub fn record_job_run(
+        &self,
+        name: &str,
+        run_id: &str,
+        status: RunStatus,
+        code: Option<crate::outcome::ErrorCode>,
+    ) -> Result<u32, StoreError> {
         let at = now();
+        // A host error is not the job's failure: it never counts.
+        let counts = code != Some(crate::outcome::ErrorCode::HostError);
         self.write(|tx| {
             tx.execute(
                 "UPDATE jobs SET last_run_at = ?2, last_run_id = ?3, last_status = ?4,
-                 consecutive_failures = CASE ?4 WHEN 'succeeded' THEN 0 WHEN 'failed' THEN consecutive_failures + 1
-                                        ELSE consecutive_failures END
+                 consecutive_failures = CASE WHEN ?4 = 'succeeded' THEN 0
+                                             WHEN ?4 = 'failed' AND ?5 THEN consecutive_failures + 1
+                                             ELSE consecutive_failures END
                  WHERE name = ?1",
-                params![name, at, run_id, status.as_str()],
+                params![name, at, run_id, status.as_str(), counts],
             )?;
             tx.query_row("SELECT consecutive_failures FROM jobs WHERE name = ?1", params![name], |r| r.get(0))
                 .optional()
@@ -170,5 +179,23 @@ impl Store {
     /// Job `name`, if there is one.
     pub fn job(&self, name: &str) -> Result<Option<JobRecord>, StoreError> {
         Ok(self.jobs()?.into_iter().find(|j| j.name == name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::ErrorCode;
+
+    #[test]
+    fn failures_count_toward_pausing_but_the_hosts_own_errors_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_job("tick", &JobSpec::manual("x.wasm"), JobSource::Config).unwrap();
+        let failed = |code| store.record_job_run("tick", "r", RunStatus::Failed, Some(code)).unwrap();
+        assert_eq!(failed(ErrorCode::Trap), 1);
+        assert_eq!(failed(ErrorCode::InvalidBundle), 2);
+        assert_eq!(failed(ErrorCode::HostError), 2, "out of descriptors is not the job's failure");
+        assert_eq!(store.record_job_run("tick", "r", RunStatus::Succeeded, None).unwrap(), 0);
     }
 }

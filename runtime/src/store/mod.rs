@@ -31,7 +31,6 @@ pub use releases::{ReleaseEvent, ReleaseRecord, ReleaseState, TransitionError};
 pub use runs::{NewRun, RunRecord};
 pub use state::StateWrites;
 
-use crate::files::create_private_dir;
 use rusqlite::{Connection, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -100,8 +99,16 @@ impl Store {
     /// directory it creates is private to the user (0700): it holds
     /// outputs, logs and state.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        create_private_dir(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
+        crate::files::secure_state_dir(dir).map_err(|e| match e {
+            crate::files::StateDirError::Io { path, source } => StoreError::Dir { path, source },
+            not_owned => {
+                StoreError::Dir { path: dir.to_path_buf(), source: std::io::Error::other(not_owned.to_string()) }
+            }
+        })?;
         let db_path = dir.join(DB_NAME);
+        // 0600 whatever the umask; SQLite gives -wal and -shm the same mode.
+        crate::files::ensure_private_file(&db_path)
+            .map_err(|source| StoreError::Dir { path: db_path.clone(), source })?;
         let sqlite = |source| StoreError::Sqlite { path: db_path.clone(), source };
         let conn = Connection::open(&db_path).map_err(sqlite)?;
         // Several processes share the file: wait for each other's locks

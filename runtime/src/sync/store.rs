@@ -48,8 +48,8 @@ impl sigstore_tuf::MetadataStore for PlainStore {
 
     fn store(&self, name: &str, bytes: &[u8]) -> sigstore_tuf::Result<()> {
         let Some(path) = self.path(name) else { return Ok(()) };
-        std::fs::create_dir_all(&self.dir)
-            .and_then(|()| crate::files::write_atomic(&path, bytes, crate::files::Mode::Shared))
+        crate::files::create_private_dir(&self.dir)
+            .and_then(|()| crate::files::write_atomic(&path, bytes, crate::files::Mode::Private))
             .map_err(|e| sigstore_tuf::Error::transport_with_source(format!("{}", path.display()), e))
     }
 }

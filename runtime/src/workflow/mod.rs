@@ -642,8 +642,8 @@ fn wrote_something(report: &RunReport) -> bool {
 /// `<state-dir>/logs/<run-id>/<node>.log`.
 pub fn write_node_log(store: &Store, run_id: &str, node: &str, report: &RunReport) -> std::io::Result<()> {
     let dir = store.log_dir(run_id);
-    std::fs::create_dir_all(&dir)?;
-    let mut file = std::fs::File::create(dir.join(format!("{node}.log")))?;
+    crate::files::create_private_dir(&dir)?;
+    let mut file = crate::files::create_private_file(&dir.join(format!("{node}.log")), false)?;
     for line in &report.logs {
         writeln!(file, "[{}] {}", line.level, line.message)?;
     }

@@ -1,0 +1,316 @@
+//! Regression tests for the attacks of the hardening issue: each test is
+//! named after what it guards, and failed on the code before its fix.
+
+use crate::daemon::{DaemonProcess, free_port, wait_for};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Sends a request's head declaring `length` body bytes and none of them;
+/// the answer's status, if one comes within `wait`.
+fn declare_only(port: u16, path: &str, headers: &str, length: usize, wait: Duration) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {length}\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).ok()?;
+    String::from_utf8_lossy(&answer[9..12]).parse().ok()
+}
+
+#[test]
+fn the_control_api_refuses_a_caller_without_the_token_before_reading_its_body() {
+    let port = free_port();
+    let daemon = DaemonProcess::start(&format!("[control_http]\nlisten = \"127.0.0.1:{port}\"\n"));
+    assert!(wait_for(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    // A 1 MiB body is announced and never sent: the answer cannot wait for it.
+    assert_eq!(declare_only(port, "/v1/rpc", "", 1 << 20, Duration::from_secs(10)), Some(401));
+    let wrong = format!("Authorization: Bearer {}\r\n", "f".repeat(64));
+    assert_eq!(declare_only(port, "/v1/rpc", &wrong, 1 << 20, Duration::from_secs(10)), Some(401));
+    // With the token the body is read (and here it never comes: no answer).
+    let token = std::fs::read_to_string(daemon.state().join("control.token")).unwrap();
+    let right = format!("Authorization: Bearer {}\r\n", token.trim());
+    assert_eq!(declare_only(port, "/v1/rpc", &right, 100, Duration::from_secs(2)), None);
+}
+
+/// What a bounded run of a process ended with.
+struct Bounded {
+    code: Option<i32>,
+    stdout: String,
+    peak_rss_mib: u64,
+    elapsed: Duration,
+}
+
+/// Runs `command` with a watch: killed (and the test failed) past
+/// `max_rss_mib` resident or `timeout`.
+fn run_bounded(mut command: std::process::Command, max_rss_mib: u64, timeout: Duration) -> Bounded {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stdout");
+    command.stdout(std::fs::File::create(&out).unwrap()).stderr(std::process::Stdio::null());
+    let started = std::time::Instant::now();
+    let mut child = command.spawn().unwrap();
+    let mut peak = 0;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        peak = peak.max(rss_kib / 1024);
+        if peak > max_rss_mib || started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("killed: {peak} MiB resident after {:?}", started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Bounded { code, stdout: std::fs::read_to_string(out).unwrap(), peak_rss_mib: peak, elapsed: started.elapsed() }
+}
+
+fn leb(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(if n == 0 { byte } else { byte | 0x80 });
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+const COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+/// A component nested `depth` levels deep (20,000 levels: 238 KB).
+fn nested_components(depth: usize) -> Vec<u8> {
+    let mut sizes = vec![COMPONENT.len()];
+    for _ in 1..depth {
+        let inner = *sizes.last().unwrap();
+        let mut prefix = vec![4];
+        leb(inner, &mut prefix);
+        sizes.push(COMPONENT.len() + prefix.len() + inner);
+    }
+    let mut bytes = Vec::new();
+    for inner in sizes.iter().rev().skip(1) {
+        bytes.extend_from_slice(COMPONENT);
+        bytes.push(4);
+        leb(*inner, &mut bytes);
+    }
+    bytes.extend_from_slice(COMPONENT);
+    bytes
+}
+
+/// A component holding a core module whose one function nests `depth`
+/// blocks (a million: 3 MB).
+fn deep_blocks(depth: usize) -> Vec<u8> {
+    let mut body = vec![0]; // no locals
+    for _ in 0..depth {
+        body.extend_from_slice(&[0x02, 0x40]); // block (empty type)
+    }
+    body.extend(std::iter::repeat_n(0x0b, depth + 1)); // the ends, and the function's
+    let mut code = vec![1];
+    leb(body.len(), &mut code);
+    code.extend_from_slice(&body);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.extend_from_slice(&[1, 4, 1, 0x60, 0, 0]); // type section: () -> ()
+    module.extend_from_slice(&[3, 2, 1, 0]); // function section: one of type 0
+    module.push(10);
+    leb(code.len(), &mut module);
+    module.extend_from_slice(&code);
+    let mut component = COMPONENT.to_vec();
+    component.push(1); // a core module section
+    leb(module.len(), &mut component);
+    component.extend_from_slice(&module);
+    component
+}
+
+#[test]
+fn a_component_nested_deep_or_with_deep_blocks_is_refused_before_compilation() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [("nested.wasm", nested_components(20_000)), ("blocks.wasm", deep_blocks(1_000_000))] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let mut command = crate::exec::wfrun();
+        command.arg("exec").arg(&path).arg("--json");
+        // Before the fix: 7.9 GB and 30 s, and 893 MB.
+        let ended = run_bounded(command, 400, Duration::from_secs(30));
+        assert_eq!(ended.code, Some(6), "{name}: {}", ended.stdout);
+        let report: serde_json::Value = serde_json::from_str(&ended.stdout).unwrap();
+        assert_eq!(
+            (report["error_code"].as_str(), report["error_detail"].as_str()),
+            (Some("invalid_bundle"), Some("component_too_complex")),
+            "{name}"
+        );
+        eprintln!("{name}: refused in {:?}, peak {} MiB", ended.elapsed, ended.peak_rss_mib);
+    }
+}
+
+#[test]
+fn idle_connections_to_the_webhook_listener_cannot_starve_or_pause_a_job() {
+    use crate::daemon::toml_path;
+    use wfrun_runtime::outcome::RunStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let hello = dir.path().join("hello.wasm");
+    std::fs::copy(crate::guests::guest("hello"), &hello).unwrap();
+    let port = free_port();
+    let config = format!(
+        "[webhook]\nlisten = \"127.0.0.1:{port}\"\n\
+         [jobs.tick]\nbundle = {b}\nevery = \"100ms\"\ninput = '{{\"name\": \"x\"}}'\n\
+         [jobs.hook]\nbundle = {b}\nwebhook = true\n",
+        b = toml_path(&hello)
+    );
+    // 256 descriptors: before the fix, 1,100 idle connections took them
+    // all, the job's runs failed as `invalid_bundle` and it was paused.
+    let daemon =
+        DaemonProcess::spawn_under(&["prlimit", "--nofile=256:256", "--"], tempfile::tempdir().unwrap(), &config, &[]);
+    let socket = daemon.state().join("wfrun.sock");
+    assert!(wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&socket).is_ok()));
+    let succeeded = || {
+        daemon.runs().iter().filter(|r| r.job.as_deref() == Some("tick") && r.status == RunStatus::Succeeded).count()
+    };
+    assert!(wait_for(Duration::from_secs(30), || succeeded() > 0));
+
+    let idle: Vec<TcpStream> = (0..1100).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    let before = succeeded();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = succeeded();
+    assert!(during >= before + 10, "the job kept running during the flood ({before} → {during})");
+    let failed: Vec<_> = daemon.runs().into_iter().filter(|r| r.status == RunStatus::Failed).collect();
+    assert!(failed.is_empty(), "no run failed: {:?}", failed.iter().map(|r| r.error_code).collect::<Vec<_>>());
+    drop(idle);
+
+    // The listener serves again once the flood ends.
+    let answered = || {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let request =
+            "POST /hooks/hook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+        let mut answer = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 202")
+    };
+    assert!(wait_for(Duration::from_secs(40), answered));
+    let out = daemon.wfrun(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tick = status["result"]["jobs"].as_array().unwrap().iter().find(|j| j["name"] == "tick").unwrap().clone();
+    assert_eq!(tick["paused"], false, "{tick}");
+}
+
+#[test]
+fn devices_fifos_and_huge_files_are_refused_before_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = crate::guests::guest("hello");
+    let hello = hello.to_str().unwrap();
+    let sparse = dir.path().join("sparse.wasm");
+    let file = std::fs::File::create(&sparse).unwrap();
+    file.set_len(20 * 1024 * 1024 * 1024).unwrap(); // 20 GB, all holes
+    let fifo = dir.path().join("fifo.wasm");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (sparse, fifo) = (sparse.to_str().unwrap(), fifo.to_str().unwrap());
+
+    // (arguments, expected exit status, expected error detail if a run is reported)
+    let cases: [(&[&str], i32, Option<&str>); 8] = [
+        (&["exec", "/dev/zero", "--json"], 6, Some("not_a_file")),
+        (&["exec", sparse, "--json"], 6, Some("too_large")),
+        (&["exec", fifo, "--json"], 6, Some("not_a_file")),
+        (&["exec", hello, "--input-file", "/dev/zero"], 6, None),
+        (&["exec", hello, "--secrets-file", "/dev/zero"], 6, None),
+        (&["exec", hello, "--policy", "/dev/zero"], 6, None),
+        (&["exec", hello, "--trust", "/dev/zero"], 6, None),
+        (&["exec", hello, "--input-file", fifo], 6, None),
+    ];
+    for (args, status, detail) in cases {
+        let mut command = crate::exec::wfrun();
+        command.args(args);
+        // Before the fix: 10 GB in 30 s, or blocked forever on the FIFO.
+        let ended = run_bounded(command, 300, Duration::from_secs(20));
+        assert_eq!(ended.code, Some(status), "{args:?}: {}", ended.stdout);
+        if let Some(detail) = detail {
+            let report: serde_json::Value = serde_json::from_str(&ended.stdout).unwrap();
+            assert_eq!(report["error_detail"], detail, "{args:?}");
+        }
+    }
+
+    // Input piped from /dev/zero stops at the input cap (64 MiB).
+    let mut command = crate::exec::wfrun();
+    command.args(["exec", hello]).stdin(std::fs::File::open("/dev/zero").unwrap());
+    let ended = run_bounded(command, 600, Duration::from_secs(30));
+    assert_eq!(ended.code, Some(6));
+}
+
+#[test]
+fn state_files_are_private_whatever_the_umask_and_a_loose_state_dir_is_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let hello = crate::guests::guest("hello");
+    // umask 000: before the fix, wfrun.db was 0666 and logs/ 0777.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" --state-dir \"$1\" exec \"$2\" --input '{\"name\":\"x\"}'")
+        .arg(env!("CARGO_BIN_EXE_wfrun"))
+        .arg(&state)
+        .arg(&hello)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the 0777 state directory was tightened");
+    assert_eq!(mode(&state.join("wfrun.db")), 0o600);
+    let mut checked = 0;
+    for entry in walk(&state) {
+        let m = mode(&entry);
+        let expected = if entry.is_dir() { 0o700 } else { 0o600 };
+        if entry.file_name().is_some_and(|n| n == "wfrun.sock") {
+            continue;
+        }
+        assert_eq!(m, expected, "{}", entry.display());
+        checked += 1;
+    }
+    assert!(checked >= 4, "the database, its WAL, logs/ and a log file at least ({checked})");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
+}
+
+#[test]
+fn a_state_directory_owned_by_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let me = std::fs::metadata(dir.path()).unwrap().uid();
+    // Only root can give a directory away; as another user, make one that
+    // root owns instead: /tmp's parent is root's.
+    let foreign = if me == 0 {
+        let chowned = std::process::Command::new("chown").arg("65534").arg(&state).status().unwrap();
+        assert!(chowned.success());
+        state.clone()
+    } else {
+        std::path::PathBuf::from("/")
+    };
+    let out = crate::exec::wfrun()
+        .arg("--state-dir")
+        .arg(&foreign)
+        .args(["exec", crate::guests::guest("hello").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "a state directory another user owns is not used");
+    assert!(!foreign.join("wfrun.db").exists());
+}
