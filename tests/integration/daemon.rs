@@ -551,14 +551,21 @@ fn a_job_that_keeps_failing_is_retried_with_backoff_then_paused() {
 }
 
 #[test]
-fn recovery_leaves_live_runs_alone_and_distrusts_process_ids_from_another_boot() {
+fn recovery_leaves_live_runs_alone_and_distrusts_process_ids_from_another_boot_or_reused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let mut live = Command::new("sleep").arg("30").spawn().unwrap();
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_owned();
     let db = rusqlite::Connection::open(dir.path().join("wfrun.db")).unwrap();
+    // The live process's start time, as the store records its own.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", live.id())).unwrap();
+    let started: u64 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap();
+    let (owned, reused) = (format!("{boot}/{started}"), format!("{boot}/{}", started + 1));
     for (id, pid, owner_boot) in [
         ("live-this-boot", live.id(), boot.as_str()),
+        ("live-with-start-time", live.id(), owned.as_str()),
+        // The same pid, now another process: it started at another time.
+        ("pid-reused", live.id(), reused.as_str()),
         ("same-pid-other-boot", live.id(), "00000000-0000-0000-0000-000000000000"),
         ("dead", 0x7fff_fff0, boot.as_str()),
     ] {
@@ -571,8 +578,9 @@ fn recovery_leaves_live_runs_alone_and_distrusts_process_ids_from_another_boot()
     }
     let mut recovered = store.recover_interrupted().unwrap();
     recovered.sort();
-    assert_eq!(recovered, ["dead", "same-pid-other-boot"]);
+    assert_eq!(recovered, ["dead", "pid-reused", "same-pid-other-boot"]);
     assert_eq!(store.run("live-this-boot").unwrap().unwrap().status, RunStatus::Running);
+    assert_eq!(store.run("live-with-start-time").unwrap().unwrap().status, RunStatus::Running);
     let dead = store.run("dead").unwrap().unwrap();
     assert_eq!((dead.status, dead.error_code), (RunStatus::Interrupted, Some(ErrorCode::Interrupted)));
     let _ = live.kill();

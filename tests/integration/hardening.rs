@@ -314,3 +314,64 @@ fn a_state_directory_owned_by_another_user_is_refused() {
     assert_ne!(out.status.code(), Some(0), "a state directory another user owns is not used");
     assert!(!foreign.join("wfrun.db").exists());
 }
+
+#[test]
+fn a_ten_thousand_node_workflow_packs_and_inspects_in_linear_time() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(crate::guests::guest("hello"), dir.path().join("hello.wasm")).unwrap();
+    let mut text = String::from("name = \"big\"\nversion = \"1\"\n");
+    for i in 0..10_000 {
+        text += &format!("[nodes.n{i:05}]\ncomponent = \"hello.wasm\"\n");
+        if i > 0 {
+            text += &format!("depends_on = [\"n{:05}\"]\n", i - 1);
+        }
+    }
+    std::fs::write(dir.path().join("workflow.toml"), &text).unwrap();
+    let bundle = dir.path().join("big.wasm");
+    // Before the fix: 42 s to pack and 20 s to inspect (quadratic planning,
+    // and each node's component loaded again). The bound is generous.
+    let mut pack = crate::exec::wfrun();
+    pack.arg("pack").arg(dir.path().join("workflow.toml")).arg("-o").arg(&bundle);
+    assert_eq!(run_bounded(pack, 500, Duration::from_secs(15)).code, Some(0));
+    let mut inspect = crate::exec::wfrun();
+    inspect.arg("inspect").arg(&bundle).arg("--json");
+    let ended = run_bounded(inspect, 500, Duration::from_secs(15));
+    assert_eq!(ended.code, Some(0));
+    let info: serde_json::Value = serde_json::from_str(&ended.stdout).unwrap();
+    assert_eq!(
+        info["nodes"].as_array().map(Vec::len),
+        Some(10_000),
+        "{}",
+        &ended.stdout[..200.min(ended.stdout.len())]
+    );
+
+    // One node more than the cap is refused, with the field named.
+    text += "[nodes.n10000]\ncomponent = \"hello.wasm\"\n";
+    std::fs::write(dir.path().join("workflow.toml"), &text).unwrap();
+    let out =
+        crate::exec::wfrun().arg("pack").arg(dir.path().join("workflow.toml")).arg("-o").arg(&bundle).output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+}
+
+#[test]
+fn pack_refuses_to_overwrite_its_own_workflow_or_any_file_that_is_not_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(crate::guests::guest("hello"), dir.path().join("hello.wasm")).unwrap();
+    let manifest = dir.path().join("workflow.toml");
+    let text = "name = \"w\"\nversion = \"1\"\n[nodes.a]\ncomponent = \"hello.wasm\"\n";
+    std::fs::write(&manifest, text).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "keep me").unwrap();
+    for target in [manifest.clone(), dir.path().join("notes.txt")] {
+        let out = crate::exec::wfrun().arg("pack").arg(&manifest).arg("-o").arg(&target).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", target.display());
+    }
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), text);
+    assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "keep me");
+    // A new file, or an existing bundle, is fine.
+    let out =
+        crate::exec::wfrun().arg("pack").arg(&manifest).arg("-o").arg(dir.path().join("w.wasm")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out =
+        crate::exec::wfrun().arg("pack").arg(&manifest).arg("-o").arg(dir.path().join("w.wasm")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}

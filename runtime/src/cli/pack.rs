@@ -28,6 +28,24 @@ impl PackCommand {
     /// components go into the state directory's cache, so the bundle's first
     /// `wfrun exec` with default engine settings does not compile them again.
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        // Never write over the workflow itself, or over any file that is
+        // not a Wasm binary (a typo'd `-o` must not eat a source file).
+        let same = std::fs::canonicalize(&self.output)
+            .ok()
+            .is_some_and(|out| std::fs::canonicalize(&self.manifest).is_ok_and(|manifest| manifest == out));
+        let not_wasm = std::fs::File::open(&self.output).ok().is_some_and(|mut file| {
+            use std::io::Read;
+            let mut magic = [0u8; 4];
+            file.read_exact(&mut magic).is_err() || &magic != b"\0asm"
+        });
+        if same || (self.output.is_file() && not_wasm) {
+            eprintln!(
+                "wfrun: invalid_input: -o {}: refusing to overwrite {}; name a new file or an existing bundle",
+                self.output.display(),
+                if same { "the workflow being packed" } else { "a file that is not a Wasm bundle" }
+            );
+            return Ok(ExitStatus::Usage);
+        }
         let cache_dir = Some(global.state_dir().join("cache"));
         let sandbox = Sandbox::new(EngineOptions { cache_dir, ..EngineOptions::default() })?;
         let bytes = match crate::workflow::pack(&sandbox, &self.manifest) {

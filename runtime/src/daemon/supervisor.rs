@@ -130,6 +130,12 @@ impl Daemon {
             if attempt == retry.max_attempts {
                 return;
             }
+            // A bundle refused as it is (a bad signature, a policy, not a
+            // component) is refused again until it changes: no retry.
+            if report.error_code == Some(crate::outcome::ErrorCode::InvalidBundle) {
+                tracing::warn!("job {name}: run {run_id} refused with invalid_bundle; not retried");
+                return;
+            }
             // The retry is in flight from now: `cancel` and `status` see it.
             run_id = new_run_id();
             self.register(&run_id, name, &cancel);

@@ -130,10 +130,20 @@ impl Store {
             drop(stmt);
             let boot = boot_id();
             let mut recovered = Vec::new();
-            for (id, pid, owner_boot) in running {
-                // A process id from before a reboot may belong to anything now.
+            for (id, pid, owner) in running {
+                // `owner_boot` is `BOOT_ID/START_TIME`: a process id from
+                // before a reboot, or reused since by another process (its
+                // start time differs), is not the run's owner.
+                let (owner_boot, started) = match owner.as_deref().map(|o| o.split_once('/')) {
+                    Some(Some((boot, started))) => (Some(boot.to_owned()), started.parse::<u64>().ok()),
+                    _ => (owner.clone(), None),
+                };
                 let same_boot = owner_boot.is_none() || owner_boot == boot;
-                if same_boot && pid.is_some_and(|pid| pid != std::process::id() && process_alive(pid)) {
+                let alive = |pid: u32| match started {
+                    Some(started) => process_start_time(pid) == Some(started),
+                    None => process_alive(pid),
+                };
+                if same_boot && pid.is_some_and(|pid| pid != std::process::id() && alive(pid)) {
                     continue;
                 }
                 tx.execute(
@@ -210,7 +220,7 @@ fn insert_run(tx: &Transaction, run: &NewRun, at: &str) -> rusqlite::Result<()> 
             at,
             std::process::id(),
             run.job,
-            boot_id()
+            owner_token()
         ],
     )?;
     tx.execute("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)", params![run.id, at])?;
@@ -325,6 +335,24 @@ pub(super) fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Opti
 /// that a process id recorded before a reboot is not taken for a live one.
 fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned())
+}
+
+/// This process as a run's owner: `BOOT_ID/START_TIME`.
+fn owner_token() -> Option<String> {
+    let boot = boot_id()?;
+    Some(match process_start_time(std::process::id()) {
+        Some(started) => format!("{boot}/{started}"),
+        None => boot,
+    })
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`), if it exists.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields count from
+    // after its closing one (field 3, the state, is the first there).
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Whether process `pid` exists (Linux: `/proc/<pid>`). Elsewhere every

@@ -41,7 +41,8 @@ pub enum PackError {
 /// is a node, and nests each distinct component once.
 pub fn pack(sandbox: &Sandbox, manifest: &std::path::Path) -> Result<Vec<u8>, PackError> {
     let path = manifest.display().to_string();
-    let text = std::fs::read_to_string(manifest).map_err(|source| PackError::Read { path: path.clone(), source })?;
+    let text = crate::files::read_capped_text(manifest, crate::files::caps::SETTINGS)
+        .map_err(|source| PackError::Read { path: path.clone(), source })?;
     let definition =
         WorkflowDef::from_toml(&text, &path).map_err(|source| PackError::Definition { path: path.clone(), source })?;
     Plan::of(&definition).map_err(|source| PackError::Definition { path: path.clone(), source })?;
@@ -49,8 +50,14 @@ pub fn pack(sandbox: &Sandbox, manifest: &std::path::Path) -> Result<Vec<u8>, Pa
     let mut components: Vec<Vec<u8>> = Vec::new();
     let mut by_digest: BTreeMap<String, usize> = BTreeMap::new();
     let mut index_of = BTreeMap::new();
+    // Each distinct file is read and loaded once, however many nodes name it.
+    let mut by_file: BTreeMap<std::path::PathBuf, usize> = BTreeMap::new();
     for (id, node) in &definition.nodes {
         let file = base.join(&node.component);
+        if let Some(index) = by_file.get(&file) {
+            index_of.insert(id.clone(), *index);
+            continue;
+        }
         let error = |reason: String| PackError::Component { node: id.clone(), reason };
         let bundle = Bundle::read(&file).map_err(|e| error(e.to_string()))?;
         if bundle.workflow().is_some() {
@@ -68,6 +75,7 @@ pub fn pack(sandbox: &Sandbox, manifest: &std::path::Path) -> Result<Vec<u8>, Pa
             components.len() - 1
         });
         index_of.insert(id.clone(), index);
+        by_file.insert(file, index);
     }
     let embedded = EmbeddedWorkflow { format: WORKFLOW_FORMAT, definition, components: index_of };
     Ok(crate::bundle::pack(&embedded, &components))

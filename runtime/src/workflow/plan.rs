@@ -82,6 +82,13 @@ impl Plan {
         if def.nodes.is_empty() {
             return Err(DefinitionError::Empty { field: "nodes".to_owned() });
         }
+        if def.nodes.len() > MAX_NODES {
+            return Err(bad(
+                "nodes",
+                &def.nodes.len().to_string(),
+                &format!("a workflow has at most {MAX_NODES} nodes"),
+            ));
+        }
         if def.max_parallel == 0 {
             return Err(bad("max_parallel", "0", "must be at least 1"));
         }
@@ -257,6 +264,10 @@ impl RetryPolicy {
     }
 }
 
+/// The most nodes a workflow may have. Planning is linear in nodes and
+/// edges; the cap bounds what one definition can cost to plan and run.
+pub const MAX_NODES: usize = 10_000;
+
 fn bad(location: &str, value: &str, reason: &str) -> DefinitionError {
     DefinitionError::BadValue { location: location.to_owned(), value: value.to_owned(), reason: reason.to_owned() }
 }
@@ -302,14 +313,25 @@ fn check_mapping(id: &str, node: &NodeDef, key: &str, reference: &str) -> Result
 }
 
 fn topological_order(nodes: &BTreeMap<String, NodeDef>) -> Result<Vec<String>, DefinitionError> {
+    // Kahn's algorithm: each node and each dependency edge is visited once.
     let mut waiting: BTreeMap<&str, usize> = nodes.iter().map(|(id, n)| (id.as_str(), n.depends_on.len())).collect();
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, node) in nodes {
+        for dependency in &node.depends_on {
+            dependents.entry(dependency.as_str()).or_default().push(id.as_str());
+        }
+    }
+    let mut ready: BTreeSet<&str> = waiting.iter().filter(|(_, deps)| **deps == 0).map(|(id, _)| *id).collect();
     let mut order = Vec::with_capacity(nodes.len());
     // Lowest id among the ready ones each time: a deterministic order.
-    while let Some(next) = waiting.iter().find(|(_, deps)| **deps == 0).map(|(id, _)| *id) {
+    while let Some(next) = ready.pop_first() {
         waiting.remove(next);
-        for (id, node) in nodes {
-            if let Some(count) = waiting.get_mut(id.as_str()) {
-                *count -= node.depends_on.iter().filter(|d| *d == next).count();
+        for dependent in dependents.get(next).into_iter().flatten() {
+            if let Some(count) = waiting.get_mut(dependent) {
+                *count -= 1;
+                if *count == 0 {
+                    ready.insert(dependent);
+                }
             }
         }
         order.push(next.to_owned());
@@ -435,6 +457,25 @@ mod tests {
         assert!(
             matches!(with(&zero).unwrap_err(), DefinitionError::BadValue { location, .. } if location == "nodes.total.limits.timeout")
         );
+    }
+
+    #[test]
+    fn a_long_chain_plans_in_order_and_more_nodes_than_the_cap_are_refused() {
+        let chain = |n: usize| {
+            let mut text = String::from("name = \"chain\"\nversion = \"1\"\n");
+            for i in 0..n {
+                text += &format!("[nodes.n{i:05}]\ncomponent = \"c.wasm\"\n");
+                if i > 0 {
+                    text += &format!("depends_on = [\"n{:05}\"]\n", i - 1);
+                }
+            }
+            text
+        };
+        let plan = with(&chain(MAX_NODES)).unwrap();
+        assert_eq!(plan.order.len(), MAX_NODES);
+        assert!(plan.order.windows(2).all(|w| w[0] < w[1]), "each after the one it depends on");
+        let refused = with(&chain(MAX_NODES + 1)).unwrap_err();
+        assert!(matches!(refused, DefinitionError::BadValue { .. }), "{refused}");
     }
 
     #[test]
