@@ -232,32 +232,6 @@ async fn control(daemon: &Arc<Daemon>, request: Request<hyper::body::Incoming>) 
     answer(status, serde_json::to_value(&response).unwrap_or_default())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_delivery_is_taken_once_per_job_within_the_window() {
-        let mut deliveries = Deliveries::default();
-        assert_eq!(deliveries.admit("hook", "d1", 1000), Ok(()));
-        assert_eq!(deliveries.admit("hook", "d1", 1100), Err("replayed"));
-        assert_eq!(deliveries.admit("other", "d1", 1100), Ok(()), "ids are per job");
-        assert_eq!(deliveries.admit("hook", "d1", 1000 + 2 * SIGNATURE_TOLERANCE_S + 1), Ok(()), "forgotten after");
-    }
-
-    #[test]
-    fn only_loopback_names_and_the_listen_address_are_our_host() {
-        let listen = Some("10.0.0.5:8787".parse().unwrap());
-        for ours in ["127.0.0.1:8787", "localhost:8787", "LOCALHOST", "[::1]:8787", "10.0.0.5:8787", "127.0.0.2"] {
-            assert!(host_is_ours(Some(ours), listen), "{ours}");
-        }
-        for theirs in ["evil.example:8787", "10.0.0.6:8787", "127.0.0.1.evil.example", "", "[::2]:1"] {
-            assert!(!host_is_ours(Some(theirs), listen), "{theirs}");
-        }
-        assert!(!host_is_ours(None, listen));
-    }
-}
-
 /// Compares without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -376,5 +350,31 @@ async fn handle(
             };
             refuse(status, e.code(), e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_is_taken_once_per_job_within_the_window() {
+        let mut deliveries = Deliveries::default();
+        assert_eq!(deliveries.admit("hook", "d1", 1000), Ok(()));
+        assert_eq!(deliveries.admit("hook", "d1", 1100), Err("replayed"));
+        assert_eq!(deliveries.admit("other", "d1", 1100), Ok(()), "ids are per job");
+        assert_eq!(deliveries.admit("hook", "d1", 1000 + 2 * SIGNATURE_TOLERANCE_S + 1), Ok(()), "forgotten after");
+    }
+
+    #[test]
+    fn only_loopback_names_and_the_listen_address_are_our_host() {
+        let listen = Some("10.0.0.5:8787".parse().unwrap());
+        for ours in ["127.0.0.1:8787", "localhost:8787", "LOCALHOST", "[::1]:8787", "10.0.0.5:8787", "127.0.0.2"] {
+            assert!(host_is_ours(Some(ours), listen), "{ours}");
+        }
+        for theirs in ["evil.example:8787", "10.0.0.6:8787", "127.0.0.1.evil.example", "", "[::2]:1"] {
+            assert!(!host_is_ours(Some(theirs), listen), "{theirs}");
+        }
+        assert!(!host_is_ours(None, listen));
     }
 }
