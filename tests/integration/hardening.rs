@@ -375,3 +375,56 @@ fn pack_refuses_to_overwrite_its_own_workflow_or_any_file_that_is_not_a_bundle()
         crate::exec::wfrun().arg("pack").arg(&manifest).arg("-o").arg(dir.path().join("w.wasm")).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn a_state_value_of_the_wrong_sqlite_type_is_a_host_error_not_a_guest_trap() {
+    let counter = crate::guests::guest("counter");
+    let state = tempfile::tempdir().unwrap();
+    let exec = || {
+        let out = crate::exec::wfrun()
+            .env("WFRUN_DIR", state.path())
+            .args(["exec", "--json", counter.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out.status.code(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+    };
+    let (code, first) = exec();
+    assert_eq!(code, Some(0), "{first}");
+    let db = rusqlite::Connection::open(state.path().join("wfrun.db")).unwrap();
+    // Another tool wrote a REAL where wfrun keeps bytes.
+    let changed = db.execute("UPDATE state SET value = 3.5", []).unwrap();
+    assert!(changed > 0);
+    let (code, report) = exec();
+    assert_eq!(report["error_code"], "host_error", "{report}");
+    assert_eq!(code, Some(1));
+    // TEXT is taken as its bytes.
+    db.execute("UPDATE state SET value = CAST(value AS TEXT)", []).unwrap();
+    db.execute("UPDATE state SET value = '41'", []).unwrap();
+    let (code, report) = exec();
+    assert_eq!((code, &report["output"]["count"]), (Some(0), &serde_json::json!(42)), "{report}");
+}
+
+#[test]
+fn a_cache_entry_path_that_is_a_directory_leaves_no_temporary_files() {
+    let state = tempfile::tempdir().unwrap();
+    let hello = crate::guests::guest("hello");
+    let exec = || {
+        let out = crate::exec::wfrun()
+            .env("WFRUN_DIR", state.path())
+            .args(["exec", "-q", hello.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+    };
+    exec();
+    let cache = state.path().join("cache");
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1);
+    std::fs::remove_file(&entries[0]).unwrap();
+    std::fs::create_dir(&entries[0]).unwrap();
+    for _ in 0..3 {
+        exec();
+    }
+    let left: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}

@@ -191,11 +191,20 @@ impl ResourceLimiter for StoreLimiter {
     }
 }
 
+/// A host import failed for the host's own reasons (its database, its
+/// disk): the run ends as `host_error`, not as the guest's `trap`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("host error: {0}")]
+pub struct HostFault(pub String);
+
 /// Maps an error that ended a run to its stable code.
 ///
 /// Limits the host raises itself travel as [`LimitExceeded`]; wasmtime's own
 /// traps map by kind. Anything else a guest can cause is a `trap`.
 pub fn classify(error: &wasmtime::Error, limits: &Limits) -> (ErrorCode, String) {
+    if let Some(fault) = error.downcast_ref::<HostFault>() {
+        return (ErrorCode::HostError, fault.to_string());
+    }
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return (limit.code(), limit.to_string());
     }

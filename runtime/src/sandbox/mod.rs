@@ -24,7 +24,7 @@ pub mod shape;
 pub use cache::Origin;
 pub use capture::Tee;
 pub use host::{NodeServices, StateAccess};
-pub use limits::{LimitExceeded, Limits};
+pub use limits::{HostFault, LimitExceeded, Limits};
 
 use crate::egress::client::EgressHooks;
 use crate::egress::{EgressPolicy, EgressRun, rule::Scheme};

@@ -69,6 +69,14 @@ pub enum StoreError {
         /// The newest this wfrun knows.
         known: u32,
     },
+    /// A stored value is not of the shape wfrun writes.
+    #[error("{what}: {reason}")]
+    Corrupt {
+        /// Which value.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Now, as RFC 3339 with milliseconds.

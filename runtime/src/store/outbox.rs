@@ -12,7 +12,8 @@
 //! The outbox is bounded by count and by bytes ([`OutboxLimits`]). When a
 //! new report would pass a bound, the **oldest** reports are dropped (a run
 //! never waits or fails for it), and the drop is counted: how many, and the
-//! first and last dropped report ids. The next batch carries that count as
+//! first and last dropped report ids (a report of the batch in flight
+//! that was dropped but then acknowledged is not counted). The next batch carries that count as
 //! a report of its own (`kind = "outbox_dropped"`), which is never dropped;
 //! one such notice waits at a time, and drops after it are counted for the
 //! next, so a long outage cannot fill the outbox with notices.
@@ -320,6 +321,12 @@ impl Reporter {
                 .optional()?;
             let Some((seq, id, size)) = oldest else { break };
             tx.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+            if meta(tx, "in_flight")?.is_some_and(|ids| ids.split(' ').any(|i| i == id)) {
+                let mut dropped = meta(tx, "in_flight_dropped")?.unwrap_or_default();
+                dropped.push(' ');
+                dropped.push_str(&id);
+                set_meta(tx, "in_flight_dropped", dropped.trim())?;
+            }
             add_meta(tx, "dropped", 1)?;
             add_meta(tx, "dropped_total", 1)?;
             if meta(tx, "dropped_first")?.is_none() {
@@ -380,6 +387,8 @@ impl Store {
                     [],
                 )?;
             }
+            // The last batch's fate is known by now.
+            tx.execute("DELETE FROM outbox_meta WHERE key IN ('in_flight', 'in_flight_dropped')", [])?;
             let mut stmt = tx.prepare("SELECT seq, report_id, body FROM outbox ORDER BY seq LIMIT ?1")?;
             let rows: Vec<(i64, String, Option<String>)> = stmt
                 .query_map(params![max_reports.max(1) as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2).ok())))?
@@ -406,6 +415,10 @@ impl Store {
                 total += body.len() as u64;
                 batch.push(Queued { seq, report_id, body });
             }
+            // Remembered, so that a report of this batch dropped while the
+            // receiver stores it is not counted as dropped once acknowledged.
+            let ids: Vec<&str> = batch.iter().map(|q| q.report_id.as_str()).collect();
+            set_meta(tx, "in_flight", &ids.join(" "))?;
             Ok(batch)
         })
     }
@@ -415,6 +428,18 @@ impl Store {
         self.write_durably(|tx| {
             for id in report_ids {
                 tx.execute("DELETE FROM outbox WHERE report_id = ?1", params![id])?;
+            }
+            // Dropped while in flight, yet delivered: not a drop after all.
+            if let Some(dropped) = meta(tx, "in_flight_dropped")? {
+                let delivered = dropped.split(' ').filter(|id| report_ids.iter().any(|r| r == id)).count() as u64;
+                if delivered > 0 {
+                    for key in ["dropped", "dropped_total"] {
+                        let value = meta(tx, key)?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                        set_meta(tx, key, &value.saturating_sub(delivered).to_string())?;
+                    }
+                    let rest: Vec<&str> = dropped.split(' ').filter(|id| !report_ids.iter().any(|r| r == id)).collect();
+                    set_meta(tx, "in_flight_dropped", &rest.join(" "))?;
+                }
             }
             set_meta(tx, "last_upload", &now())
         })
@@ -550,6 +575,26 @@ mod tests {
         }
         let status = store.outbox_status().unwrap();
         assert!(status.bytes <= 2000 && status.dropped_total > 0, "{status:?}");
+    }
+
+    #[test]
+    fn a_batch_in_flight_is_not_dropped_so_nothing_is_both_delivered_and_counted_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reporting(dir.path(), OutboxLimits { max_reports: 10, max_bytes: 1 << 20 });
+        for i in 0..10 {
+            run(&store, &format!("a{i}"));
+        }
+        let in_flight = store.outbox_batch(4, 1 << 20).unwrap();
+        for i in 0..10 {
+            run(&store, &format!("b{i}"));
+        }
+        // The receiver stored the batch while the outbox kept filling.
+        store.acknowledge(&in_flight.iter().map(|q| q.report_id.clone()).collect::<Vec<_>>()).unwrap();
+        let status = store.outbox_status().unwrap();
+        assert!(status.depth <= 10, "{status:?}");
+        let rest = reports(&store.outbox_batch(100, 1 << 20).unwrap());
+        let runs = rest.iter().filter(|r| r.kind == "run").count() as u64;
+        assert_eq!(in_flight.len() as u64 + runs + status.dropped_total, 20, "each run delivered or dropped, once");
     }
 
     #[test]

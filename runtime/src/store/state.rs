@@ -14,12 +14,24 @@ pub type StateWrites = BTreeMap<String, Option<Vec<u8>>>;
 impl Store {
     /// The value of `key` in `workflow`'s state.
     pub fn state_get(&self, workflow: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read(|conn| {
+        use rusqlite::types::Value;
+        // A value written as TEXT by another tool is its bytes; any other
+        // SQLite type is the host's problem, reported as a store error.
+        let value = self.read(|conn| {
             conn.query_row("SELECT value FROM state WHERE workflow = ?1 AND key = ?2", params![workflow, key], |r| {
-                r.get(0)
+                r.get::<_, Value>(0)
             })
             .optional()
-        })
+        })?;
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Blob(bytes)) => Ok(Some(bytes)),
+            Some(Value::Text(text)) => Ok(Some(text.into_bytes())),
+            Some(other) => Err(StoreError::Corrupt {
+                what: format!("state {workflow:?} key {key:?}"),
+                reason: format!("a value of SQLite type {}, not bytes", other.data_type()),
+            }),
+        }
     }
 
     /// Every key of `workflow`'s state with its stored size (key + value).

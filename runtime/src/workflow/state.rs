@@ -73,7 +73,11 @@ impl RunOverlay {
     ) -> wasmtime::Result<(std::sync::MutexGuard<'_, Layers>, BTreeMap<String, u64>)> {
         let mut layers = self.layers.lock().unwrap();
         if layers.stored.is_none() {
-            layers.stored = Some(self.store.state_sizes(&self.workflow)?);
+            layers.stored = Some(
+                self.store
+                    .state_sizes(&self.workflow)
+                    .map_err(|e| wasmtime::Error::new(crate::sandbox::HostFault(e.to_string())))?,
+            );
         }
         let mut sizes = layers.stored.clone().unwrap_or_default();
         apply(&mut sizes, &layers.committed);
@@ -150,7 +154,8 @@ impl StateAccess for AttemptState {
                 return Ok(Ok(value.clone()));
             }
         }
-        Ok(Ok(self.run.store.state_get(&self.run.workflow, key)?))
+        let stored = self.run.store.state_get(&self.run.workflow, key);
+        Ok(Ok(stored.map_err(|e| wasmtime::Error::new(crate::sandbox::HostFault(e.to_string())))?))
     }
 
     fn set(&self, key: &str, value: Vec<u8>) -> wasmtime::Result<Result<(), StateError>> {
