@@ -318,6 +318,9 @@ fn a_webhook_runs_its_job_and_refuses_forged_replayed_stale_and_cross_site_reque
     assert_eq!(code(post(port, "/hooks/signed", &body_only, body)), (401, "bad_signature".into()));
     let (status, answer) = post(port, "/hooks/signed", &signed(now, "d-1", body), body);
     assert_eq!(status, 202, "{answer}");
+    // (The job takes one run at a time: let this one end.)
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    assert!(wait_for(Duration::from_secs(30), || daemon.run(&run_id).is_some_and(|r| r.status.is_finished())));
     // A captured request, sent again: refused. Signed long ago: refused.
     assert_eq!(code(post(port, "/hooks/signed", &signed(now, "d-1", body), body)), (409, "replayed".into()));
     assert_eq!(

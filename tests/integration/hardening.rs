@@ -428,3 +428,57 @@ fn a_cache_entry_path_that_is_a_directory_leaves_no_temporary_files() {
     let left: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 1, "{left:?}");
 }
+
+#[test]
+fn runs_prune_keeps_the_newest_runs_and_removes_the_rest_with_their_logs() {
+    let state = tempfile::tempdir().unwrap();
+    let hello = crate::guests::guest("hello");
+    for _ in 0..3 {
+        let out = crate::exec::wfrun()
+            .env("WFRUN_DIR", state.path())
+            .args(["exec", "-q", hello.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let logs = || std::fs::read_dir(state.path().join("logs")).unwrap().count();
+    assert_eq!(logs(), 3, "hello logs a line each run");
+    let out = crate::exec::wfrun()
+        .env("WFRUN_DIR", state.path())
+        .args(["runs", "prune", "--keep", "1", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((pruned["runs"].as_u64(), pruned["log_dirs"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(logs(), 1);
+    let out = crate::exec::wfrun().env("WFRUN_DIR", state.path()).args(["runs", "list", "--json"]).output().unwrap();
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.len(), 1);
+    let bad = crate::exec::wfrun()
+        .env("WFRUN_DIR", state.path())
+        .args(["runs", "prune", "--older-than", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn a_bundle_refused_as_invalid_is_not_retried() {
+    use crate::daemon::toml_path;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("notes.wasm");
+    std::fs::write(&bundle, "not wasm").unwrap();
+    let daemon = DaemonProcess::start(&format!(
+        "[retry]\ninitial_backoff = \"50ms\"\nmax_attempts = 3\n[jobs.bad]\nbundle = {}\n",
+        toml_path(&bundle)
+    ));
+    let out = daemon.wfrun(&["trigger", "bad"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(wait_for(Duration::from_secs(10), || !daemon.runs().is_empty()));
+    // Retries would come after 50 and 100 ms.
+    std::thread::sleep(Duration::from_millis(1000));
+    let runs = daemon.runs();
+    assert_eq!(runs.len(), 1, "{:?}", runs.iter().map(|r| r.error_code).collect::<Vec<_>>());
+    assert_eq!(runs[0].error_code, Some(wfrun_runtime::outcome::ErrorCode::InvalidBundle));
+}

@@ -42,6 +42,24 @@ enum RunsSubcommand {
         #[arg(long)]
         trace: bool,
     },
+    /// Remove old runs and their logs: finished runs older than
+    /// `--older-than` or beyond the newest `--keep`, then the oldest logs
+    /// while all logs are over `--max-log-size`. A running run, or one whose
+    /// report the daemon has not delivered yet, is never removed.
+    Prune {
+        /// Remove finished runs older than this.
+        #[arg(long, value_name = "DURATION", value_parser = parse_age, default_value = "30days")]
+        older_than: std::time::Duration,
+        /// Keep at most this many runs (the newest).
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        keep: u64,
+        /// Keep all run logs together under this size.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1GiB")]
+        max_log_size: u64,
+        /// Print what was removed as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a run's captured logs (log lines, stdout, stderr) per node.
     Logs {
         /// The run id.
@@ -50,6 +68,15 @@ enum RunsSubcommand {
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
     },
+}
+
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    crate::units::duration(text, std::time::Duration::ZERO..=std::time::Duration::from_secs(100 * 365 * 86400))
+        .map_err(|e| e.to_string())
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    crate::units::size(text, 0..=u64::MAX).map_err(|e| e.to_string())
 }
 
 fn parse_status(text: &str) -> Result<RunStatus, String> {
@@ -66,6 +93,10 @@ impl RunsCommand {
             match self.command {
                 RunsSubcommand::List { json: true, .. } => println!("[]"),
                 RunsSubcommand::List { .. } => eprintln!("wfrun: no runs recorded in {}", dir.display()),
+                RunsSubcommand::Prune { json: true, .. } => {
+                    println!("{}", serde_json::to_string(&crate::store::Pruned::default())?)
+                }
+                RunsSubcommand::Prune { .. } => eprintln!("wfrun: no runs recorded in {}", dir.display()),
                 RunsSubcommand::Show { run_id, .. } | RunsSubcommand::Logs { run_id, .. } => {
                     eprintln!("wfrun: no run {run_id:?} in {} (no runs recorded there)", dir.display());
                     return Ok(ExitStatus::Invalid);
@@ -80,6 +111,19 @@ impl RunsCommand {
                     println!("{}", serde_json::to_string(&runs)?);
                 } else {
                     print_list(&runs);
+                }
+            }
+            RunsSubcommand::Prune { older_than, keep, max_log_size, json } => {
+                let retention =
+                    crate::store::Retention { max_age: older_than, max_runs: keep, max_log_bytes: max_log_size };
+                let pruned = store.prune(&retention)?;
+                if json {
+                    println!("{}", serde_json::to_string(&pruned)?);
+                } else {
+                    println!(
+                        "removed {} run(s) and {} log director(ies), {} bytes",
+                        pruned.runs, pruned.log_dirs, pruned.log_bytes
+                    );
                 }
             }
             RunsSubcommand::Show { run_id, json, trace } => {

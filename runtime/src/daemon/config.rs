@@ -62,6 +62,8 @@ pub struct DaemonConfig {
     pub device_id: Option<String>,
     /// Reporting runs and release events to a receiver; `None`: no reports.
     pub report: Option<crate::report::ReportSettings>,
+    /// What of the run history is kept (pruned at start and hourly).
+    pub retention: crate::store::Retention,
 }
 
 /// The `[sync]` table: where releases come from and how they are tried.
@@ -104,6 +106,7 @@ impl Default for DaemonConfig {
             sync: None,
             device_id: None,
             report: None,
+            retention: crate::store::Retention::default(),
         }
     }
 }
@@ -130,6 +133,16 @@ struct File {
     #[serde(default)]
     device: DeviceSection,
     report: Option<ReportSection>,
+    #[serde(default)]
+    retention: RetentionSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionSection {
+    max_age: Option<String>,
+    max_runs: Option<u64>,
+    max_log_size: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -485,6 +498,19 @@ impl DaemonConfig {
         if let Some(report) = file.report {
             config.report = Some(report_settings(report, &resolve)?);
         }
+        let retention = file.retention;
+        if let Some(text) = &retention.max_age {
+            config.retention.max_age =
+                units::duration(text, Duration::from_secs(60)..=Duration::from_secs(100 * 365 * 86400))
+                    .map_err(|e| value("retention.max_age", e))?;
+        }
+        if let Some(n) = retention.max_runs {
+            config.retention.max_runs = n;
+        }
+        if let Some(text) = &retention.max_log_size {
+            config.retention.max_log_bytes =
+                units::size(text, 0..=u64::MAX).map_err(|e| value("retention.max_log_size", e))?;
+        }
         Ok(config)
     }
 
@@ -641,6 +667,22 @@ mod tests {
         assert!(matches!(
             err("[jobs.a]\nbundle = \"x\"\nmemory = \"1GiB\""),
             ConfigProblem::Job(JobError::MemoryOverDaemon { .. })
+        ));
+    }
+
+    #[test]
+    fn the_retention_table_sets_age_count_and_log_size() {
+        let parse = |text: &str| DaemonConfig::parse(text, Path::new("."));
+        assert_eq!(parse("").unwrap().retention, crate::store::Retention::default());
+        let config = parse("[retention]\nmax_age = \"7days\"\nmax_runs = 10\nmax_log_size = \"10MiB\"").unwrap();
+        assert_eq!(
+            config.retention,
+            crate::store::Retention { max_age: Duration::from_secs(7 * 86400), max_runs: 10, max_log_bytes: 10 << 20 }
+        );
+        assert!(matches!(parse("[retention]\nmax_agee = \"7days\""), Err(ConfigProblem::Parse(_))));
+        assert!(matches!(
+            parse("[retention]\nmax_age = \"1s\""),
+            Err(ConfigProblem::Value { key, .. }) if key == "retention.max_age"
         ));
     }
 

@@ -310,6 +310,25 @@ impl Daemon {
             eprintln!("wfrun daemon: {routes:?} on http://{}", listener.local_addr()?);
             listeners.push(tokio::spawn(control::http::serve(self.clone(), listener, routes)));
         }
+        // Retention: at start, then hourly.
+        let retention = {
+            let daemon = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    match daemon.store.prune(&daemon.config.retention) {
+                        Ok(p) if p.runs + p.log_dirs > 0 => tracing::info!(
+                            "retention: removed {} run(s), {} log director(ies), {} bytes",
+                            p.runs,
+                            p.log_dirs,
+                            p.log_bytes
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("retention: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            })
+        };
         let scheduler = tokio::spawn(scheduler::run(self.clone()));
         let sync = tokio::spawn(self.clone().sync_loop());
         let uploader = self.uploader.clone().map(|uploader| {
@@ -331,6 +350,7 @@ impl Daemon {
         }
         self.stopping.store(true, Ordering::SeqCst);
         scheduler.abort();
+        retention.abort();
         sync.abort();
         if let Some(uploader) = uploader {
             uploader.abort();

@@ -22,12 +22,14 @@ pub mod jobs;
 pub mod migrations;
 pub mod outbox;
 pub mod releases;
+pub mod retention;
 pub mod runs;
 pub mod state;
 
 pub use jobs::{JobRecord, JobSource};
 pub use outbox::{OutboxLimits, OutboxStatus, Queued, Report, Reporter};
 pub use releases::{ReleaseEvent, ReleaseRecord, ReleaseState, TransitionError};
+pub use retention::{Pruned, Retention};
 pub use runs::{NewRun, RunRecord};
 pub use state::StateWrites;
 
