@@ -43,11 +43,14 @@ pub enum ErrorCode {
     /// disk, or an I/O error. Neither the guest's fault nor the bundle's:
     /// the daemon retries it and never counts it toward pausing a job.
     HostError,
+    /// State the run read was changed by another run before this one could
+    /// commit, again and again: the run was re-run and gave up.
+    StateConflict,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::Timeout,
         ErrorCode::FuelExhausted,
         ErrorCode::MemoryLimit,
@@ -59,6 +62,7 @@ impl ErrorCode {
         ErrorCode::InvalidInput,
         ErrorCode::Interrupted,
         ErrorCode::HostError,
+        ErrorCode::StateConflict,
     ];
 
     /// The code as it is written in JSON and run records.
@@ -75,6 +79,7 @@ impl ErrorCode {
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::Interrupted => "interrupted",
             ErrorCode::HostError => "host_error",
+            ErrorCode::StateConflict => "state_conflict",
         }
     }
 
@@ -141,7 +146,7 @@ impl ExitStatus {
             },
             Some(code) if code.is_limit() => ExitStatus::Limit,
             Some(ErrorCode::Trap) => ExitStatus::Trap,
-            Some(ErrorCode::HostError) => ExitStatus::Internal,
+            Some(ErrorCode::HostError | ErrorCode::StateConflict) => ExitStatus::Internal,
             Some(_) => ExitStatus::Invalid,
         }
     }

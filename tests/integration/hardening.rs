@@ -482,3 +482,32 @@ fn a_bundle_refused_as_invalid_is_not_retried() {
     assert_eq!(runs.len(), 1, "{:?}", runs.iter().map(|r| r.error_code).collect::<Vec<_>>());
     assert_eq!(runs[0].error_code, Some(wfrun_runtime::outcome::ErrorCode::InvalidBundle));
 }
+
+#[test]
+fn concurrent_runs_of_the_counter_lose_no_update() {
+    let counter = crate::guests::guest("counter");
+    let state = tempfile::tempdir().unwrap();
+    let exec = || {
+        crate::exec::wfrun()
+            .env("WFRUN_DIR", state.path())
+            .args(["exec", "--json", counter.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Before the fix: 20 runs succeeded and the count was 9 to 17, the same
+    // count handed out up to 5 times.
+    let children: Vec<_> = (0..20).map(|_| exec()).collect();
+    let mut counts = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        counts.push(report["output"]["count"].as_u64().unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=20).collect::<Vec<u64>>(), "each count handed out once");
+    let out = exec().wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["output"]["count"], 21);
+}

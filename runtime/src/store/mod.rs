@@ -71,6 +71,15 @@ pub enum StoreError {
         /// The newest this wfrun knows.
         known: u32,
     },
+    /// A state key the run read was changed by another run before it
+    /// committed: nothing was written; the run may be run again.
+    #[error("state key {key:?} of workflow {workflow:?} changed while the run used it")]
+    StateConflict {
+        /// The workflow.
+        workflow: String,
+        /// The key.
+        key: String,
+    },
     /// A stored value is not of the shape wfrun writes.
     #[error("{what}: {reason}")]
     Corrupt {

@@ -92,15 +92,46 @@ impl Store {
     /// Records how run `report.run_id` ended, its node records and, for a
     /// run that succeeded, its state writes to `workflow`: all in one
     /// transaction.
-    pub fn finish_run(&self, workflow: &str, report: &RunReport, state: &StateWrites) -> Result<(), StoreError> {
+    ///
+    /// `reads` holds each key the run read from the store with the value it
+    /// saw. A run that succeeded commits only if every one is unchanged
+    /// (checked in the same write transaction); otherwise nothing is
+    /// written and [`StoreError::StateConflict`] says which key moved.
+    pub fn finish_run(
+        &self,
+        workflow: &str,
+        report: &RunReport,
+        state: &StateWrites,
+        reads: &StateWrites,
+    ) -> Result<(), StoreError> {
         let at = now();
-        self.write_run(|tx| {
+        let conflict = std::cell::RefCell::new(None);
+        let result = self.write_run(|tx| {
+            if report.status == RunStatus::Succeeded && !state.is_empty() {
+                for (key, seen) in reads {
+                    let now: Option<Vec<u8>> = tx
+                        .query_row(
+                            "SELECT CAST(value AS BLOB) FROM state WHERE workflow = ?1 AND key = ?2",
+                            params![workflow, key],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if &now != seen {
+                        *conflict.borrow_mut() = Some(key.clone());
+                        return Err(rusqlite::Error::QueryReturnedNoRows);
+                    }
+                }
+            }
             update_finished(tx, report, &at)?;
             if report.status == RunStatus::Succeeded {
                 super::state::apply(tx, workflow, state)?;
             }
             Ok(vec![report.run_id.clone()])
-        })?;
+        });
+        if let Some(key) = conflict.into_inner() {
+            return Err(StoreError::StateConflict { workflow: workflow.to_owned(), key });
+        }
+        result?;
         Ok(())
     }
 

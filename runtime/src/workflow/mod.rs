@@ -46,6 +46,9 @@ use tokio::task::JoinSet;
 
 /// Nodes of one run at the same time, unless the operator says otherwise.
 pub const DEFAULT_MAX_PARALLEL: usize = 4;
+/// How many times a run that lost a state race is run again before it
+/// fails with `state_conflict`.
+pub const MAX_STATE_CONFLICTS: u64 = 16;
 
 /// Why a bundle cannot be run as a workflow.
 #[derive(Debug, thiserror::Error)]
@@ -271,12 +274,56 @@ impl Workflow {
                 job: execution.job.clone(),
             })?;
         }
-        let started = Instant::now();
-        let overlay = store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.plan.name.clone(), grant.quota)));
         // The effective egress policy, once per run: every node shares it.
         let execution =
             Execution { grants: Grants { egress: Some(grant.egress.clone()), ..execution.grants }, ..execution };
-        let (mut report, records) = self.execute(sandbox, store, &run_id, overlay.clone(), grant, &execution).await;
+        // A run whose state reads were changed by another run before it
+        // could commit is run again, from a fresh overlay, a few times.
+        let mut conflicts = 0;
+        loop {
+            let overlay =
+                store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.plan.name.clone(), grant.quota)));
+            let mut report = self.execute_once(sandbox, store, &run_id, overlay.clone(), grant, &execution).await;
+            let Some(store) = store else { return Ok(report) };
+            let writes: StateWrites = overlay.as_ref().map(|o| o.take_writes()).unwrap_or_default();
+            let reads: StateWrites = overlay.as_ref().map(|o| o.take_reads()).unwrap_or_default();
+            match store.finish_run(&self.plan.name, &report, &writes, &reads) {
+                Err(StoreError::StateConflict { key, .. }) if conflicts < MAX_STATE_CONFLICTS => {
+                    conflicts += 1;
+                    tracing::debug!("run {run_id}: state key {key:?} changed under it; running it again");
+                    let mut jitter = [0u8; 1];
+                    let _ = getrandom::fill(&mut jitter);
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(jitter[0] % 20) * conflicts)).await;
+                }
+                Err(StoreError::StateConflict { key, .. }) => {
+                    report.status = RunStatus::Failed;
+                    report.error_code = Some(ErrorCode::StateConflict);
+                    report.output = None;
+                    report.error_message = Some(format!(
+                        "state key {key:?} was changed by other runs {} times while this run used it",
+                        conflicts + 1
+                    ));
+                    store.finish_run(&self.plan.name, &report, &StateWrites::new(), &StateWrites::new())?;
+                    return Ok(report);
+                }
+                result => return result.map(|()| report),
+            }
+        }
+    }
+
+    /// One execution of the run, its report complete but not recorded.
+    async fn execute_once(
+        self: &Arc<Self>,
+        sandbox: &Arc<Sandbox>,
+        store: Option<&Arc<Store>>,
+        run_id: &str,
+        overlay: Option<Arc<RunOverlay>>,
+        grant: &Grant,
+        execution: &Execution,
+    ) -> RunReport {
+        let run_id = run_id.to_owned();
+        let started = Instant::now();
+        let (mut report, records) = self.execute(sandbox, store, &run_id, overlay, grant, execution).await;
         report.run_id = run_id.clone();
         report.kind = Some(self.plan.kind);
         report.workflow = Some(self.plan.name.clone());
@@ -298,11 +345,7 @@ impl Workflow {
             .collect();
         report.egress_not_granted = grant.egress.not_granted().iter().map(|r| r.to_string()).collect();
         report.nodes = records;
-        if let Some(store) = store {
-            let writes: StateWrites = overlay.map(|o| o.take_writes()).unwrap_or_default();
-            store.finish_run(&self.plan.name, &report, &writes)?;
-        }
-        Ok(report)
+        report
     }
 
     async fn execute(

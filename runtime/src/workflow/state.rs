@@ -7,7 +7,9 @@
 //! layer joins the committed writes; when it fails or is dropped, the layer
 //! is discarded, so a failed or retried attempt leaves no trace. The run's
 //! committed writes reach SQLite only if the whole run succeeds, in the
-//! transaction that records the run.
+//! transaction that records the run, and only if every key the run read
+//! from SQLite still holds the value it read (optimistic concurrency: a
+//! run that lost the race is run again, see `Workflow::run`).
 //!
 //! Quotas are checked on every write against the stored sizes plus *every*
 //! layer, including other attempts' pending writes, so nodes running side by
@@ -30,6 +32,9 @@ struct Layers {
     stored: Option<BTreeMap<String, u64>>,
     committed: StateWrites,
     pending: BTreeMap<u64, StateWrites>,
+    /// Each key read from the store, with the value first seen: checked
+    /// unchanged when the run commits.
+    reads: StateWrites,
     next_attempt: u64,
 }
 
@@ -51,6 +56,11 @@ impl RunOverlay {
     /// The writes to commit if the run succeeds.
     pub fn take_writes(&self) -> StateWrites {
         std::mem::take(&mut self.layers.lock().unwrap().committed)
+    }
+
+    /// The keys read from the store, with the values seen.
+    pub fn take_reads(&self) -> StateWrites {
+        std::mem::take(&mut self.layers.lock().unwrap().reads)
     }
 }
 
@@ -155,7 +165,9 @@ impl StateAccess for AttemptState {
             }
         }
         let stored = self.run.store.state_get(&self.run.workflow, key);
-        Ok(Ok(stored.map_err(|e| wasmtime::Error::new(crate::sandbox::HostFault(e.to_string())))?))
+        let value = stored.map_err(|e| wasmtime::Error::new(crate::sandbox::HostFault(e.to_string())))?;
+        self.run.layers.lock().unwrap().reads.entry(key.to_owned()).or_insert_with(|| value.clone());
+        Ok(Ok(value))
     }
 
     fn set(&self, key: &str, value: Vec<u8>) -> wasmtime::Result<Result<(), StateError>> {
