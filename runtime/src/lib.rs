@@ -39,6 +39,7 @@ pub mod daemon;
 pub mod egress;
 pub mod files;
 pub mod fleet;
+pub mod fuzzing;
 pub mod limits;
 pub mod manifest;
 pub mod outcome;

@@ -35,6 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "egress", "outcome", "units", "files", "settings",
         ],
     ),
+    ("fuzzing", &["bundle", "workflow", "manifest", "daemon", "sandbox"]),
     (
         "cli",
         &[

@@ -13,6 +13,7 @@
 //! `releases` checks the repositories `wfrun release` writes with python-tuf;
 //! `sync` runs the device's TUF client against both kinds of repository;
 //! `rotation` rotates keys and plays the attacks of a key holder;
+//! `fuzz_corpus` replays the saved fuzz inputs on stable;
 //! `hardening` replays the attacks that once worked, one test each;
 //! `durability` kills a process mid-transition of releases, again and again;
 //! `reports` runs daemons against `wfrun fleet serve` (and a misbehaving
@@ -23,6 +24,7 @@ mod daemon;
 mod durability;
 mod egress;
 mod exec;
+mod fuzz_corpus;
 mod guests;
 mod hardening;
 mod hostile;
