@@ -6,8 +6,11 @@
 
 use std::path::Path;
 
-/// The fuzz targets, by name: (name, function).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A fuzz target: its name and the function it feeds.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// The fuzz targets.
+pub const TARGETS: [Target; 6] = [
     ("bundle", bundle),
     ("workflow_toml", workflow_toml),
     ("daemon_config", daemon_config),
