@@ -8,7 +8,8 @@
 //! - leaves: [`manifest`] (the workflow and job formats), [`outcome`] (the
 //!   stable error codes, statuses and the run report), [`units`] (sizes and
 //!   durations), [`limits`] (a run's budget and limit requests), [`files`]
-//!   (private files, atomic writes), [`settings`] (precedence);
+//!   (private files, atomic writes), [`descriptors`] (the open-file limit
+//!   and each listener's share), [`settings`] (precedence);
 //! - [`egress`]: the HTTP and socket egress policy and its enforcement;
 //! - [`bundle`]: bundle files (components or workflow bundles), signatures;
 //! - [`sandbox`]: the engine, limits, captured output and the host side of
@@ -36,6 +37,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod daemon;
+pub mod descriptors;
 pub mod egress;
 pub mod files;
 pub mod fleet;

@@ -67,6 +67,11 @@ impl DaemonProcess {
         DaemonProcess { child, dir: Some(dir) }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.as_ref().expect("the directory is kept until the daemon is dropped").path()
     }
@@ -511,7 +516,7 @@ fn trusted_keys_in_the_config_refuse_unsigned_bundles() {
     ));
     let unsigned = stdout(&daemon.wfrun(&["trigger", "unsigned"])).trim().to_owned();
     let signed = stdout(&daemon.wfrun(&["trigger", "signed"])).trim().to_owned();
-    let finished = |id: &str| daemon.run(id).is_some_and(|r| r.status != RunStatus::Running);
+    let finished = |id: &str| daemon.run(id).is_some_and(|r| r.finished_at.is_some());
     assert!(wait_for(Duration::from_secs(30), || finished(&unsigned) && finished(&signed)), "{}", daemon.log());
     let refused = daemon.run(&unsigned).unwrap();
     assert_eq!(refused.error_code, Some(ErrorCode::InvalidBundle));
@@ -537,9 +542,13 @@ fn a_job_that_keeps_failing_is_retried_with_backoff_then_paused() {
     assert_eq!(runs.len(), 3, "one trigger, three attempts");
     assert!(runs.iter().all(|r| r.status == RunStatus::Failed && r.error_code == Some(ErrorCode::NodeError)));
     assert!(runs.iter().any(|r| r.run_id == first));
-    // Each attempt started after the one before had ended, plus the backoff.
-    let mut times: Vec<(String, String)> =
-        runs.iter().map(|r| (r.created_at.clone(), r.finished_at.clone().unwrap())).collect();
+    // Each attempt started (went `running`) after the one before had
+    // ended, plus the backoff. (A retry is recorded `pending` as its
+    // backoff begins.)
+    let started = |r: &wfrun_runtime::store::RunRecord| {
+        r.transitions.iter().find(|t| t.0 == RunStatus::Running).map(|t| t.1.clone()).unwrap()
+    };
+    let mut times: Vec<(String, String)> = runs.iter().map(|r| (started(r), r.finished_at.clone().unwrap())).collect();
     times.sort();
     for pair in times.windows(2) {
         let ended = humantime::parse_rfc3339(&pair[0].1).unwrap();

@@ -511,3 +511,172 @@ fn concurrent_runs_of_the_counter_lose_no_update() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["output"]["count"], 21);
 }
+
+#[test]
+fn a_triggered_run_is_on_record_before_its_id_is_returned_and_a_kill_9_cannot_lose_it() {
+    use crate::daemon::{stderr, toml_path};
+    use wfrun_runtime::outcome::{ErrorCode, RunStatus};
+    let hostile = crate::guests::guest("hostile");
+    let hello = crate::guests::guest("hello");
+    // One run slot, held by a guest that loops: the second trigger's run
+    // waits for it, and so has not loaded anything yet.
+    let config = format!(
+        "[daemon]\nmax_concurrent_runs = 1\n\
+         [jobs.spin]\nbundle = {}\ninput = '{{\"mode\": \"loop\"}}'\nfuel = 1000000000000000\ntimeout = \"5m\"\n\
+         [jobs.hello]\nbundle = {}\n",
+        toml_path(&hostile),
+        toml_path(&hello)
+    );
+    let mut daemon = DaemonProcess::start(&config);
+    let spin = daemon.wfrun(&["trigger", "spin"]);
+    assert_eq!(spin.status.code(), Some(0), "{}", stderr(&spin));
+    let spinning = String::from_utf8_lossy(&spin.stdout).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(10), || daemon
+        .run(&spinning)
+        .is_some_and(|r| r.status == RunStatus::Running)));
+
+    let queued = daemon.wfrun(&["trigger", "hello"]);
+    assert_eq!(queued.status.code(), Some(0), "{}", stderr(&queued));
+    let waiting = String::from_utf8_lossy(&queued.stdout).trim().to_owned();
+    let record = daemon.run(&waiting).expect("the id trigger printed names a run on record");
+    assert_eq!((record.status, record.job.as_deref()), (RunStatus::Pending, Some("hello")));
+
+    daemon.signal("-KILL");
+    daemon.wait(Duration::from_secs(5));
+    let daemon = DaemonProcess::start_in(daemon.into_dir(), &config);
+    for id in [&spinning, &waiting] {
+        let run = daemon.run(id).unwrap();
+        assert_eq!((run.status, run.error_code), (RunStatus::Interrupted, Some(ErrorCode::Interrupted)), "{id}");
+    }
+}
+
+#[test]
+fn a_retry_waiting_out_its_backoff_is_on_record_and_ends_cancelled_when_the_daemon_stops() {
+    use crate::daemon::toml_path;
+    use wfrun_runtime::outcome::RunStatus;
+    let hostile = crate::guests::guest("hostile");
+    let mut daemon = DaemonProcess::start(&format!(
+        "[retry]\ninitial_backoff = \"1m\"\nmax_attempts = 3\n\
+         [jobs.fail]\nbundle = {}\ninput = '{{\"mode\": \"fail\"}}'\n",
+        toml_path(&hostile)
+    ));
+    let first = String::from_utf8_lossy(&daemon.wfrun(&["trigger", "fail"]).stdout).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(30), || daemon.runs().len() == 2), "{:?}", daemon.runs());
+    let runs = daemon.runs();
+    let retry = runs.iter().find(|r| r.run_id != first).unwrap();
+    assert_eq!(daemon.run(&first).unwrap().status, RunStatus::Failed);
+    assert_eq!(retry.status, RunStatus::Pending, "the retry is on record while it waits");
+
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait(Duration::from_secs(15)), Some(0), "log:\n{}", daemon.log());
+    let ended = daemon.run(&retry.run_id).unwrap();
+    assert_eq!(ended.status, RunStatus::Cancelled);
+    assert!(ended.finished_at.is_some());
+}
+
+/// The soft limit on open files of process `pid`.
+fn open_file_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_daemon_raises_its_open_file_limit_to_what_the_hard_limit_allows() {
+    let daemon = DaemonProcess::spawn_under(
+        &["prlimit", "--nofile=256:4096", "--"],
+        tempfile::tempdir().unwrap(),
+        "[daemon]\nmax_concurrent_runs = 2\n",
+        &[],
+    );
+    let socket = daemon.state().join("wfrun.sock");
+    assert!(wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&socket).is_ok()));
+    assert_eq!(open_file_limit(daemon.pid()), 4096);
+}
+
+/// Sends `GET path` on `stream` (kept open) and reads one answer: its status.
+fn get_kept_alive(stream: &mut TcpStream, path: &str, token: &str) -> Option<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn idle_connections_cannot_take_the_descriptors_fleet_serve_needs_to_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("repo/metadata")).unwrap();
+    std::fs::write(dir.path().join("repo/metadata/root.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("tokens"), "dev-1=secret-token-0123456789\n").unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=128:128", "--", env!("CARGO_BIN_EXE_wfrun"), "--state-dir"])
+        .arg(dir.path().join("fleet"))
+        .args(["fleet", "serve", "--listen", &format!("127.0.0.1:{port}"), "--tokens"])
+        .arg(dir.path().join("tokens"))
+        .arg("--repo")
+        .arg(dir.path().join("repo"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let mut kept = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(get_kept_alive(&mut kept, "/metadata/root.json", "secret-token-0123456789"), Some(200));
+
+    // Before the cap, these took every descriptor: the server could no
+    // longer open the file it was asked for.
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let idle: Vec<TcpStream> =
+        (0..600).filter_map(|_| TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = get_kept_alive(&mut kept, "/metadata/root.json", "secret-token-0123456789");
+    drop(idle);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(during, Some(200), "answered during the flood");
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_wfrun_quietly_not_with_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(crate::guests::guest("hello"), dir.path().join("hello.wasm")).unwrap();
+    let mut text = String::from("name = \"wide\"\nversion = \"1\"\n");
+    for i in 0..2_000 {
+        text += &format!("[nodes.n{i:04}]\ncomponent = \"hello.wasm\"\n");
+    }
+    std::fs::write(dir.path().join("workflow.toml"), &text).unwrap();
+    let bundle = dir.path().join("wide.wasm");
+    let pack =
+        crate::exec::wfrun().arg("pack").arg(dir.path().join("workflow.toml")).arg("-o").arg(&bundle).output().unwrap();
+    assert_eq!(pack.status.code(), Some(0));
+    for json in [false, true] {
+        let mut inspect = crate::exec::wfrun();
+        inspect.arg("inspect").arg(&bundle);
+        if json {
+            inspect.arg("--json");
+        }
+        // More output than a pipe holds, and a reader that reads none of it.
+        let mut child =
+            inspect.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A panic exits 101.
+        assert_eq!(out.status.code(), Some(0), "json: {json}; {stderr}");
+    }
+}

@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wfrun_runtime::outcome::RunStatus;
 use wfrun_runtime::store::Store;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -109,7 +108,7 @@ fn outbox(daemon: &DaemonProcess) -> Value {
 fn finished_runs(state: &Path) -> Vec<String> {
     let store = Store::open(state).unwrap();
     let runs = store.list_runs(None, 1_000_000).unwrap();
-    runs.into_iter().filter(|r| r.status != RunStatus::Running).map(|r| r.run_id).collect()
+    runs.into_iter().filter(|r| r.finished_at.is_some()).map(|r| r.run_id).collect()
 }
 
 fn pause_all(daemon: &DaemonProcess, jobs: &[&str]) {
@@ -390,8 +389,7 @@ fn a_refused_report_is_dead_lettered_and_the_rest_of_its_batch_delivered() {
     assert!(wait_for(Duration::from_secs(60), || outbox(&daemon)["outbox"]["depth"] == 0), "{}", outbox(&daemon));
     let store = Store::open(&daemon.state()).unwrap();
     let runs = store.list_runs(None, 1_000_000).unwrap();
-    let of =
-        |job: &str| runs.iter().filter(|r| r.job.as_deref() == Some(job) && r.status != RunStatus::Running).count();
+    let of = |job: &str| runs.iter().filter(|r| r.job.as_deref() == Some(job) && r.finished_at.is_some()).count();
     assert!(of("poison") > 0 && of("good") > 0);
     let status = outbox(&daemon);
     assert_eq!(status["outbox"]["dead_letters"].as_u64(), Some(of("poison") as u64), "{status}");

@@ -55,6 +55,7 @@ impl DaemonCommand {
             None => DaemonConfig::default(),
         };
         let state_dir = global.state_dir_with(config.state_dir.as_deref());
+        crate::descriptors::raise_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async {
             let daemon = Daemon::open(config, state_dir)?;

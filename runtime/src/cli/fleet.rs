@@ -85,6 +85,7 @@ impl FleetCommand {
                     return Ok(ExitStatus::Invalid);
                 }
                 let receiver = Arc::new(Receiver::open(&state_dir, tokens, repo.clone())?);
+                crate::descriptors::raise_limit();
                 let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
                 runtime.block_on(async {
                     let listener = tokio::net::TcpListener::bind(listen)

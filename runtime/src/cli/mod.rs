@@ -75,8 +75,31 @@ enum Command {
     Fleet(fleet::FleetCommand),
 }
 
+/// Ends the process quietly, with status 0, when whatever reads its
+/// standard output goes away (`wfrun runs list | head`): the reader had
+/// what it wanted. Rust ignores SIGPIPE, so a write to the closed pipe is an
+/// error, and `println!` panics on it; every other panic is reported as
+/// before.
+fn quiet_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // std's message, with the error's text: "… Broken pipe (os error 32)".
+        if message.starts_with("failed printing to stdout") && message.contains("(os error 32)") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
+}
+
 /// Runs the `wfrun` command line and returns its exit status.
 pub fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -3,8 +3,8 @@
 //! [`Daemon::trigger`] is the one entry every trigger source goes through
 //! ([`Source`]): it refuses a paused job, a job already running (unless it
 //! allows overlap) and any trigger once the daemon is stopping, then starts
-//! the job's first attempt. Each attempt waits for one of the daemon's run
-//! slots, takes the job's prepared program from the [`ProgramCache`] (read,
+//! the job's first attempt, recorded `pending` before its id is handed
+//! back. Each attempt waits for one of the daemon's run slots, takes the job's prepared program from the [`ProgramCache`] (read,
 //! verified and loaded only when the bundle file changed), and runs it
 //! through the [`Runner`](crate::runner::Runner) under the daemon's policy
 //! with the job's ceilings. A failed attempt is retried with backoff; a job
@@ -58,17 +58,21 @@ impl Daemon {
             }
             *count += 1;
         }
+        // Released however the trigger ends: refused below, or when
+        // `supervise` returns or panics.
+        let busy = BusyGuard { daemon: self.clone(), name: name.to_owned() };
         let run_id = new_run_id();
+        // The id is acknowledged only once it names a durable record.
+        self.store.accept_run(&run_id, name, &job.spec.bundle.display().to_string())?;
+        let unfinished = Unfinished::new(&self.store, &run_id);
         let cancel = Arc::new(Notify::new());
         self.register(&run_id, name, &cancel);
         tracing::debug!("job {name}: run {run_id} triggered ({})", source.as_str());
         let daemon = self.clone();
         let name = name.to_owned();
-        let first = run_id.clone();
         tokio::spawn(async move {
-            // Released however `supervise` ends, a panic included.
-            let _busy = BusyGuard { daemon: daemon.clone(), name: name.clone() };
-            daemon.supervise(&name, job.spec, input, first, cancel).await;
+            let _busy = busy;
+            daemon.supervise(&name, job.spec, input, unfinished, cancel).await;
         });
         Ok(run_id)
     }
@@ -83,9 +87,17 @@ impl Daemon {
     /// Runs a triggered job: attempts with backoff until one succeeds, one is
     /// cancelled, the attempts run out (then the job is paused) or the daemon
     /// stops.
-    async fn supervise(&self, name: &str, spec: JobSpec, input: Option<String>, first: String, cancel: Arc<Notify>) {
+    async fn supervise(
+        &self,
+        name: &str,
+        spec: JobSpec,
+        input: Option<String>,
+        first: Unfinished,
+        cancel: Arc<Notify>,
+    ) {
         let retry = self.policy.retry;
-        let mut run_id = first;
+        let mut unfinished = first;
+        let mut run_id = unfinished.run_id.clone();
         for attempt in 1..=retry.max_attempts {
             let report = {
                 let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
@@ -97,9 +109,18 @@ impl Daemon {
                         || self.jobs.get(name).is_none_or(|job| job.paused || job.spec != spec));
                 if gone {
                     self.running.lock().unwrap().remove(&run_id);
+                    unfinished.abandon(
+                        RunStatus::Cancelled,
+                        "not started: the daemon was stopping, or the job was paused, removed or replaced \
+                         while the retry waited",
+                    );
                     return;
                 }
-                self.run_once(name, &spec, input.clone(), &run_id, cancel.clone()).await
+                let tried = self.run_once(name, &spec, input.clone(), &run_id, cancel.clone()).await;
+                if tried.recorded {
+                    unfinished.done();
+                }
+                tried.report
             };
             self.running.lock().unwrap().remove(&run_id);
             self.reports_written();
@@ -136,8 +157,14 @@ impl Daemon {
                 tracing::warn!("job {name}: run {run_id} refused with invalid_bundle; not retried");
                 return;
             }
-            // The retry is in flight from now: `cancel` and `status` see it.
+            // The retry is in flight from now: `cancel`, `status` and
+            // `runs` see it.
             run_id = new_run_id();
+            if let Err(e) = self.store.accept_run(&run_id, name, &spec.bundle.display().to_string()) {
+                tracing::error!("job {name}: recording retry {run_id}: {e}; not retried");
+                return;
+            }
+            unfinished = Unfinished::new(&self.store, &run_id);
             self.register(&run_id, name, &cancel);
             let wait = retry.backoff(attempt);
             tracing::warn!("job {name}: run ended with {why}; retrying as run {run_id} in {wait:?}");
@@ -148,6 +175,8 @@ impl Daemon {
             };
             if stop {
                 self.running.lock().unwrap().remove(&run_id);
+                unfinished
+                    .abandon(RunStatus::Cancelled, "not started: cancelled, or the daemon stopped, during the backoff");
                 return;
             }
         }
@@ -171,7 +200,8 @@ impl Daemon {
         Policy { ceilings: crate::settings::ceilings(&job, &self.policy.ceilings), ..self.policy.clone() }
     }
 
-    /// One run of `spec`, recorded under `run_id`, whatever happens.
+    /// One run of `spec`, recorded under `run_id`, whatever happens (if
+    /// recording fails, `recorded` says so).
     async fn run_once(
         &self,
         name: &str,
@@ -179,7 +209,7 @@ impl Daemon {
         input: Option<String>,
         run_id: &str,
         cancel: Arc<Notify>,
-    ) -> RunReport {
+    ) -> Attempt {
         let execution = Execution {
             input: input.unwrap_or_else(|| spec.input.clone()),
             args: spec.args.clone(),
@@ -195,12 +225,15 @@ impl Daemon {
                 self.runner.reject(&spec.bundle, &rejection, &execution)
             }
         };
-        recorded.unwrap_or_else(|e| {
-            tracing::error!("job {name}: run {run_id} could not be recorded: {e}");
-            let mut report = RunReport::rejected(ErrorCode::InvalidInput, e.to_string());
-            report.run_id = run_id.to_owned();
-            report
-        })
+        match recorded {
+            Ok(report) => Attempt { report, recorded: true },
+            Err(e) => {
+                tracing::error!("job {name}: run {run_id} could not be recorded: {e}");
+                let mut report = RunReport::rejected(ErrorCode::HostError, e.to_string());
+                report.run_id = run_id.to_owned();
+                Attempt { report, recorded: false }
+            }
+        }
     }
 
     /// Cancels run `run_id`; it is recorded `cancelled` within an epoch tick.
@@ -255,6 +288,56 @@ impl Daemon {
     /// The prepared-program cache.
     pub fn programs(&self) -> &ProgramCache {
         &self.programs
+    }
+}
+
+/// What [`Daemon::run_once`] did.
+struct Attempt {
+    report: RunReport,
+    /// Whether its end is in the run history.
+    recorded: bool,
+}
+
+/// A run accepted (recorded `pending`) whose end is not recorded yet. Dropped
+/// so (the supervisor panicked, or recording the end failed), it records the
+/// run `failed` with `host_error`, so no acknowledged id stays `pending` or
+/// `running` for as long as the daemon lives.
+struct Unfinished {
+    store: Arc<crate::store::Store>,
+    run_id: String,
+    armed: bool,
+}
+
+impl Unfinished {
+    fn new(store: &Arc<crate::store::Store>, run_id: &str) -> Unfinished {
+        Unfinished { store: store.clone(), run_id: run_id.to_owned(), armed: true }
+    }
+
+    /// Its end is recorded.
+    fn done(&mut self) {
+        self.armed = false;
+    }
+
+    /// Records it ended as `status` without having started.
+    fn abandon(&mut self, status: RunStatus, message: &str) {
+        self.armed = false;
+        if let Err(e) = self.store.abandon_run(&self.run_id, status, None, message) {
+            tracing::error!("run {}: recording that it did not start: {e}", self.run_id);
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let message = "wfrun failed to record how this run ended (see the daemon's log)";
+        match self.store.abandon_run(&self.run_id, RunStatus::Failed, Some(ErrorCode::HostError), message) {
+            Ok(true) => tracing::error!("run {}: recorded as failed with host_error", self.run_id),
+            Ok(false) => {}
+            Err(e) => tracing::error!("run {}: could not record it failed: {e}", self.run_id),
+        }
     }
 }
 

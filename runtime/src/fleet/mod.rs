@@ -13,7 +13,9 @@
 //!   key or names another device), and a body over 1 MiB with 413;
 //! - `POST /runner/v1/heartbeat` keeps each device's latest heartbeat;
 //! - `GET /metadata/…` and `GET /targets/…` serve the repository's files
-//!   (regular files only, no `..`).
+//!   (regular files only, no `..`);
+//! - at most [`connection_capacity`](crate::descriptors::connection_capacity)
+//!   connections are open at once, each for at most 120 s.
 //!
 //! A large fleet serves releases from an object store or CDN and points
 //! `[report] endpoint` at any service that speaks the same protocol.
@@ -156,15 +158,23 @@ impl Receiver {
         Ok(Receiver { db: Mutex::new(db), tokens, repo })
     }
 
-    /// Serves `listener` until the task is dropped.
+    /// Serves `listener` until the task is dropped. Past
+    /// [`connection_capacity`](crate::descriptors::connection_capacity) open
+    /// connections, a new one is closed at once.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        let mut capped = crate::descriptors::Capped::new("fleet");
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
+            let Some(permit) = capped.admit() else {
+                drop(stream);
+                continue;
+            };
             let receiver = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = hyper::service::service_fn(move |request| {
                     let receiver = receiver.clone();
                     async move { Ok::<_, std::convert::Infallible>(receiver.handle(request).await) }

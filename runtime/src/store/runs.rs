@@ -4,9 +4,12 @@
 //! `running`, with the owning process and boot) and when it ends
 //! ([`Store::finish_run`]: outcome, node records and, for a success, the
 //! workflow's state writes, in one transaction). A run refused before it
-//! started is recorded whole by [`Store::record_rejected`].
-//! [`Store::recover_interrupted`] marks runs whose process is gone
-//! `interrupted`. [`RunRecord`] is a run as read back, typed.
+//! started is recorded whole by [`Store::record_rejected`]. The daemon
+//! records a triggered run `pending` before it acknowledges the trigger
+//! ([`Store::accept_run`]); `begin_run` and `record_rejected` then complete
+//! that row, and [`Store::abandon_run`] ends one that never started.
+//! [`Store::recover_interrupted`] marks runs whose process is gone, left
+//! `pending` or `running`, `interrupted`. [`RunRecord`] is a run as read back, typed.
 
 use super::{StateWrites, Store, StoreError, now};
 use crate::outcome::{ErrorCode, GuestKind, NodeRecord, PolicyViolation, RunReport, RunStatus};
@@ -83,7 +86,54 @@ pub struct RunRecord {
 }
 
 impl Store {
-    /// Records a new run as `pending`, then `running`.
+    /// Records run `id`, triggered for daemon job `job` on `bundle_path`,
+    /// as `pending`: durable before the trigger is acknowledged, so the id
+    /// handed out always names a record. What is learnt on loading the
+    /// bundle is filled in by [`Store::begin_run`] or
+    /// [`Store::record_rejected`].
+    pub fn accept_run(&self, id: &str, job: &str, bundle_path: &str) -> Result<(), StoreError> {
+        let at = now();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at,
+                                   owner_pid, job, owner_boot)
+                 VALUES (?1, ?2, '-', '-', ?3, '', 'pending', ?4, ?5, ?2, ?6)",
+                params![id, job, bundle_path, at, std::process::id(), owner_token()],
+            )?;
+            tx.execute("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)", params![id, at])?;
+            Ok(())
+        })
+    }
+
+    /// Ends run `run_id` as `status` (with `code` and `message`) if it has
+    /// not ended yet: for a run accepted but never started (its job was
+    /// removed or paused while it waited, the daemon stopped), or one whose
+    /// supervisor failed before recording its end. Returns whether it did.
+    pub fn abandon_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        code: Option<ErrorCode>,
+        message: &str,
+    ) -> Result<bool, StoreError> {
+        let at = now();
+        let ids = self.write_run(|tx| {
+            let changed = tx.execute(
+                "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, finished_at = ?5
+                 WHERE id = ?1 AND status IN ('pending', 'running')",
+                params![run_id, status.as_str(), code.map(|c| c.as_str()), message, at],
+            )?;
+            if changed == 0 {
+                return Ok(Vec::new());
+            }
+            add_transition(tx, run_id, status, &at)?;
+            Ok(vec![run_id.to_owned()])
+        })?;
+        Ok(!ids.is_empty())
+    }
+
+    /// Records a new run as `pending`, then `running` (completing the row
+    /// [`Store::accept_run`] made, if there is one).
     pub fn begin_run(&self, run: &NewRun) -> Result<(), StoreError> {
         let at = now();
         self.write(|tx| insert_run(tx, run, &at))
@@ -148,14 +198,15 @@ impl Store {
         Ok(())
     }
 
-    /// Marks every run left `running` by a process that is gone (a crash, a
+    /// Marks every run left `pending` or `running` by a process that is gone (a crash, a
     /// kill -9, a reboot) as `interrupted` (error code `interrupted`). Runs
     /// of processes still alive in this boot (another `wfrun exec`) are left
     /// alone. Returns the ids.
     pub fn recover_interrupted(&self) -> Result<Vec<String>, StoreError> {
         let at = now();
         self.write_run(|tx| {
-            let mut stmt = tx.prepare("SELECT id, owner_pid, owner_boot FROM runs WHERE status = 'running'")?;
+            let mut stmt =
+                tx.prepare("SELECT id, owner_pid, owner_boot FROM runs WHERE status IN ('pending', 'running')")?;
             let running: Vec<(String, Option<u32>, Option<String>)> =
                 stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
             drop(stmt);
@@ -236,7 +287,29 @@ impl Store {
     }
 }
 
+/// Inserts run `run` as `running`, or completes the `pending` row
+/// [`Store::accept_run`] made for it (keeping its creation time).
 fn insert_run(tx: &Transaction, run: &NewRun, at: &str) -> rusqlite::Result<()> {
+    let accepted = tx.execute(
+        "UPDATE runs SET workflow = ?2, version = ?3, kind = ?4, bundle_path = ?5, bundle_digest = ?6,
+                status = 'running', owner_pid = ?7, job = ?8, owner_boot = ?9
+         WHERE id = ?1 AND status = 'pending'",
+        params![
+            run.id,
+            run.workflow,
+            run.version,
+            run.kind.map_or("-", GuestKind::as_str),
+            run.bundle_path,
+            run.bundle_digest,
+            std::process::id(),
+            run.job,
+            owner_token()
+        ],
+    )?;
+    if accepted == 1 {
+        add_transition(tx, &run.id, RunStatus::Running, at)?;
+        return Ok(());
+    }
     tx.execute(
         "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid, job,
                            owner_boot)

@@ -21,7 +21,7 @@
 //!
 //! Both listen on loopback unless configured otherwise. No connection may
 //! last more than 30 s, and each listener holds at most
-//! [`connection_capacity`] connections at once (a quarter of the descriptor
+//! [`connection_capacity`](crate::descriptors::connection_capacity) connections at once (a quarter of the descriptor
 //! limit): a flood of idle connections costs the attacker the listener,
 //! never the descriptors the daemon's runs need.
 
@@ -93,24 +93,13 @@ pub enum Routes {
     Control,
 }
 
-/// How many connections one listener holds at once: a quarter of the
-/// process's descriptor limit (between 16 and 1,024), so that idle
-/// connections can never take the descriptors runs need.
-pub fn connection_capacity() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse::<usize>().ok());
-    soft.map_or(256, |n| (n / 4).clamp(16, 1024))
-}
-
 /// Accepts connections until the task is dropped. Past
-/// [`connection_capacity`] open connections, a new one is closed at once.
+/// [`connection_capacity`](crate::descriptors::connection_capacity) open connections, a new one is closed at once.
 pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, routes: Routes) {
-    let capacity = connection_capacity();
-    let permits = Arc::new(tokio::sync::Semaphore::new(capacity));
+    let mut capped = crate::descriptors::Capped::new(match routes {
+        Routes::Webhooks => "webhook",
+        Routes::Control => "control",
+    });
     let deliveries = Arc::new(std::sync::Mutex::new(Deliveries::default()));
     let listen = listener.local_addr().ok();
     if routes == Routes::Webhooks {
@@ -124,7 +113,6 @@ pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, route
             }
         }
     }
-    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -133,12 +121,8 @@ pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, route
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Some(permit) = capped.admit() else {
             drop(stream);
-            if last_warning.is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(60)) {
-                tracing::warn!("{routes:?} listener: {capacity} connections open; closing new ones until some end");
-                last_warning = Some(std::time::Instant::now());
-            }
             continue;
         };
         let daemon = daemon.clone();
