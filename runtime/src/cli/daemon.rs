@@ -346,16 +346,26 @@ pub struct TriggerCommand {
     /// Input JSON instead of the job's own.
     #[arg(long, value_name = "JSON")]
     input: Option<String>,
+    /// Start N runs at once (1 to 1000; more than one only for a job with
+    /// `allow_overlap`). Their ids are printed one per line.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
     /// Print the daemon's answer as JSON.
     #[arg(long)]
     json: bool,
 }
 
 impl TriggerCommand {
-    /// Asks the daemon to start the job; prints the run id.
+    /// Asks the daemon to start the job; prints the run id (each run's,
+    /// with `--count`).
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-        request(global, "trigger", json!({ "name": self.name, "input": self.input }), self.json, |result| {
-            println!("{}", result["run_id"].as_str().unwrap_or(""));
+        let mut params = json!({ "name": self.name, "input": self.input });
+        if let Some(count) = self.count {
+            params["count"] = json!(count);
+        }
+        request(global, "trigger", params, self.json, |result| match result["run_ids"].as_array() {
+            Some(ids) => ids.iter().for_each(|id| println!("{}", id.as_str().unwrap_or(""))),
+            None => println!("{}", result["run_id"].as_str().unwrap_or("")),
         })
     }
 }

@@ -24,6 +24,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
+/// The most runs one [`Daemon::trigger_many`] starts.
+pub const MAX_TRIGGER_COUNT: usize = 1000;
+
 /// A run in flight.
 pub(super) struct Running {
     pub(super) job: String,
@@ -37,9 +40,32 @@ impl Daemon {
     /// stopping, for a paused job, and for a job already running unless it
     /// allows overlap.
     pub fn trigger(self: &Arc<Self>, name: &str, input: Option<String>, source: Source) -> Result<String, DaemonError> {
+        let mut ids = self.trigger_many(name, input, 1, source)?;
+        Ok(ids.remove(0))
+    }
+
+    /// Starts `count` runs of job `name` at once (at most
+    /// [`MAX_TRIGGER_COUNT`]; more than one only for a job that allows
+    /// overlap), all recorded `pending` in one write before their ids are
+    /// returned. They wait for run slots like any others.
+    pub fn trigger_many(
+        self: &Arc<Self>,
+        name: &str,
+        input: Option<String>,
+        count: usize,
+        source: Source,
+    ) -> Result<Vec<String>, DaemonError> {
         let job = self.job(name)?;
         if job.paused {
             return Err(DaemonError::Paused { name: name.to_owned(), reason: job.paused_reason });
+        }
+        if count == 0 || count > MAX_TRIGGER_COUNT {
+            return Err(DaemonError::InvalidRequest(format!("count must be 1 to {MAX_TRIGGER_COUNT}, not {count}")));
+        }
+        if count > 1 && !job.spec.allow_overlap {
+            return Err(DaemonError::InvalidRequest(format!(
+                "job {name} does not allow overlap: its runs are triggered one at a time"
+            )));
         }
         if let Some(input) = &input {
             serde_json::from_str::<serde::de::IgnoredAny>(input)
@@ -52,29 +78,34 @@ impl Daemon {
             if self.stopping.load(Ordering::SeqCst) {
                 return Err(DaemonError::ShuttingDown);
             }
-            let count = busy.entry(name.to_owned()).or_insert(0);
-            if *count > 0 && !job.spec.allow_overlap {
+            let running = busy.entry(name.to_owned()).or_insert(0);
+            if *running > 0 && !job.spec.allow_overlap {
                 return Err(DaemonError::Busy { name: name.to_owned() });
             }
-            *count += 1;
+            *running += count as u32;
         }
         // Released however the trigger ends: refused below, or when
         // `supervise` returns or panics.
-        let busy = BusyGuard { daemon: self.clone(), name: name.to_owned() };
-        let run_id = new_run_id();
-        // The id is acknowledged only once it names a durable record.
-        self.store.accept_run(&run_id, name, &job.spec.bundle.display().to_string())?;
-        let unfinished = Unfinished::new(&self.store, &run_id);
-        let cancel = Arc::new(Notify::new());
-        self.register(&run_id, name, &cancel);
-        tracing::debug!("job {name}: run {run_id} triggered ({})", source.as_str());
-        let daemon = self.clone();
-        let name = name.to_owned();
-        tokio::spawn(async move {
-            let _busy = busy;
-            daemon.supervise(&name, job.spec, input, unfinished, cancel).await;
-        });
-        Ok(run_id)
+        let busy: Vec<BusyGuard> =
+            (0..count).map(|_| BusyGuard { daemon: self.clone(), name: name.to_owned() }).collect();
+        let ids: Vec<String> = (0..count).map(|_| new_run_id()).collect();
+        // The ids are acknowledged only once they name durable records.
+        self.store.accept_runs(&ids, name, &job.spec.bundle.display().to_string())?;
+        for (run_id, busy) in ids.iter().zip(busy) {
+            let unfinished = Unfinished::new(&self.store, run_id);
+            let cancel = Arc::new(Notify::new());
+            self.register(run_id, name, &cancel);
+            tracing::debug!("job {name}: run {run_id} triggered ({})", source.as_str());
+            let daemon = self.clone();
+            let name = name.to_owned();
+            let spec = job.spec.clone();
+            let input = input.clone();
+            tokio::spawn(async move {
+                let _busy = busy;
+                daemon.supervise(&name, spec, input, unfinished, cancel).await;
+            });
+        }
+        Ok(ids)
     }
 
     fn register(&self, run_id: &str, name: &str, cancel: &Arc<Notify>) {
@@ -160,7 +191,9 @@ impl Daemon {
             // The retry is in flight from now: `cancel`, `status` and
             // `runs` see it.
             run_id = new_run_id();
-            if let Err(e) = self.store.accept_run(&run_id, name, &spec.bundle.display().to_string()) {
+            if let Err(e) =
+                self.store.accept_runs(std::slice::from_ref(&run_id), name, &spec.bundle.display().to_string())
+            {
                 tracing::error!("job {name}: recording retry {run_id}: {e}; not retried");
                 return;
             }

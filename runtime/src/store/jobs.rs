@@ -65,18 +65,18 @@ impl Store {
         let at = now();
         let text = serde_json::to_string(spec).expect("job specs serialise");
         self.write(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO jobs (name, spec, source, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, source = excluded.source",
-                params![name, text, source.as_str(), at],
-            )?;
+            )?
+            .execute(params![name, text, source.as_str(), at])?;
             Ok(())
         })
     }
 
     /// Removes job `name`; false if there was none.
     pub fn remove_job(&self, name: &str) -> Result<bool, StoreError> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM jobs WHERE name = ?1", params![name])? > 0))
+        self.write(|tx| Ok(tx.prepare_cached("DELETE FROM jobs WHERE name = ?1")?.execute(params![name])? > 0))
     }
 
     /// Pauses (with a reason) or resumes job `name`; false if there is none.
@@ -84,12 +84,13 @@ impl Store {
     pub fn set_job_paused(&self, name: &str, paused: bool, reason: Option<&str>) -> Result<bool, StoreError> {
         self.write(|tx| {
             let changed = if paused {
-                tx.execute("UPDATE jobs SET paused = 1, paused_reason = ?2 WHERE name = ?1", params![name, reason])?
+                tx.prepare_cached("UPDATE jobs SET paused = 1, paused_reason = ?2 WHERE name = ?1")?
+                    .execute(params![name, reason])?
             } else {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE jobs SET paused = 0, paused_reason = NULL, consecutive_failures = 0 WHERE name = ?1",
-                    params![name],
                 )?
+                .execute(params![name])?
             };
             Ok(changed > 0)
         })
@@ -108,14 +109,14 @@ impl Store {
         // A host error is not the job's failure: it never counts.
         let counts = code != Some(crate::outcome::ErrorCode::HostError);
         self.write(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE jobs SET last_run_at = ?2, last_run_id = ?3, last_status = ?4,
                  consecutive_failures = CASE WHEN ?4 = 'succeeded' THEN 0
                                              WHEN ?4 = 'failed' AND ?5 THEN consecutive_failures + 1
                                              ELSE consecutive_failures END
                  WHERE name = ?1",
-                params![name, at, run_id, status.as_str(), counts],
-            )?;
+            )?
+            .execute(params![name, at, run_id, status.as_str(), counts])?;
             tx.query_row("SELECT consecutive_failures FROM jobs WHERE name = ?1", params![name], |r| r.get(0))
                 .optional()
                 .map(|n| n.unwrap_or(0))

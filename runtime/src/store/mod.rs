@@ -17,6 +17,17 @@
 //!   committed, rolled back) and its events, every transition durable.
 //!
 //! The store imports no layer above it: it records what it is given.
+//!
+//! # Group commit
+//!
+//! Every write is acknowledged only once committed, but writers of one
+//! process share commits: a write runs in its own savepoint inside the open
+//! transaction, and the writer commits unless others are already waiting
+//! for the connection, in which case the last of them commits for all (at
+//! most 256 writes a group). A write that fails undoes only itself; a
+//! commit that fails fails every write of its group. A group holding a
+//! durable write (release transitions, runs with their reports) commits
+//! with `synchronous = FULL`.
 
 pub mod jobs;
 pub mod migrations;
@@ -33,9 +44,10 @@ pub use retention::{Pruned, Retention};
 pub use runs::{NewRun, RunRecord};
 pub use state::StateWrites;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Why the store could not do what was asked.
@@ -100,7 +112,11 @@ pub fn now() -> String {
 pub struct Store {
     dir: PathBuf,
     db_path: PathBuf,
-    conn: Mutex<Connection>,
+    writer: Mutex<Writer>,
+    /// Signalled each time a group of writes ends.
+    ended: Condvar,
+    /// Writers waiting for the connection.
+    arriving: AtomicUsize,
     reporter: std::sync::OnceLock<outbox::Reporter>,
 }
 
@@ -136,13 +152,31 @@ impl Store {
         enable_wal(&conn).map_err(sqlite)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite)?;
+        // The hot writes (a run's start and end, its transitions) reuse
+        // their prepared statements.
+        conn.set_prepared_statement_cache_capacity(64);
         match migrations::migrate(&conn).map_err(sqlite)? {
             migrations::Outcome::Current => {}
             migrations::Outcome::TooNew { found } => {
                 return Err(StoreError::TooNew { path: db_path, found, known: migrations::LATEST });
             }
         }
-        Ok(Store { dir: dir.to_path_buf(), db_path, conn: Mutex::new(conn), reporter: std::sync::OnceLock::new() })
+        let writer = Writer {
+            conn,
+            open: false,
+            durable: false,
+            writes: 0,
+            groups: 0,
+            failed: std::collections::VecDeque::new(),
+        };
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            db_path,
+            writer: Mutex::new(writer),
+            ended: Condvar::new(),
+            arriving: AtomicUsize::new(0),
+            reporter: std::sync::OnceLock::new(),
+        })
     }
 
     /// The state directory.
@@ -154,41 +188,148 @@ impl Store {
         StoreError::Sqlite { path: self.db_path.clone(), source }
     }
 
-    /// Runs `f` in one immediate transaction, committed if it succeeds.
-    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.sqlite(e))?;
-        let value = f(&tx).map_err(|e| self.sqlite(e))?;
-        tx.commit().map_err(|e| self.sqlite(e))?;
-        Ok(value)
+    /// Runs `f` as one write, committed before this returns: all of `f`'s
+    /// changes or none of them. Writes from several threads at once share a
+    /// commit ([group commit](Store#group-commit)).
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.grouped(false, f)
     }
 
-    /// Runs `f` in one write transaction committed with `synchronous =
-    /// FULL`: durable against power loss, not only against a crash. With
-    /// reporting on, the release events the transaction recorded get their
-    /// reports in it too.
-    fn write_durably<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.sqlite(e))?;
-        let result = (|| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
+    /// Like [`Store::write`], committed with `synchronous = FULL`: durable
+    /// against power loss, not only against a crash. With reporting on, the
+    /// release events the write recorded get their reports in it too.
+    fn write_durably<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.grouped(true, |conn| {
+            let value = f(conn)?;
             if let Some(reporter) = self.reporter.get() {
-                reporter.enqueue_release_events(&tx)?;
+                reporter.enqueue_release_events(conn)?;
             }
-            tx.commit()?;
             Ok(value)
-        })();
-        let restored = conn.pragma_update(None, "synchronous", "NORMAL");
-        let value = result.map_err(|e| self.sqlite(e))?;
-        restored.map_err(|e| self.sqlite(e))?;
-        Ok(value)
+        })
+    }
+
+    /// One write in the group being formed: `f` runs in its own savepoint
+    /// inside the group's transaction (so a failing write undoes only
+    /// itself), then either this thread commits the group, or, when more
+    /// writers are already waiting for the connection, it leaves the
+    /// transaction open for them and waits until the last of them commits.
+    fn grouped<T>(&self, durable: bool, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.arriving.fetch_add(1, Ordering::SeqCst);
+        let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.arriving.fetch_sub(1, Ordering::SeqCst);
+        // SQLite fixes a commit's durability when its transaction begins: a
+        // durable write does not join a group that began without it.
+        if writer.open && durable && !writer.durable {
+            let _ = writer.commit();
+            self.ended.notify_all();
+        }
+        if !writer.open {
+            writer.begin(durable).map_err(|e| self.sqlite(e))?;
+        }
+        let group = writer.groups;
+        let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let savepoint = writer.conn.savepoint()?;
+            let value = f(&savepoint)?;
+            savepoint.commit()?;
+            Ok(value)
+        }));
+        let value = match value {
+            Ok(value) => value.map_err(|e| self.sqlite(e)),
+            Err(panic) => {
+                // The write undid itself; the group's others still commit.
+                let _ = writer.commit();
+                self.ended.notify_all();
+                drop(writer);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        writer.writes += 1;
+        if self.arriving.load(Ordering::SeqCst) > 0 && writer.writes < MAX_GROUP {
+            // A writer that is on its way commits this write with its own.
+            while writer.groups == group {
+                writer = self.ended.wait(writer).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if let Some(failure) = writer.failed.iter().find(|(g, _)| *g == group) {
+                let failure = failure.1.clone();
+                return Err(self.sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                    Some(failure),
+                )));
+            }
+            return value;
+        }
+        let committed = writer.commit();
+        self.ended.notify_all();
+        committed.map_err(|e| self.sqlite(e))?;
+        value
     }
 
     /// Runs `f` on the connection, for reads.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&conn).map_err(|e| self.sqlite(e))
+        let writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&writer.conn).map_err(|e| self.sqlite(e))
+    }
+}
+
+/// The most writes one group commit holds, so that a steady stream of
+/// writers still sees commits.
+const MAX_GROUP: u32 = 256;
+
+/// The connection, and the group of writes its open transaction holds.
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    /// A transaction is open (`BEGIN IMMEDIATE`), holding one group.
+    open: bool,
+    /// A write of the group must survive power loss.
+    durable: bool,
+    /// Writes in the group.
+    writes: u32,
+    /// Groups ended so far (committed or failed); the open one's number.
+    groups: u64,
+    /// The last groups whose commit failed, with SQLite's message.
+    failed: std::collections::VecDeque<(u64, String)>,
+}
+
+impl Writer {
+    /// Opens a group: `synchronous = FULL` first if it is `durable`.
+    fn begin(&mut self, durable: bool) -> rusqlite::Result<()> {
+        if durable {
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            if durable {
+                let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+            }
+            return Err(e);
+        }
+        self.open = true;
+        self.durable = durable;
+        self.writes = 0;
+        Ok(())
+    }
+
+    /// Commits the open group, or rolls it back if the commit fails, and
+    /// ends it.
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        let result = self.conn.execute_batch("COMMIT");
+        if result.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        if self.durable
+            && let Err(e) = self.conn.pragma_update(None, "synchronous", "NORMAL")
+        {
+            tracing::warn!("run database: restoring synchronous = NORMAL: {e}");
+        }
+        if let Err(e) = &result {
+            self.failed.push_back((self.groups, e.to_string()));
+            if self.failed.len() > 64 {
+                self.failed.pop_front();
+            }
+        }
+        self.open = false;
+        self.groups += 1;
+        result
     }
 }
 
@@ -210,5 +351,50 @@ fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn concurrent_writers_share_commits_and_a_failing_write_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut kept = 0;
+                    for i in 0..200 {
+                        let key = format!("{t}-{i}");
+                        let write = |tx: &Connection| {
+                            tx.execute("INSERT INTO state VALUES ('w', ?1, x'00')", [&key])?;
+                            // Every tenth write fails after its insert.
+                            if i % 10 == 0 { Err(rusqlite::Error::QueryReturnedNoRows) } else { Ok(()) }
+                        };
+                        let result = if t % 2 == 0 { store.write(write) } else { store.write_durably(write) };
+                        assert_eq!(result.is_ok(), i % 10 != 0, "{key}");
+                        kept += usize::from(result.is_ok());
+                    }
+                    kept
+                })
+            })
+            .collect();
+        let kept: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(kept, 8 * 180);
+        let writer = store.writer.lock().unwrap();
+        assert!(!writer.open, "no group is left open");
+        assert!(writer.groups <= 8 * 200);
+        drop(writer);
+        // What each write was told is what another connection reads.
+        let other = Connection::open(dir.path().join(DB_NAME)).unwrap();
+        let rows: i64 = other.query_row("SELECT COUNT(*) FROM state WHERE workflow = 'w'", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, kept as i64);
+        // The failed writes are those whose key ends in 0.
+        let failed: i64 = other.query_row("SELECT COUNT(*) FROM state WHERE key LIKE '%0'", [], |r| r.get(0)).unwrap();
+        assert_eq!(failed, 0, "no failed write left a row");
     }
 }

@@ -23,7 +23,7 @@
 
 use super::runs::RunRecord;
 use super::{Store, StoreError, now};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// The report schema version this wfrun writes.
@@ -201,15 +201,15 @@ fn meta(tx: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<String>
     tx.query_row("SELECT value FROM outbox_meta WHERE key = ?1", params![key], |r| r.get(0)).optional()
 }
 
-fn set_meta(tx: &Transaction, key: &str, value: &str) -> rusqlite::Result<()> {
-    tx.execute(
+fn set_meta(tx: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
         "INSERT INTO outbox_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
-fn add_meta(tx: &Transaction, key: &str, by: u64) -> rusqlite::Result<()> {
+fn add_meta(tx: &Connection, key: &str, by: u64) -> rusqlite::Result<()> {
     let value = meta(tx, key)?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + by;
     set_meta(tx, key, &value.to_string())
 }
@@ -256,21 +256,21 @@ impl Reporter {
     }
 
     /// Writes run `run_id`'s report (read back inside `tx`).
-    pub(super) fn enqueue_run(&self, tx: &Transaction, run_id: &str) -> rusqlite::Result<()> {
+    pub(super) fn enqueue_run(&self, tx: &Connection, run_id: &str) -> rusqlite::Result<()> {
         let Some(run) = super::runs::load_run(tx, run_id)? else { return Ok(()) };
         let report = Report { run: Some(run_body(&run)), ..self.report("run") };
         self.enqueue(tx, &report, false)
     }
 
     /// Writes a release event's report.
-    pub(super) fn enqueue_release(&self, tx: &Transaction, body: ReleaseReportBody) -> rusqlite::Result<()> {
+    pub(super) fn enqueue_release(&self, tx: &Connection, body: ReleaseReportBody) -> rusqlite::Result<()> {
         let report = Report { release: Some(body), ..self.report("release") };
         self.enqueue(tx, &report, false)
     }
 
     /// Writes the reports of the release events recorded since the last
     /// ones reported (in the transaction that recorded them).
-    pub(super) fn enqueue_release_events(&self, tx: &Transaction) -> rusqlite::Result<()> {
+    pub(super) fn enqueue_release_events(&self, tx: &Connection) -> rusqlite::Result<()> {
         let after: i64 = meta(tx, "release_events_reported")?.and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut stmt = tx.prepare(
             "SELECT e.seq, e.digest, e.event, e.code, e.message, e.at, r.channel, r.version
@@ -303,12 +303,19 @@ impl Reporter {
 
     /// Inserts `report`, then drops the oldest unpinned reports past the
     /// bounds, counting them.
-    fn enqueue(&self, tx: &Transaction, report: &Report, pinned: bool) -> rusqlite::Result<()> {
+    fn enqueue(&self, tx: &Connection, report: &Report, pinned: bool) -> rusqlite::Result<()> {
         let body = serde_json::to_string(report).expect("reports serialise");
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO outbox (report_id, kind, body, bytes, pinned, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![report.report_id, report.kind, body, body.len() as i64, pinned, report.created_at],
-        )?;
+        )?
+        .execute(params![
+            report.report_id,
+            report.kind,
+            body,
+            body.len() as i64,
+            pinned,
+            report.created_at
+        ])?;
         if pinned {
             return Ok(()); // a drop notice takes no one's place
         }
@@ -320,7 +327,7 @@ impl Reporter {
                 })
                 .optional()?;
             let Some((seq, id, size)) = oldest else { break };
-            tx.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+            tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?.execute(params![seq])?;
             if meta(tx, "in_flight")?.is_some_and(|ids| ids.split(' ').any(|i| i == id)) {
                 let mut dropped = meta(tx, "in_flight_dropped")?.unwrap_or_default();
                 dropped.push(' ');
@@ -346,11 +353,11 @@ impl Store {
     pub fn enable_outbox(&self, reporter: Reporter) -> Result<(), StoreError> {
         // History from before reporting was on is not news.
         self.write(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO outbox_meta (key, value)
                  SELECT 'release_events_reported', COALESCE(MAX(seq), 0) FROM release_events",
-                [],
-            )?;
+            )?
+            .execute([])?;
             Ok(())
         })?;
         let _ = self.reporter.set(reporter);
@@ -382,13 +389,13 @@ impl Store {
                 };
                 let report = Report { dropped: Some(notice), ..reporter.report("outbox_dropped") };
                 reporter.enqueue(tx, &report, true)?;
-                tx.execute(
+                tx.prepare_cached(
                     "DELETE FROM outbox_meta WHERE key IN ('dropped', 'dropped_first', 'dropped_last', 'corrupt')",
-                    [],
-                )?;
+                )?
+                .execute([])?;
             }
             // The last batch's fate is known by now.
-            tx.execute("DELETE FROM outbox_meta WHERE key IN ('in_flight', 'in_flight_dropped')", [])?;
+            tx.prepare_cached("DELETE FROM outbox_meta WHERE key IN ('in_flight', 'in_flight_dropped')")?.execute([])?;
             let mut stmt = tx.prepare("SELECT seq, report_id, body FROM outbox ORDER BY seq LIMIT ?1")?;
             let rows: Vec<(i64, String, Option<String>)> = stmt
                 .query_map(params![max_reports.max(1) as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2).ok())))?
@@ -399,13 +406,13 @@ impl Store {
             for (seq, report_id, body) in rows {
                 let parsed = body.as_deref().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok());
                 let Some(body) = body.filter(|_| parsed.is_some_and(|v| v.get("report_id").is_some())) else {
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO dead_letters (report_id, body, code, reason, at)
                          SELECT report_id, CAST(body AS TEXT), 'corrupt', 'the stored report does not parse', ?2
                          FROM outbox WHERE seq = ?1",
-                        params![seq, now()],
-                    )?;
-                    tx.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+                    )?
+                    .execute(params![seq, now()])?;
+                    tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?.execute(params![seq])?;
                     add_meta(tx, "corrupt", 1)?;
                     continue;
                 };
@@ -427,7 +434,7 @@ impl Store {
     pub fn acknowledge(&self, report_ids: &[String]) -> Result<(), StoreError> {
         self.write_durably(|tx| {
             for id in report_ids {
-                tx.execute("DELETE FROM outbox WHERE report_id = ?1", params![id])?;
+                tx.prepare_cached("DELETE FROM outbox WHERE report_id = ?1")?.execute(params![id])?;
             }
             // Dropped while in flight, yet delivered: not a drop after all.
             if let Some(dropped) = meta(tx, "in_flight_dropped")? {
@@ -448,12 +455,12 @@ impl Store {
     /// Moves a report the receiver refused to the dead letters.
     pub fn dead_letter(&self, report_id: &str, code: &str, reason: &str) -> Result<(), StoreError> {
         self.write_durably(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO dead_letters (report_id, body, code, reason, at)
                  SELECT report_id, body, ?2, ?3, ?4 FROM outbox WHERE report_id = ?1",
-                params![report_id, code, reason, now()],
-            )?;
-            tx.execute("DELETE FROM outbox WHERE report_id = ?1", params![report_id])?;
+            )?
+            .execute(params![report_id, code, reason, now()])?;
+            tx.prepare_cached("DELETE FROM outbox WHERE report_id = ?1")?.execute(params![report_id])?;
             Ok(())
         })
     }
@@ -605,7 +612,8 @@ mod tests {
         run(&store, "b");
         store
             .write(|tx| {
-                tx.execute("UPDATE outbox SET body = 'not json{' WHERE seq = (SELECT MIN(seq) FROM outbox)", [])
+                tx.prepare_cached("UPDATE outbox SET body = 'not json{' WHERE seq = (SELECT MIN(seq) FROM outbox)")?
+                    .execute([])
             })
             .unwrap();
         let batch = reports(&store.outbox_batch(10, 1 << 20).unwrap());

@@ -239,7 +239,7 @@ impl Store {
         digest: &str,
         from: &[ReleaseState],
         expected: &'static str,
-        apply: impl FnOnce(&rusqlite::Transaction, &str) -> rusqlite::Result<()>,
+        apply: impl FnOnce(&rusqlite::Connection, &str) -> rusqlite::Result<()>,
     ) -> Result<ReleaseRecord, TransitionError> {
         let at = now();
         let outcome = self.write_durably(|tx| {
@@ -429,7 +429,7 @@ impl Store {
 }
 
 fn event(
-    tx: &rusqlite::Transaction,
+    tx: &rusqlite::Connection,
     digest: Option<&str>,
     event: &str,
     code: Option<&str>,

@@ -152,7 +152,7 @@ mod tests {
             kind: None,
             job: None,
         };
-        store.begin_run(&running).unwrap();
+        store.begin_run(&running, &crate::store::now()).unwrap();
         store.write(|tx| tx.execute("UPDATE runs SET created_at = '2020-01-01T00:00:00.000Z'", [])).unwrap();
         let fresh: Vec<String> = (0..4).map(|_| rejected(&store)).collect();
         std::fs::create_dir_all(store.log_dir(&old[0])).unwrap();

@@ -6,14 +6,14 @@
 //! workflow's state writes, in one transaction). A run refused before it
 //! started is recorded whole by [`Store::record_rejected`]. The daemon
 //! records a triggered run `pending` before it acknowledges the trigger
-//! ([`Store::accept_run`]); `begin_run` and `record_rejected` then complete
+//! ([`Store::accept_runs`]); `begin_run` and `record_rejected` then complete
 //! that row, and [`Store::abandon_run`] ends one that never started.
 //! [`Store::recover_interrupted`] marks runs whose process is gone, left
 //! `pending` or `running`, `interrupted`. [`RunRecord`] is a run as read back, typed.
 
 use super::{StateWrites, Store, StoreError, now};
 use crate::outcome::{ErrorCode, GuestKind, NodeRecord, PolicyViolation, RunReport, RunStatus};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -86,21 +86,25 @@ pub struct RunRecord {
 }
 
 impl Store {
-    /// Records run `id`, triggered for daemon job `job` on `bundle_path`,
-    /// as `pending`: durable before the trigger is acknowledged, so the id
-    /// handed out always names a record. What is learnt on loading the
+    /// Records runs `ids`, triggered for daemon job `job` on `bundle_path`,
+    /// as `pending`, in one write: durable before the trigger is
+    /// acknowledged, so an id handed out always names a record. What is learnt on loading the
     /// bundle is filled in by [`Store::begin_run`] or
     /// [`Store::record_rejected`].
-    pub fn accept_run(&self, id: &str, job: &str, bundle_path: &str) -> Result<(), StoreError> {
+    pub fn accept_runs(&self, ids: &[String], job: &str, bundle_path: &str) -> Result<(), StoreError> {
         let at = now();
+        let owner = owner_token();
         self.write(|tx| {
-            tx.execute(
+            let mut run = tx.prepare_cached(
                 "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at,
                                    owner_pid, job, owner_boot)
                  VALUES (?1, ?2, '-', '-', ?3, '', 'pending', ?4, ?5, ?2, ?6)",
-                params![id, job, bundle_path, at, std::process::id(), owner_token()],
             )?;
-            tx.execute("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)", params![id, at])?;
+            let mut transition = tx.prepare_cached("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)")?;
+            for id in ids {
+                run.execute(params![id, job, bundle_path, at, std::process::id(), owner])?;
+                transition.execute(params![id, at])?;
+            }
             Ok(())
         })
     }
@@ -118,11 +122,12 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let at = now();
         let ids = self.write_run(|tx| {
-            let changed = tx.execute(
-                "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, finished_at = ?5
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, finished_at = ?5
                  WHERE id = ?1 AND status IN ('pending', 'running')",
-                params![run_id, status.as_str(), code.map(|c| c.as_str()), message, at],
-            )?;
+                )?
+                .execute(params![run_id, status.as_str(), code.map(|c| c.as_str()), message, at])?;
             if changed == 0 {
                 return Ok(Vec::new());
             }
@@ -132,11 +137,10 @@ impl Store {
         Ok(!ids.is_empty())
     }
 
-    /// Records a new run as `pending`, then `running` (completing the row
-    /// [`Store::accept_run`] made, if there is one).
-    pub fn begin_run(&self, run: &NewRun) -> Result<(), StoreError> {
-        let at = now();
-        self.write(|tx| insert_run(tx, run, &at))
+    /// Records a new run as `pending`, then `running` at `at` (completing
+    /// the row [`Store::accept_runs`] made, if there is one).
+    pub fn begin_run(&self, run: &NewRun, at: &str) -> Result<(), StoreError> {
+        self.write(|tx| insert_run(tx, run, at))
     }
 
     /// Records how run `report.run_id` ended, its node records and, for a
@@ -147,12 +151,17 @@ impl Store {
     /// saw. A run that succeeded commits only if every one is unchanged
     /// (checked in the same write transaction); otherwise nothing is
     /// written and [`StoreError::StateConflict`] says which key moved.
+    ///
+    /// `unbegun` is the run and the time it started, for a run whose start
+    /// [`Store::begin_run`] has not recorded: its start is written with its
+    /// end.
     pub fn finish_run(
         &self,
         workflow: &str,
         report: &RunReport,
         state: &StateWrites,
         reads: &StateWrites,
+        unbegun: Option<(&NewRun, &str)>,
     ) -> Result<(), StoreError> {
         let at = now();
         let conflict = std::cell::RefCell::new(None);
@@ -171,6 +180,9 @@ impl Store {
                         return Err(rusqlite::Error::QueryReturnedNoRows);
                     }
                 }
+            }
+            if let Some((run, started)) = unbegun {
+                insert_run(tx, run, started)?;
             }
             update_finished(tx, report, &at)?;
             if report.status == RunStatus::Succeeded {
@@ -228,12 +240,12 @@ impl Store {
                 if same_boot && pid.is_some_and(|pid| pid != std::process::id() && alive(pid)) {
                     continue;
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE runs SET status = 'interrupted', error_code = 'interrupted', finished_at = ?2,
                      error_message = 'wfrun stopped before the run finished (a crash, a kill or a power loss)'
                      WHERE id = ?1",
-                    params![id, at],
-                )?;
+                )?
+                .execute(params![id, at])?;
                 add_transition(tx, &id, RunStatus::Interrupted, &at)?;
                 recovered.push(id);
             }
@@ -245,7 +257,7 @@ impl Store {
     /// gets its report in the same transaction, committed durably.
     fn write_run(
         &self,
-        f: impl FnOnce(&Transaction) -> rusqlite::Result<Vec<String>>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<Vec<String>>,
     ) -> Result<Vec<String>, StoreError> {
         match self.reporter() {
             None => self.write(f),
@@ -288,13 +300,15 @@ impl Store {
 }
 
 /// Inserts run `run` as `running`, or completes the `pending` row
-/// [`Store::accept_run`] made for it (keeping its creation time).
-fn insert_run(tx: &Transaction, run: &NewRun, at: &str) -> rusqlite::Result<()> {
-    let accepted = tx.execute(
-        "UPDATE runs SET workflow = ?2, version = ?3, kind = ?4, bundle_path = ?5, bundle_digest = ?6,
+/// [`Store::accept_runs`] made for it (keeping its creation time).
+fn insert_run(tx: &Connection, run: &NewRun, at: &str) -> rusqlite::Result<()> {
+    let accepted = tx
+        .prepare_cached(
+            "UPDATE runs SET workflow = ?2, version = ?3, kind = ?4, bundle_path = ?5, bundle_digest = ?6,
                 status = 'running', owner_pid = ?7, job = ?8, owner_boot = ?9
          WHERE id = ?1 AND status = 'pending'",
-        params![
+        )?
+        .execute(params![
             run.id,
             run.workflow,
             run.version,
@@ -304,72 +318,72 @@ fn insert_run(tx: &Transaction, run: &NewRun, at: &str) -> rusqlite::Result<()> 
             std::process::id(),
             run.job,
             owner_token()
-        ],
-    )?;
+        ])?;
     if accepted == 1 {
         add_transition(tx, &run.id, RunStatus::Running, at)?;
         return Ok(());
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid, job,
                            owner_boot)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)",
-        params![
-            run.id,
-            run.workflow,
-            run.version,
-            run.kind.map_or("-", GuestKind::as_str),
-            run.bundle_path,
-            run.bundle_digest,
-            at,
-            std::process::id(),
-            run.job,
-            owner_token()
-        ],
-    )?;
-    tx.execute("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)", params![run.id, at])?;
-    tx.execute("INSERT INTO run_transitions VALUES (?1, 1, 'running', ?2)", params![run.id, at])?;
+    )?
+    .execute(params![
+        run.id,
+        run.workflow,
+        run.version,
+        run.kind.map_or("-", GuestKind::as_str),
+        run.bundle_path,
+        run.bundle_digest,
+        at,
+        std::process::id(),
+        run.job,
+        owner_token()
+    ])?;
+    tx.prepare_cached("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)")?.execute(params![run.id, at])?;
+    tx.prepare_cached("INSERT INTO run_transitions VALUES (?1, 1, 'running', ?2)")?.execute(params![run.id, at])?;
     Ok(())
 }
 
-fn update_finished(tx: &Transaction, report: &RunReport, at: &str) -> rusqlite::Result<()> {
+fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::Result<()> {
     let run_id = &report.run_id;
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5, output = ?6,
          exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11,
          policy_violations = ?12, error_detail = ?13
          WHERE id = ?1",
-        params![
-            run_id,
-            report.status.as_str(),
-            report.error_code.map(|c| c.as_str()),
-            report.error_message,
-            report.failed_node,
-            report.output.as_ref().map(|o| o.get()),
-            report.exit_code,
-            at,
-            report.duration_ms,
-            report.fuel_consumed as i64,
-            report.peak_memory_bytes as i64,
-            (!report.policy_violations.is_empty())
-                .then(|| serde_json::to_string(&report.policy_violations).expect("violations serialise")),
-            report.error_detail,
-        ],
-    )?;
+    )?
+    .execute(params![
+        run_id,
+        report.status.as_str(),
+        report.error_code.map(|c| c.as_str()),
+        report.error_message,
+        report.failed_node,
+        report.output.as_ref().map(|o| o.get()),
+        report.exit_code,
+        at,
+        report.duration_ms,
+        report.fuel_consumed as i64,
+        report.peak_memory_bytes as i64,
+        (!report.policy_violations.is_empty())
+            .then(|| serde_json::to_string(&report.policy_violations).expect("violations serialise")),
+        report.error_detail,
+    ])?;
     add_transition(tx, run_id, report.status, at)?;
     for (seq, node) in report.nodes.iter().enumerate() {
         let record = serde_json::to_string(node).expect("node records serialise");
-        tx.execute("INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)", params![run_id, seq as i64, node.node, record])?;
+        tx.prepare_cached("INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![run_id, seq as i64, node.node, record])?;
     }
     Ok(())
 }
 
-fn add_transition(tx: &Transaction, run_id: &str, status: RunStatus, at: &str) -> rusqlite::Result<()> {
-    tx.execute(
+fn add_transition(tx: &Connection, run_id: &str, status: RunStatus, at: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
         "INSERT INTO run_transitions
          SELECT ?1, COALESCE(MAX(seq), -1) + 1, ?2, ?3 FROM run_transitions WHERE run_id = ?1",
-        params![run_id, status.as_str(), at],
-    )?;
+    )?
+    .execute(params![run_id, status.as_str(), at])?;
     Ok(())
 }
 

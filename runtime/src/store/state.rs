@@ -5,7 +5,7 @@
 //! run that succeeded ([`Store::finish_run`](super::Store::finish_run)).
 
 use super::{Store, StoreError};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 
 /// State writes to apply when a run succeeds: key → value, or `None` to delete.
@@ -46,15 +46,18 @@ impl Store {
 }
 
 /// Applies `writes` to `workflow`'s state inside `tx`.
-pub(super) fn apply(tx: &Transaction, workflow: &str, writes: &StateWrites) -> rusqlite::Result<()> {
+pub(super) fn apply(tx: &Connection, workflow: &str, writes: &StateWrites) -> rusqlite::Result<()> {
     for (key, value) in writes {
         match value {
-            Some(value) => tx.execute(
-                "INSERT INTO state (workflow, key, value) VALUES (?1, ?2, ?3)
+            Some(value) => tx
+                .prepare_cached(
+                    "INSERT INTO state (workflow, key, value) VALUES (?1, ?2, ?3)
                  ON CONFLICT (workflow, key) DO UPDATE SET value = excluded.value",
-                params![workflow, key, value],
-            )?,
-            None => tx.execute("DELETE FROM state WHERE workflow = ?1 AND key = ?2", params![workflow, key])?,
+                )?
+                .execute(params![workflow, key, value])?,
+            None => tx
+                .prepare_cached("DELETE FROM state WHERE workflow = ?1 AND key = ?2")?
+                .execute(params![workflow, key])?,
         };
     }
     Ok(())

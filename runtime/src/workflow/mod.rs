@@ -50,6 +50,10 @@ pub const DEFAULT_MAX_PARALLEL: usize = 4;
 /// fails with `state_conflict`.
 pub const MAX_STATE_CONFLICTS: u64 = 16;
 
+/// How long a run goes before its `running` record is written: a run that
+/// ends sooner is recorded start and end in one write.
+pub const RUNNING_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Why a bundle cannot be run as a workflow.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -263,17 +267,20 @@ impl Workflow {
         execution: Execution,
     ) -> Result<RunReport, StoreError> {
         let run_id = execution.run_id.clone().unwrap_or_else(new_run_id);
-        if let Some(store) = store {
-            store.begin_run(&NewRun {
-                id: run_id.clone(),
-                workflow: self.plan.name.clone(),
-                version: self.plan.version.clone(),
-                bundle_path: self.bundle_path.clone(),
-                bundle_digest: self.digest.clone(),
-                kind: Some(self.plan.kind),
-                job: execution.job.clone(),
-            })?;
-        }
+        let new = NewRun {
+            id: run_id.clone(),
+            workflow: self.plan.name.clone(),
+            version: self.plan.version.clone(),
+            bundle_path: self.bundle_path.clone(),
+            bundle_digest: self.digest.clone(),
+            kind: Some(self.plan.kind),
+            job: execution.job.clone(),
+        };
+        // The `running` record is written only once the run has lasted
+        // RUNNING_WRITE_DELAY; a shorter run is recorded, start and end, in
+        // one write when it ends.
+        let started_at = now();
+        let mut begun = false;
         // The effective egress policy, once per run: every node shares it.
         let execution =
             Execution { grants: Grants { egress: Some(grant.egress.clone()), ..execution.grants }, ..execution };
@@ -283,11 +290,26 @@ impl Workflow {
         loop {
             let overlay =
                 store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.plan.name.clone(), grant.quota)));
-            let mut report = self.execute_once(sandbox, store, &run_id, overlay.clone(), grant, &execution).await;
+            let once = self.execute_once(sandbox, store, &run_id, overlay.clone(), grant, &execution);
+            let mut report = match store {
+                Some(store) if !begun => {
+                    tokio::pin!(once);
+                    tokio::select! {
+                        report = &mut once => report,
+                        () = tokio::time::sleep(RUNNING_WRITE_DELAY) => {
+                            store.begin_run(&new, &started_at)?;
+                            begun = true;
+                            once.await
+                        }
+                    }
+                }
+                _ => once.await,
+            };
             let Some(store) = store else { return Ok(report) };
+            let unbegun = (!begun).then_some((&new, started_at.as_str()));
             let writes: StateWrites = overlay.as_ref().map(|o| o.take_writes()).unwrap_or_default();
             let reads: StateWrites = overlay.as_ref().map(|o| o.take_reads()).unwrap_or_default();
-            match store.finish_run(&self.plan.name, &report, &writes, &reads) {
+            match store.finish_run(&self.plan.name, &report, &writes, &reads, unbegun) {
                 Err(StoreError::StateConflict { key, .. }) if conflicts < MAX_STATE_CONFLICTS => {
                     conflicts += 1;
                     tracing::debug!("run {run_id}: state key {key:?} changed under it; running it again");
@@ -303,7 +325,7 @@ impl Workflow {
                         "state key {key:?} was changed by other runs {} times while this run used it",
                         conflicts + 1
                     ));
-                    store.finish_run(&self.plan.name, &report, &StateWrites::new(), &StateWrites::new())?;
+                    store.finish_run(&self.plan.name, &report, &StateWrites::new(), &StateWrites::new(), unbegun)?;
                     return Ok(report);
                 }
                 result => return result.map(|()| report),

@@ -86,6 +86,9 @@ struct Trigger {
     name: String,
     #[serde(default)]
     input: Option<String>,
+    /// Runs to start at once (1 unless given).
+    #[serde(default)]
+    count: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -147,9 +150,17 @@ fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Value, DaemonError> 
             Ok(json!({ "name": name }))
         }
         "trigger" => {
-            let Trigger { name, input } = params(method, request.params)?;
-            let run_id = daemon.trigger(&name, input, Source::Manual)?;
-            Ok(json!({ "name": name, "run_id": run_id }))
+            let Trigger { name, input, count } = params(method, request.params)?;
+            match count {
+                None => {
+                    let run_id = daemon.trigger(&name, input, Source::Manual)?;
+                    Ok(json!({ "name": name, "run_id": run_id }))
+                }
+                Some(count) => {
+                    let run_ids = daemon.trigger_many(&name, input, count, Source::Manual)?;
+                    Ok(json!({ "name": name, "run_id": run_ids[0], "run_ids": run_ids }))
+                }
+            }
         }
         "cancel" => {
             let RunId { run_id } = params(method, request.params)?;
