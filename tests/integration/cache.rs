@@ -26,9 +26,22 @@ async fn greets(sandbox: &Sandbox, program: &Program) {
     assert_eq!(report.output.unwrap().get(), r#"{"greeting":"Hello, cache!"}"#);
 }
 
+/// The artifact files (`.cwasm`) in `dir`.
+fn artifacts(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// The one artifact in `dir`, beside its meta file.
 fn only_entry(dir: &Path) -> PathBuf {
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries = artifacts(dir);
     assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].with_extension("meta").is_file(), "its meta file");
     entries.into_iter().next().unwrap()
 }
 
@@ -46,7 +59,10 @@ async fn the_second_load_loads_instead_of_compiling() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(only_entry(dir)).unwrap().permissions().mode() & 0o777, 0o600);
+        let entry = only_entry(dir);
+        for file in [entry.clone(), entry.with_extension("meta")] {
+            assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600);
+        }
         assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }
@@ -79,7 +95,7 @@ async fn an_entry_from_another_engine_configuration_is_rebuilt() {
     // Where an engine without fuel metering looks: a different name.
     let unmetered = sandbox(dir.path(), false);
     assert_eq!(load(&unmetered).origin(), Origin::Compiled);
-    let other = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| *p != metered).unwrap();
+    let other = artifacts(dir.path()).into_iter().find(|p| *p != metered).unwrap();
     // Put the metered artifact under the unmetered name: wasmtime refuses it.
     std::fs::copy(&metered, &other).unwrap();
     let fresh = sandbox(dir.path(), false);
@@ -113,4 +129,37 @@ fn exec_fills_the_cache_and_cache_clear_empties_it() {
     let clear = wfrun().env("WFRUN_DIR", state.path()).args(["cache", "clear"]).output().unwrap();
     assert_eq!(clear.status.code(), Some(0));
     assert!(ls().is_empty());
+}
+
+#[tokio::test]
+async fn a_verified_entry_is_trusted_by_its_identity_until_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    load(&sandbox(dir.path(), true));
+    let entry = only_entry(dir.path());
+    let meta = entry.with_extension("meta");
+    let written = std::fs::read(&meta).unwrap();
+    // The first load after the change time has settled checks the hash and
+    // records the file's identity.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(load(&sandbox(dir.path(), true)).origin(), Origin::Cached);
+    let verified = std::fs::read(&meta).unwrap();
+    assert_ne!(verified, written, "the identity was recorded");
+    assert_eq!(load(&sandbox(dir.path(), true)).origin(), Origin::Cached);
+    // A write to the artifact, however small, changes its identity: the
+    // hash is checked again, fails, and the entry is rebuilt.
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&entry, &bytes).unwrap();
+    let fresh = sandbox(dir.path(), true);
+    let program = load(&fresh);
+    assert_eq!(program.origin(), Origin::Rebuilt);
+    greets(&fresh, &program).await;
+    // A meta file copied from another entry (another engine) is refused too.
+    let unmetered = sandbox(dir.path(), false);
+    load(&unmetered);
+    let other = artifacts(dir.path()).into_iter().find(|p| *p != entry).unwrap();
+    std::fs::copy(other.with_extension("meta"), &meta).unwrap();
+    std::fs::copy(&other, &entry).unwrap();
+    assert_eq!(load(&sandbox(dir.path(), true)).origin(), Origin::Rebuilt);
 }

@@ -1051,3 +1051,38 @@ fn a_release_with_a_health_job_passes_or_fails_its_trial_by_that_job() {
     let out = crate::exec::wfrun().arg("release").args(args).args(["--health", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(6));
 }
+
+#[test]
+fn trigger_count_starts_that_many_runs_each_on_record_and_is_refused_for_a_job_without_overlap() {
+    let hello = guest("hello");
+    let daemon = DaemonProcess::start(&format!(
+        "[jobs.many]\nbundle = {b}\ninput = '{{\"name\": \"x\"}}'\nallow_overlap = true\n\
+         [jobs.one]\nbundle = {b}\ninput = '{{\"name\": \"x\"}}'\n",
+        b = toml_path(&hello)
+    ));
+    let out = daemon.wfrun(&["trigger", "many", "--count", "25"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ids: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(ids.len(), 25);
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 25, "distinct ids");
+    // Each id names a record from the moment it is printed.
+    assert!(ids.iter().all(|id| daemon.run(id).is_some()));
+    assert!(wait_for(Duration::from_secs(60), || ids
+        .iter()
+        .all(|id| daemon.run(id).is_some_and(|r| r.status == RunStatus::Succeeded))));
+
+    let json: Value =
+        serde_json::from_slice(&daemon.wfrun(&["trigger", "many", "--count", "2", "--json"]).stdout).unwrap();
+    assert_eq!(json["result"]["run_ids"].as_array().map(Vec::len), Some(2), "{json}");
+
+    // A job without overlap runs one at a time; counts out of range are refused.
+    for args in [
+        &["trigger", "one", "--count", "2"][..],
+        &["trigger", "many", "--count", "0"],
+        &["trigger", "many", "--count", "1001"],
+    ] {
+        let out = daemon.wfrun(args);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {}", stderr(&out));
+    }
+    assert!(daemon.runs().iter().all(|r| r.job.as_deref() == Some("many")), "nothing refused was recorded");
+}

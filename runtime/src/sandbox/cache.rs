@@ -1,25 +1,35 @@
 //! The compiled-artifact cache: compile a component once, load it after.
 //!
-//! Compiling with Cranelift costs ~100 ms for a small component; loading a
-//! precompiled artifact costs a few milliseconds. [`ArtifactCache`] keeps
-//! artifacts in `<state-dir>/cache/`, one file per component and engine:
-//! the name is the component's SHA-256, the engine's compatibility hash and
-//! the wfrun version, so an artifact is only ever offered to an engine that
-//! made it.
+//! Compiling with Cranelift costs ~100 ms for a small component (seconds for
+//! an interpreter); loading a precompiled artifact costs a few milliseconds.
+//! [`ArtifactCache`] keeps artifacts in `<state-dir>/cache/`, one per
+//! component and engine: `NAME.cwasm` is wasmtime's artifact as it
+//! serialized it, and `NAME.meta` says where it came from. NAME is the
+//! component's SHA-256, the engine's compatibility hash and the wfrun
+//! version, so an artifact is only ever offered to an engine that made it.
+//! The artifact is loaded by mapping the file (`deserialize_file`): nothing
+//! is copied, and wasmtime maps the guests' initial memory images from it
+//! copy-on-write, so a large component (an interpreter with its heap
+//! snapshot) starts without copying its heap.
 //!
 //! Loading an artifact is `unsafe` in wasmtime: it is machine code, trusted
 //! as is. The cache is safe by construction:
-//! - entries are written atomically ([`write_atomic`]: a temporary file,
+//! - both files are written atomically ([`write_atomic`]: a temporary file,
 //!   mode 0600, fsynced and renamed) into a directory private to the user
 //!   (0700), so a reader never sees half a file;
-//! - each entry starts with the SHA-256 of the artifact, and the bytes that
-//!   are hashed are the bytes that are deserialized (no re-read, no window
-//!   to swap the file);
-//! - each entry records the SHA-256 of the component it was compiled from
-//!   and the engine's key, checked at load: an entry copied over another
-//!   component's file name is refused;
-//! - an entry is read only if this user owns it and no one else may write
-//!   it (checked on the open file);
+//! - the meta file records the SHA-256 of the component the artifact was
+//!   compiled from and the engine's key, checked at load (an artifact
+//!   copied over another component's name is refused), and the artifact's
+//!   own SHA-256;
+//! - the artifact's SHA-256 is checked over its bytes on the first load
+//!   after it was written; the meta file then also records the file's
+//!   identity (device, inode, size, modification and change times), and a
+//!   later load whose file has that identity skips the hash (any write to
+//!   the file changes its change time, which no user can set back; the
+//!   identity is recorded only once the change time is two seconds old, so
+//!   a write in the same clock tick cannot go unnoticed);
+//! - both files are read only if this user owns them and no one else may
+//!   write them (checked on the open files);
 //! - an entry that is truncated, corrupt, of another component or made by an
 //!   incompatible engine is removed and the component compiled again; it is
 //!   never executed.
@@ -27,12 +37,18 @@
 use crate::files::{Mode, create_private_dir, write_atomic};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// The first bytes of every entry.
-const MAGIC: &[u8] = b"wfrun-artifact-v2\n";
+/// The first bytes of every meta file.
+const MAGIC: &[u8] = b"wfrun-artifact-v3\n";
+
+/// How old an artifact's change time must be before its identity stands in
+/// for its hash.
+const SETTLED: Duration = Duration::from_secs(2);
 
 /// Where an entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +69,115 @@ pub struct ArtifactCache {
     engine_key: String,
 }
 
+/// A file's identity: what changes whenever its contents do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    #[cfg(unix)]
+    fn of(meta: &std::fs::Metadata) -> Identity {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &std::fs::Metadata) -> Identity {
+        // No change time to rely on: never matches a recorded identity.
+        Identity::default()
+    }
+
+    /// Whether the last change is at least [`SETTLED`] old.
+    fn settled(&self) -> bool {
+        let changed = SystemTime::UNIX_EPOCH + Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.max(0) as u32);
+        self.ctime.0 > 0 && SystemTime::now().duration_since(changed).is_ok_and(|age| age >= SETTLED)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        for n in [self.dev, self.ino, self.size] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        for n in [self.mtime.0, self.mtime.1, self.ctime.0, self.ctime.1] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Identity> {
+        if bytes.len() != 56 {
+            return None;
+        }
+        let u = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+        let s = |i: usize| u(i) as i64;
+        Some(Identity { dev: u(0), ino: u(1), size: u(2), mtime: (s(3), s(4)), ctime: (s(5), s(6)) })
+    }
+}
+
+/// What a meta file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Meta {
+    component_digest: [u8; 32],
+    engine_key: String,
+    artifact_digest: [u8; 32],
+    /// The artifact file's identity when its hash was last checked, once
+    /// settled.
+    verified: Option<Identity>,
+}
+
+impl Meta {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAGIC.len() + 32 + 1 + self.engine_key.len() + 32 + 1 + 56);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.component_digest);
+        out.push(self.engine_key.len() as u8);
+        out.extend_from_slice(self.engine_key.as_bytes());
+        out.extend_from_slice(&self.artifact_digest);
+        match &self.verified {
+            Some(identity) => {
+                out.push(1);
+                identity.encode(&mut out);
+            }
+            None => out.push(0),
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Meta> {
+        let rest = bytes.strip_prefix(MAGIC)?;
+        if rest.len() < 33 {
+            return None;
+        }
+        let (component_digest, rest) = rest.split_at(32);
+        let (&length, rest) = rest.split_first()?;
+        if rest.len() < usize::from(length) + 33 {
+            return None;
+        }
+        let (engine_key, rest) = rest.split_at(usize::from(length));
+        let (artifact_digest, rest) = rest.split_at(32);
+        let verified = match rest.split_first()? {
+            (0, []) => None,
+            (1, identity) => Some(Identity::decode(identity)?),
+            _ => return None,
+        };
+        Some(Meta {
+            component_digest: component_digest.try_into().ok()?,
+            engine_key: String::from_utf8(engine_key.to_vec()).ok()?,
+            artifact_digest: artifact_digest.try_into().ok()?,
+            verified,
+        })
+    }
+}
+
 impl ArtifactCache {
     /// A cache in `dir` for artifacts of `engine`.
     pub fn new(dir: &Path, engine: &Engine) -> ArtifactCache {
@@ -67,8 +192,10 @@ impl ArtifactCache {
         &self.dir
     }
 
-    fn entry(&self, digest: &[u8]) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", hex::encode(digest), self.engine_key))
+    /// The artifact's path and its meta file's.
+    fn entry(&self, digest: &[u8]) -> (PathBuf, PathBuf) {
+        let name = format!("{}-{}", hex::encode(digest), self.engine_key);
+        (self.dir.join(format!("{name}.cwasm")), self.dir.join(format!("{name}.meta")))
     }
 
     /// The compiled form of the component whose SHA-256 is `digest`: from
@@ -79,35 +206,73 @@ impl ArtifactCache {
         digest: &[u8],
         compile: impl FnOnce() -> Result<Component, E>,
     ) -> Result<(Component, Origin), E> {
-        let path = self.entry(digest);
+        let (artifact, meta) = self.entry(digest);
         let mut origin = Origin::Compiled;
-        if let Some(bytes) = read_own_entry(&path) {
-            match checked_artifact(&bytes, digest, &self.engine_key).map(|artifact| deserialize(engine, artifact)) {
+        if meta.exists() || artifact.exists() {
+            match self.checked(&artifact, &meta, digest).map(|()| deserialize(engine, &artifact)) {
                 Some(Ok(loaded)) => return Ok((loaded, Origin::Cached)),
                 _ => {
-                    tracing::warn!("removing unusable cache entry {}", path.display());
-                    let _ = std::fs::remove_file(&path);
+                    tracing::warn!("removing unusable cache entry {}", artifact.display());
+                    let _ = std::fs::remove_file(&meta);
+                    let _ = std::fs::remove_file(&artifact);
                     origin = Origin::Rebuilt;
                 }
             }
         }
         let compiled = compile()?;
-        if let Err(e) = self.store(&path, digest, &compiled) {
+        if let Err(e) = self.store(&artifact, &meta, digest, &compiled) {
             // A cache that cannot be written costs speed, not correctness.
-            tracing::warn!("cannot write cache entry {}: {e:#}", path.display());
+            tracing::warn!("cannot write cache entry {}: {e:#}", artifact.display());
         }
         Ok((compiled, origin))
     }
 
-    fn store(&self, path: &Path, component_digest: &[u8], compiled: &Component) -> anyhow::Result<()> {
-        let artifact = compiled.serialize()?;
+    /// Whether the entry at `artifact` and `meta` is sound for the component
+    /// whose SHA-256 is `digest` and this engine: the meta file names them,
+    /// and the artifact's hash holds (or its identity is the one recorded
+    /// when the hash last held). Records a settled identity.
+    fn checked(&self, artifact: &Path, meta_path: &Path, digest: &[u8]) -> Option<()> {
+        let (_, meta_bytes) = open_own(meta_path, true)?;
+        let mut meta = Meta::decode(&meta_bytes?)?;
+        if meta.component_digest.as_slice() != digest || meta.engine_key != self.engine_key {
+            return None;
+        }
+        let (identity, _) = open_own(artifact, false)?;
+        if meta.verified == Some(identity) {
+            return Some(());
+        }
+        let (identity, bytes) = open_own(artifact, true)?;
+        if Sha256::digest(bytes?).as_slice() != meta.artifact_digest {
+            return None;
+        }
+        if identity.settled() {
+            meta.verified = Some(identity);
+            // Only speed depends on it: a meta file that cannot be written
+            // means the hash is checked again next time.
+            let _ = write_atomic(meta_path, &meta.encode(), Mode::Private);
+        }
+        Some(())
+    }
+
+    fn store(&self, artifact: &Path, meta: &Path, component_digest: &[u8], compiled: &Component) -> anyhow::Result<()> {
+        let bytes = compiled.serialize()?;
         create_private_dir(&self.dir)?;
-        write_atomic(path, &entry_bytes(component_digest, &self.engine_key, &artifact), Mode::Private)?;
+        // The meta file goes first: an artifact without its meta file is
+        // never loaded, and the artifact it names is checked by its hash.
+        let record = Meta {
+            component_digest: component_digest.try_into()?,
+            engine_key: self.engine_key.clone(),
+            artifact_digest: Sha256::digest(&bytes).into(),
+            verified: None,
+        };
+        write_atomic(meta, &record.encode(), Mode::Private)?;
+        write_atomic(artifact, &bytes, Mode::Private)?;
         Ok(())
     }
 }
 
-/// Every entry in the cache directory `dir`: file name and size in bytes.
+/// Every entry in the cache directory `dir`: its artifact's file name and
+/// size in bytes.
 pub fn entries(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
     let mut entries = Vec::new();
     let Ok(listing) = std::fs::read_dir(dir) else { return Ok(entries) };
@@ -122,111 +287,107 @@ pub fn entries(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
     Ok(entries)
 }
 
-/// Removes every entry in the cache directory `dir`; returns how many.
+/// Removes every entry in the cache directory `dir` (artifacts and meta
+/// files); returns how many.
 pub fn clear(dir: &Path) -> std::io::Result<usize> {
     let entries = entries(dir)?;
     for (name, _) in &entries {
         std::fs::remove_file(dir.join(name))?;
+        let _ = std::fs::remove_file(dir.join(name.replace(".cwasm", ".meta")));
     }
     Ok(entries.len())
 }
 
-/// An entry: the magic, the SHA-256 of the component it was compiled from,
-/// the engine key (length-prefixed), the SHA-256 of the artifact, and the
-/// artifact.
-fn entry_bytes(component_digest: &[u8], engine_key: &str, artifact: &[u8]) -> Vec<u8> {
-    let mut entry = Vec::with_capacity(MAGIC.len() + 32 + 1 + engine_key.len() + 32 + artifact.len());
-    entry.extend_from_slice(MAGIC);
-    entry.extend_from_slice(component_digest);
-    entry.push(engine_key.len() as u8);
-    entry.extend_from_slice(engine_key.as_bytes());
-    entry.extend_from_slice(&Sha256::digest(artifact));
-    entry.extend_from_slice(artifact);
-    entry
-}
-
-/// The artifact inside an entry, if the entry is whole, was made from the
-/// component whose SHA-256 is `component_digest` by an engine with
-/// `engine_key`, and its artifact digest holds. A file copied over another
-/// component's entry name is refused here: it names its own source.
-fn checked_artifact<'a>(entry: &'a [u8], component_digest: &[u8], engine_key: &str) -> Option<&'a [u8]> {
-    let rest = entry.strip_prefix(MAGIC)?;
-    let rest = rest.strip_prefix(component_digest).filter(|_| component_digest.len() == 32)?;
-    let (&length, rest) = rest.split_first()?;
-    let rest = rest.strip_prefix(engine_key.as_bytes()).filter(|_| usize::from(length) == engine_key.len())?;
-    if rest.len() < 32 {
-        return None;
-    }
-    let (digest, artifact) = rest.split_at(32);
-    (Sha256::digest(artifact).as_slice() == digest).then_some(artifact)
-}
-
-/// Reads an entry only if this user owns it and no one else may write it,
-/// checked on the open file (so it cannot be swapped in between).
-fn read_own_entry(path: &Path) -> Option<Vec<u8>> {
-    use std::io::Read;
+/// Opens `path` only if it is a regular file this user owns and no one else
+/// may write, checked on the open file; its identity, and its bytes if
+/// `read`.
+fn open_own(path: &Path, read: bool) -> Option<(Identity, Option<Vec<u8>>)> {
     let mut file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let meta = file.metadata().ok()?;
         let mine = crate::files::current_uid().is_none_or(|me| me == meta.uid());
         if !meta.is_file() || !mine || meta.mode() & 0o022 != 0 {
-            tracing::warn!("ignoring cache entry {}: not a private file of this user", path.display());
+            tracing::warn!("ignoring cache file {}: not a private file of this user", path.display());
             return None;
         }
     }
-    let mut bytes = Vec::new();
+    let identity = Identity::of(&meta);
+    if !read {
+        return Some((identity, None));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    Some((identity, Some(bytes)))
 }
 
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: `artifact` is exactly the bytes this cache serialized from a
-    // component it compiled itself: the entry was written atomically (temp
-    // file, rename) into a directory only this user can write, and its
-    // SHA-256, recorded in the same file, was checked over these very bytes
-    // just now, in memory, so no other process can swap them in between.
-    // The file is this user's and no one else may write it (checked on the
-    // open file), and the entry names the component it was compiled from
-    // and the engine that compiled it, both checked against this load.
-    // wasmtime itself rejects artifacts from an incompatible engine or
-    // version.
-    unsafe { Component::deserialize(engine, artifact) }
+fn deserialize(engine: &Engine, artifact: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: `artifact` is a file this cache serialized from a component it
+    // compiled itself, written atomically (temp file, rename) into a
+    // directory only this user can write; the file is this user's and no
+    // one else may write it (checked on the open file just now), its meta
+    // file names the component and the engine this load is for, and its
+    // SHA-256 was checked over its bytes, or its identity (which any write
+    // changes) is the one it had when the hash last held. Between that check
+    // and wasmtime's open, only this user (or root) could replace the file:
+    // a principal who could equally replace the wfrun binary. wasmtime
+    // itself rejects artifacts from an incompatible engine or version.
+    unsafe { Component::deserialize_file(engine, artifact) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn meta() -> Meta {
+        Meta {
+            component_digest: Sha256::digest(b"component a").into(),
+            engine_key: "engine-1".to_owned(),
+            artifact_digest: Sha256::digest(b"machine code").into(),
+            verified: None,
+        }
+    }
+
     #[test]
-    fn only_whole_entries_of_the_same_component_and_engine_with_a_matching_digest_are_offered() {
-        let artifact = b"machine code";
-        let component = Sha256::digest(b"component a");
-        let entry = entry_bytes(&component, "engine-1", artifact);
-        assert_eq!(checked_artifact(&entry, &component, "engine-1"), Some(&artifact[..]));
-        let mut flipped = entry.clone();
-        *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(checked_artifact(&flipped, &component, "engine-1"), None);
-        assert_eq!(checked_artifact(&entry[..entry.len() - 1], &component, "engine-1"), None);
-        assert_eq!(checked_artifact(&entry[..MAGIC.len() + 10], &component, "engine-1"), None);
-        assert_eq!(checked_artifact(b"something else entirely", &component, "engine-1"), None);
-        // Another component's entry, copied over this one's name.
-        assert_eq!(checked_artifact(&entry, &Sha256::digest(b"component b"), "engine-1"), None);
-        assert_eq!(checked_artifact(&entry, &component, "engine-2"), None);
+    fn only_whole_meta_files_decode_and_they_name_their_component_engine_and_identity() {
+        let plain = meta();
+        assert_eq!(Meta::decode(&plain.encode()), Some(plain.clone()));
+        let identity = Identity { dev: 1, ino: 2, size: 3, mtime: (4, 5), ctime: (6, 7) };
+        let verified = Meta { verified: Some(identity), ..plain.clone() };
+        assert_eq!(Meta::decode(&verified.encode()), Some(verified.clone()));
+        let whole = verified.encode();
+        for cut in [0, MAGIC.len(), MAGIC.len() + 10, whole.len() - 1] {
+            assert_eq!(Meta::decode(&whole[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = whole.clone();
+        longer.push(0);
+        assert_eq!(Meta::decode(&longer), None);
+        assert_eq!(Meta::decode(b"something else entirely"), None);
+    }
+
+    #[test]
+    fn an_identity_stands_for_a_hash_only_once_its_change_is_settled() {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let fresh = Identity { ctime: (now.as_secs() as i64, 0), ..Identity::default() };
+        assert!(!fresh.settled());
+        let old = Identity { ctime: (now.as_secs() as i64 - 10, 0), ..Identity::default() };
+        assert!(old.settled());
+        assert!(!Identity::default().settled());
     }
 
     #[cfg(unix)]
     #[test]
-    fn an_entry_others_may_write_is_never_read() {
+    fn a_file_others_may_write_is_never_read() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("entry.cwasm");
         std::fs::write(&path, b"bytes").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_own_entry(&path).as_deref(), Some(&b"bytes"[..]));
+        assert_eq!(open_own(&path, true).and_then(|(_, b)| b).as_deref(), Some(&b"bytes"[..]));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        assert_eq!(read_own_entry(&path), None);
+        assert!(open_own(&path, true).is_none());
+        assert!(open_own(&path, false).is_none());
     }
 }
