@@ -202,6 +202,62 @@ fn main() {
         cached50.as_secs_f64() / compiling50.as_secs_f64()
     );
 
+    // 4b. Cached `exec` of the Python and JavaScript hello nodes against the
+    // Rust one, interleaved (Rust, Python, JS, Rust, ...), and their peak
+    // resident memory.
+    if std::env::var("WFRUN_BENCH_POLYGLOT").as_deref() != Ok("0") {
+        let nodes = [
+            ("rust", hello_path.clone()),
+            ("python", guests::polyglot("python-hello")),
+            ("js", guests::polyglot("js-hello")),
+        ];
+        for (_, path) in &nodes {
+            exec(&[], path, &hello_input);
+        }
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); nodes.len()];
+        for _ in 0..25 {
+            for (i, (_, path)) in nodes.iter().enumerate() {
+                let started = Instant::now();
+                exec(&[], path, &hello_input);
+                times[i].push(millis(started.elapsed()));
+            }
+        }
+        let peak_mib = |path: &std::path::Path| {
+            let out = Command::new("/usr/bin/time")
+                .args(["-f", "%M"])
+                .arg(wfrun)
+                .env("WFRUN_DIR", state.path())
+                .arg("exec")
+                .arg(path)
+                .args(["--quiet"])
+                .args(hello_input)
+                .stdout(Stdio::null())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stderr);
+            text.lines().last().and_then(|l| l.trim().parse::<f64>().ok()).map_or(f64::NAN, |kib| kib / 1024.0)
+        };
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        for (i, (name, path)) in nodes.iter().enumerate().skip(1) {
+            let mut ratios: Vec<f64> = times[i].iter().zip(&times[0]).map(|(a, b)| a / b).collect();
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "| cached `wfrun exec {name}-hello.wasm` vs the Rust `hello.wasm` (p50 of 25 interleaved; peak RSS) | {:.1} ms, {:.1} MiB | {:.1} ms, {:.1} MiB | {:.2}× (median of pair-wise ratios; min {:.2}×, max {:.2}×) |",
+                median(&times[i]),
+                peak_mib(path),
+                median(&times[0]),
+                peak_mib(&nodes[0].1),
+                median(&ratios),
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
+        }
+    }
+
     // 5. Warm `wfrun exec` vs `wasmtime run` on the same command component.
     let job_path = guests::guest("hello-job");
     match std::env::var_os("WASMTIME") {

@@ -261,7 +261,21 @@ fn state_files_are_private_whatever_the_umask_and_a_loose_state_dir_is_tightened
         .status()
         .unwrap();
     assert!(status.success());
+    // A node whose log is too large for the database gets a log file.
+    let hostile = crate::guests::guest("hostile");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" --state-dir \"$1\" exec \"$2\" --input '{\"mode\":\"log\"}'")
+        .arg(env!("CARGO_BIN_EXE_wfrun"))
+        .arg(&state)
+        .arg(&hostile)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(4), "the flood of log lines ends at the cap (output_limit)");
     let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert!(std::fs::read_dir(state.join("logs")).unwrap().count() == 1, "one run's log directory");
     assert_eq!(mode(&state), 0o700, "the 0777 state directory was tightened");
     assert_eq!(mode(&state.join("wfrun.db")), 0o600);
     let mut checked = 0;
@@ -447,8 +461,23 @@ fn runs_prune_keeps_the_newest_runs_and_removes_the_rest_with_their_logs() {
             .unwrap();
         assert_eq!(out.status.code(), Some(0));
     }
+    // hello logs a line: kept in the database. The hostile node floods its
+    // log: a file. Three runs of each.
+    let hostile = crate::guests::guest("hostile");
+    for _ in 0..3 {
+        let out = crate::exec::wfrun()
+            .env("WFRUN_DIR", state.path())
+            .args(["exec", "-q", hostile.to_str().unwrap(), "--input", r#"{"mode":"log"}"#])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4));
+    }
+    let store = wfrun_runtime::store::Store::open(state.path()).unwrap();
+    let ids: Vec<String> = store.list_runs(None, 100).unwrap().into_iter().map(|r| r.run_id).collect();
+    let hello_runs: Vec<&String> = ids.iter().filter(|id| !store.inline_logs(id).unwrap().is_empty()).collect();
+    assert_eq!(hello_runs.len(), 3, "hello's line is in the database");
     let logs = || std::fs::read_dir(state.path().join("logs")).unwrap().count();
-    assert_eq!(logs(), 3, "hello logs a line each run");
+    assert_eq!(logs(), 3, "each flood is a file");
     let out = crate::exec::wfrun()
         .env("WFRUN_DIR", state.path())
         .args(["runs", "prune", "--keep", "1", "--json"])
@@ -456,11 +485,12 @@ fn runs_prune_keeps_the_newest_runs_and_removes_the_rest_with_their_logs() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((pruned["runs"].as_u64(), pruned["log_dirs"].as_u64()), (Some(2), Some(2)));
-    assert_eq!(logs(), 1);
+    assert_eq!((pruned["runs"].as_u64(), pruned["log_dirs"].as_u64()), (Some(5), Some(2)));
+    assert_eq!(logs(), 1, "the newest run's log file stays");
     let out = crate::exec::wfrun().env("WFRUN_DIR", state.path()).args(["runs", "list", "--json"]).output().unwrap();
     let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs.len(), 1);
+    assert!(hello_runs.iter().all(|id| store.inline_logs(id).unwrap().is_empty()), "their logs went with them");
     let bad = crate::exec::wfrun()
         .env("WFRUN_DIR", state.path())
         .args(["runs", "prune", "--older-than", "soon"])

@@ -142,19 +142,25 @@ impl RunsCommand {
                     eprintln!("wfrun: no run {run_id:?} in {}", store.dir().display());
                     return Ok(ExitStatus::Invalid);
                 }
+                // Small logs are in the database, large ones in files.
+                let mut logs: Vec<(String, String)> = store.inline_logs(&run_id)?;
                 let dir = store.log_dir(&run_id);
                 let mut files: Vec<_> = match std::fs::read_dir(&dir) {
                     Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
                     Err(_) => Vec::new(),
                 };
                 files.sort();
-                let mut shown = 0;
                 for file in files {
                     let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                    logs.push((name, text));
+                }
+                logs.sort();
+                let mut shown = 0;
+                for (name, text) in logs {
                     if node.as_ref().is_some_and(|n| *n != name) {
                         continue;
                     }
-                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
                     println!("=== {name} ===");
                     print!("{}", printable_lines(&text));
                     shown += 1;

@@ -29,6 +29,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { what: "runs.error_detail; the `interrupted` status", apply: error_detail_and_interrupted },
     Migration { what: "device, releases and release_events", apply: releases },
     Migration { what: "the report outbox and its dead letters", apply: outbox },
+    Migration { what: "run_logs: small node logs kept in the database", apply: run_logs },
 ];
 
 /// The schema version this wfrun writes.
@@ -193,6 +194,17 @@ fn releases(conn: &Connection) -> rusqlite::Result<()> {
              code TEXT,
              message TEXT,
              at TEXT NOT NULL
+         );",
+    )
+}
+
+fn run_logs(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE run_logs (
+             run_id TEXT NOT NULL REFERENCES runs (id),
+             node TEXT NOT NULL,
+             text TEXT NOT NULL,
+             PRIMARY KEY (run_id, node)
          );",
     )
 }

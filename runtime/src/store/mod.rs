@@ -8,8 +8,9 @@
 //!
 //! - [`runs`]: `runs` (one row per run), `run_transitions` (every status
 //!   change with its time), `node_runs` (one row per node, with its
-//!   execution trace as JSON); typed as [`RunRecord`]. Per-run log files
-//!   live beside the database in `logs/<run-id>/<node>.log`.
+//!   execution trace as JSON), `run_logs` (each node's log up to 64 KiB,
+//!   written with the run's end); typed as [`RunRecord`]. Larger logs are
+//!   files beside the database, `logs/<run-id>/<node>.log`.
 //! - [`jobs`]: the daemon's jobs, with typed [`JobSpec`](crate::manifest::JobSpec)s,
 //!   as [`JobRecord`].
 //! - [`state`]: key-value pairs scoped to a workflow.

@@ -68,6 +68,7 @@ impl Store {
             drop(stmt);
             for id in &ids {
                 tx.execute("DELETE FROM node_runs WHERE run_id = ?1", params![id])?;
+                tx.execute("DELETE FROM run_logs WHERE run_id = ?1", params![id])?;
                 tx.execute("DELETE FROM run_transitions WHERE run_id = ?1", params![id])?;
                 tx.execute("DELETE FROM runs WHERE id = ?1", params![id])?;
             }

@@ -17,6 +17,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The largest node log kept in the database with its run; a larger one is
+/// a file in the run's log directory.
+pub const INLINE_LOG_MAX: usize = 64 * 1024;
+
 /// What is known when a run starts.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -154,7 +158,8 @@ impl Store {
     ///
     /// `unbegun` is the run and the time it started, for a run whose start
     /// [`Store::begin_run`] has not recorded: its start is written with its
-    /// end.
+    /// end. `logs` are node logs small enough to keep in the database
+    /// ([`INLINE_LOG_MAX`]), as (node, text).
     pub fn finish_run(
         &self,
         workflow: &str,
@@ -162,6 +167,7 @@ impl Store {
         state: &StateWrites,
         reads: &StateWrites,
         unbegun: Option<(&NewRun, &str)>,
+        logs: &[(String, String)],
     ) -> Result<(), StoreError> {
         let at = now();
         let conflict = std::cell::RefCell::new(None);
@@ -185,6 +191,10 @@ impl Store {
                 insert_run(tx, run, started)?;
             }
             update_finished(tx, report, &at)?;
+            let mut log = tx.prepare_cached("INSERT OR REPLACE INTO run_logs VALUES (?1, ?2, ?3)")?;
+            for (node, text) in logs {
+                log.execute(params![report.run_id, node, text])?;
+            }
             if report.status == RunStatus::Succeeded {
                 super::state::apply(tx, workflow, state)?;
             }
@@ -293,7 +303,16 @@ impl Store {
         self.read(|conn| load_run(conn, run_id))
     }
 
-    /// The directory holding run `run_id`'s log files.
+    /// Run `run_id`'s logs kept in the database, as (node, text), by node.
+    pub fn inline_logs(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT node, text FROM run_logs WHERE run_id = ?1 ORDER BY node")?;
+            stmt.query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })
+    }
+
+    /// The directory holding run `run_id`'s log files (logs larger than
+    /// [`INLINE_LOG_MAX`]).
     pub fn log_dir(&self, run_id: &str) -> PathBuf {
         self.dir.join("logs").join(run_id)
     }

@@ -291,7 +291,7 @@ impl Workflow {
             let overlay =
                 store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.plan.name.clone(), grant.quota)));
             let once = self.execute_once(sandbox, store, &run_id, overlay.clone(), grant, &execution);
-            let mut report = match store {
+            let (mut report, logs) = match store {
                 Some(store) if !begun => {
                     tokio::pin!(once);
                     tokio::select! {
@@ -309,7 +309,7 @@ impl Workflow {
             let unbegun = (!begun).then_some((&new, started_at.as_str()));
             let writes: StateWrites = overlay.as_ref().map(|o| o.take_writes()).unwrap_or_default();
             let reads: StateWrites = overlay.as_ref().map(|o| o.take_reads()).unwrap_or_default();
-            match store.finish_run(&self.plan.name, &report, &writes, &reads, unbegun) {
+            match store.finish_run(&self.plan.name, &report, &writes, &reads, unbegun, &logs) {
                 Err(StoreError::StateConflict { key, .. }) if conflicts < MAX_STATE_CONFLICTS => {
                     conflicts += 1;
                     tracing::debug!("run {run_id}: state key {key:?} changed under it; running it again");
@@ -325,7 +325,14 @@ impl Workflow {
                         "state key {key:?} was changed by other runs {} times while this run used it",
                         conflicts + 1
                     ));
-                    store.finish_run(&self.plan.name, &report, &StateWrites::new(), &StateWrites::new(), unbegun)?;
+                    store.finish_run(
+                        &self.plan.name,
+                        &report,
+                        &StateWrites::new(),
+                        &StateWrites::new(),
+                        unbegun,
+                        &logs,
+                    )?;
                     return Ok(report);
                 }
                 result => return result.map(|()| report),
@@ -342,10 +349,10 @@ impl Workflow {
         overlay: Option<Arc<RunOverlay>>,
         grant: &Grant,
         execution: &Execution,
-    ) -> RunReport {
+    ) -> (RunReport, NodeLogs) {
         let run_id = run_id.to_owned();
         let started = Instant::now();
-        let (mut report, records) = self.execute(sandbox, store, &run_id, overlay, grant, execution).await;
+        let (mut report, records, logs) = self.execute(sandbox, store, &run_id, overlay, grant, execution).await;
         report.run_id = run_id.clone();
         report.kind = Some(self.plan.kind);
         report.workflow = Some(self.plan.name.clone());
@@ -367,7 +374,7 @@ impl Workflow {
             .collect();
         report.egress_not_granted = grant.egress.not_granted().iter().map(|r| r.to_string()).collect();
         report.nodes = records;
-        report
+        (report, logs)
     }
 
     async fn execute(
@@ -378,7 +385,7 @@ impl Workflow {
         overlay: Option<Arc<RunOverlay>>,
         grant: &Grant,
         execution: &Execution,
-    ) -> (RunReport, Vec<NodeRecord>) {
+    ) -> (RunReport, Vec<NodeRecord>, NodeLogs) {
         let mut report = RunReport::rejected(ErrorCode::Trap, String::new());
         // A plain component's input goes through untouched (byte for byte);
         // a workflow's is parsed once to build each node's input.
@@ -388,7 +395,7 @@ impl Workflow {
                 Err(e) => {
                     report.error_message = Some(format!("workflow input is not valid JSON: {e}"));
                     report.error_code = Some(ErrorCode::InvalidInput);
-                    return (report, Vec::new());
+                    return (report, Vec::new(), NodeLogs::new());
                 }
             }
         } else {
@@ -398,6 +405,7 @@ impl Workflow {
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
         let mut raw_outputs: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
         let mut records: Vec<NodeRecord> = Vec::new();
+        let mut logs = NodeLogs::new();
         let mut pending: Vec<String> = self.plan.order.clone();
         let mut running: JoinSet<(String, NodeRun)> = JoinSet::new();
         let mut failure: Option<(String, RunReport)> = None;
@@ -468,9 +476,15 @@ impl Workflow {
             records.push(node_record(&id, run.attempts, run.started_at.clone(), &run.report, Some(&run.input_digest)));
             if let Some(store) = store
                 && wrote_something(&run.report)
-                && let Err(e) = write_node_log(store, run_id, &id, &run.report)
             {
-                tracing::warn!("cannot write the log of node `{id}` of run {run_id}: {e}");
+                // A small log goes into the database with the run's end; a
+                // large one into a file now.
+                let text = node_log_text(&run.report);
+                if text.len() <= crate::store::runs::INLINE_LOG_MAX {
+                    logs.push((id.clone(), text));
+                } else if let Err(e) = write_node_log(store, run_id, &id, &text) {
+                    tracing::warn!("cannot write the log of node `{id}` of run {run_id}: {e}");
+                }
             }
             if run.report.succeeded() {
                 if let Some(output) = &run.report.output {
@@ -512,7 +526,7 @@ impl Workflow {
             report.status = RunStatus::Cancelled;
             report.error_code = None;
             report.error_message = Some("the run was cancelled".to_owned());
-            return (report, records);
+            return (report, records, logs);
         }
         if self.plan.kind != GuestKind::Workflow {
             // A plain component: its one report is the run's report.
@@ -520,7 +534,7 @@ impl Workflow {
                 Some((_, report)) => report,
                 None => last_report.expect("the main node ran"),
             };
-            return (single, records);
+            return (single, records, logs);
         }
 
         match failure {
@@ -546,7 +560,7 @@ impl Workflow {
                 report.output = output;
             }
         }
-        (report, records)
+        (report, records, logs)
     }
 
     /// Builds node `id`'s input. See `docs/bundle-format.md`.
@@ -703,22 +717,33 @@ fn wrote_something(report: &RunReport) -> bool {
     !(report.logs.is_empty() && report.stdout.is_empty() && report.stderr.is_empty())
 }
 
-/// Writes one node's captured stdout, stderr and log lines to
-/// `<state-dir>/logs/<run-id>/<node>.log`.
-pub fn write_node_log(store: &Store, run_id: &str, node: &str, report: &RunReport) -> std::io::Result<()> {
+/// Node logs kept with the run's record: (node, text).
+type NodeLogs = Vec<(String, String)>;
+
+/// One node's captured log lines, stdout and stderr, as `wfrun runs logs`
+/// shows them.
+pub fn node_log_text(report: &RunReport) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for line in &report.logs {
+        let _ = writeln!(text, "[{}] {}", line.level, line.message);
+    }
+    if !report.stdout.is_empty() {
+        text.push_str("--- stdout ---\n");
+        text.push_str(&report.stdout);
+    }
+    if !report.stderr.is_empty() {
+        text.push_str("--- stderr ---\n");
+        text.push_str(&report.stderr);
+    }
+    text
+}
+
+/// Writes one node's log `text` to `<state-dir>/logs/<run-id>/<node>.log`
+/// (for a log over [`INLINE_LOG_MAX`](crate::store::runs::INLINE_LOG_MAX)).
+pub fn write_node_log(store: &Store, run_id: &str, node: &str, text: &str) -> std::io::Result<()> {
     let dir = store.log_dir(run_id);
     crate::files::create_private_dir(&dir)?;
     let mut file = crate::files::create_private_file(&dir.join(format!("{node}.log")), false)?;
-    for line in &report.logs {
-        writeln!(file, "[{}] {}", line.level, line.message)?;
-    }
-    if !report.stdout.is_empty() {
-        writeln!(file, "--- stdout ---")?;
-        file.write_all(report.stdout.as_bytes())?;
-    }
-    if !report.stderr.is_empty() {
-        writeln!(file, "--- stderr ---")?;
-        file.write_all(report.stderr.as_bytes())?;
-    }
-    Ok(())
+    file.write_all(text.as_bytes())
 }
