@@ -28,7 +28,7 @@ done
 
 for workflow in "$here"/workflows/*/workflow.toml; do
   name="$(basename "$(dirname "$workflow")")"
-  cargo run --quiet --release --locked --manifest-path "$root/Cargo.toml" --bin wfrun -- \
+  cargo run --quiet --locked --manifest-path "$root/Cargo.toml" --bin wfrun -- \
     pack "$workflow" -o "$here/dist/$name.wasm"
 done
 echo "built: $(cd "$here/dist" && ls -1 *.wasm | tr '\n' ' ')" >&2

@@ -13,7 +13,7 @@ name="${1:-world}"
 export WFRUN_DIR="${WFRUN_DIR:-$(mktemp -d)}"
 
 examples/build.sh
-wfrun() { cargo run --quiet --release --locked --bin wfrun -- "$@"; }
+wfrun() { cargo run --quiet --locked --bin wfrun -- "$@"; }
 
 echo "\$ wfrun exec examples/dist/hello.wasm --input '{\"name\":\"$name\"}'" >&2
 wfrun exec examples/dist/hello.wasm --input "{\"name\":\"$name\"}"

@@ -28,8 +28,8 @@ if [ ! -f "$root/examples/dist/hello.wasm" ]; then
 fi
 wfrun="${WFRUN:-}"   # a wfrun binary to use instead of building one
 if [ -z "$wfrun" ]; then
-  cargo build --quiet --release --locked --manifest-path "$root/Cargo.toml" --bin wfrun
-  wfrun="$root/target/release/wfrun"
+  cargo build --quiet --locked --manifest-path "$root/Cargo.toml" --bin wfrun
+  wfrun="$root/target/debug/wfrun"
 fi
 cp "$root/examples/dist/hello.wasm" .
 

@@ -147,7 +147,9 @@ impl Daemon {
                     );
                     return;
                 }
-                let tried = self.run_once(name, &spec, input.clone(), &run_id, cancel.clone()).await;
+                // Boxed: a run waiting for its slot holds only this task's
+                // small state, not the whole run's future.
+                let tried = Box::pin(self.run_once(name, &spec, input.clone(), &run_id, cancel.clone())).await;
                 if tried.recorded {
                     unfinished.done();
                 }

@@ -117,7 +117,8 @@ impl Store {
                  WHERE name = ?1",
             )?
             .execute(params![name, at, run_id, status.as_str(), counts])?;
-            tx.query_row("SELECT consecutive_failures FROM jobs WHERE name = ?1", params![name], |r| r.get(0))
+            tx.prepare_cached("SELECT consecutive_failures FROM jobs WHERE name = ?1")?
+                .query_row(params![name], |r| r.get(0))
                 .optional()
                 .map(|n| n.unwrap_or(0))
         })
