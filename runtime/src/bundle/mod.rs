@@ -160,6 +160,7 @@ pub struct Bundle {
     path: PathBuf,
     bytes: Vec<u8>,
     digest: String,
+    sha256: [u8; 32],
     workflow: Option<EmbeddedWorkflow>,
     nested: Vec<Range<usize>>,
     /// The embedded signature and how many leading bytes it signs.
@@ -192,9 +193,10 @@ impl Bundle {
         if bytes[6..8] != COMPONENT_LAYER {
             return Err(BundleError::CoreModule { path });
         }
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let digest = hex::encode(sha256);
         let Scan { workflow, nested, signature } = scan(&path, &bytes)?;
-        Ok(Bundle { path, bytes, digest, workflow, nested, signature })
+        Ok(Bundle { path, bytes, digest, sha256, workflow, nested, signature })
     }
 
     /// The embedded workflow, if this is a workflow bundle.
@@ -256,6 +258,11 @@ impl Bundle {
     /// The bundle's bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The SHA-256 of the bundle's bytes.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
     }
 
     /// `sha256:<hex>` of the bundle's bytes.

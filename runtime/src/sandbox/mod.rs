@@ -327,7 +327,13 @@ impl Sandbox {
     /// errors and as a job's `argv[0]`), decides whether it is a node or a
     /// job, and pre-instantiates it against the linker.
     pub fn load(&self, component: &[u8], name: &str) -> Result<Program, LoadError> {
-        let digest = Sha256::digest(component);
+        self.load_digested(component, Sha256::digest(component).into(), name)
+    }
+
+    /// [`Sandbox::load`] of a `component` whose SHA-256 the caller has just
+    /// computed over these same bytes (a plain component's bundle digest):
+    /// a large component is not hashed twice.
+    pub fn load_digested(&self, component: &[u8], digest: [u8; 32], name: &str) -> Result<Program, LoadError> {
         // What is compiled is first checked for a shape that would make
         // compiling it blow up; a cached artifact passed that check.
         let compile = || {

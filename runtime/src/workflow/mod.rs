@@ -195,7 +195,7 @@ impl Workflow {
     pub fn load(sandbox: &Sandbox, bundle: &Bundle) -> Result<Workflow, LoadError> {
         let path = bundle.path().display().to_string();
         let Some(embedded) = bundle.workflow() else {
-            let program = sandbox.load(bundle.bytes(), &path)?;
+            let program = sandbox.load_digested(bundle.bytes(), bundle.sha256(), &path)?;
             let name =
                 bundle.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "main".into());
             let mut plan = Plan::single(name, program.kind(), program.digest().to_owned());
