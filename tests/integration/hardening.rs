@@ -248,31 +248,24 @@ fn state_files_are_private_whatever_the_umask_and_a_loose_state_dir_is_tightened
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let hello = crate::guests::guest("hello");
+    // `wfrun exec BUNDLE --input INPUT` on `state` under umask 000.
+    let exec = |bundle: &std::path::Path, input: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 000 && exec \"$0\" --state-dir \"$1\" exec \"$2\" --input \"$3\"")
+            .arg(env!("CARGO_BIN_EXE_wfrun"))
+            .arg(&state)
+            .arg(bundle)
+            .arg(input)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    };
     // umask 000: before the fix, wfrun.db was 0666 and logs/ 0777.
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("umask 000 && exec \"$0\" --state-dir \"$1\" exec \"$2\" --input '{\"name\":\"x\"}'")
-        .arg(env!("CARGO_BIN_EXE_wfrun"))
-        .arg(&state)
-        .arg(&hello)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(exec(&crate::guests::guest("hello"), r#"{"name":"x"}"#).success());
     // A node whose log is too large for the database gets a log file.
-    let hostile = crate::guests::guest("hostile");
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("umask 000 && exec \"$0\" --state-dir \"$1\" exec \"$2\" --input '{\"mode\":\"log\"}'")
-        .arg(env!("CARGO_BIN_EXE_wfrun"))
-        .arg(&state)
-        .arg(&hostile)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let status = exec(&crate::guests::guest("hostile"), r#"{"mode":"log"}"#);
     assert_eq!(status.code(), Some(4), "the flood of log lines ends at the cap (output_limit)");
     let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert!(std::fs::read_dir(state.join("logs")).unwrap().count() == 1, "one run's log directory");

@@ -232,17 +232,16 @@ impl ArtifactCache {
     /// and the artifact's hash holds (or its identity is the one recorded
     /// when the hash last held). Records a settled identity.
     fn checked(&self, artifact: &Path, meta_path: &Path, digest: &[u8]) -> Option<()> {
-        let (_, meta_bytes) = open_own(meta_path, true)?;
-        let mut meta = Meta::decode(&meta_bytes?)?;
+        let (meta_file, _) = open_own(meta_path)?;
+        let mut meta = Meta::decode(&read_all(meta_file)?)?;
         if meta.component_digest.as_slice() != digest || meta.engine_key != self.engine_key {
             return None;
         }
-        let (identity, _) = open_own(artifact, false)?;
+        let (file, identity) = open_own(artifact)?;
         if meta.verified == Some(identity) {
             return Some(());
         }
-        let (identity, bytes) = open_own(artifact, true)?;
-        if Sha256::digest(bytes?).as_slice() != meta.artifact_digest {
+        if Sha256::digest(read_all(file)?).as_slice() != meta.artifact_digest {
             return None;
         }
         if identity.settled() {
@@ -299,10 +298,9 @@ pub fn clear(dir: &Path) -> std::io::Result<usize> {
 }
 
 /// Opens `path` only if it is a regular file this user owns and no one else
-/// may write, checked on the open file; its identity, and its bytes if
-/// `read`.
-fn open_own(path: &Path, read: bool) -> Option<(Identity, Option<Vec<u8>>)> {
-    let mut file = std::fs::File::open(path).ok()?;
+/// may write, checked on the open file; the file and its identity.
+fn open_own(path: &Path) -> Option<(std::fs::File, Identity)> {
+    let file = std::fs::File::open(path).ok()?;
     let meta = file.metadata().ok()?;
     #[cfg(unix)]
     {
@@ -313,13 +311,14 @@ fn open_own(path: &Path, read: bool) -> Option<(Identity, Option<Vec<u8>>)> {
             return None;
         }
     }
-    let identity = Identity::of(&meta);
-    if !read {
-        return Some((identity, None));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    Some((file, Identity::of(&meta)))
+}
+
+/// The rest of `file`'s bytes.
+fn read_all(mut file: std::fs::File) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).ok()?;
-    Some((identity, Some(bytes)))
+    Some(bytes)
 }
 
 #[allow(unsafe_code)]
@@ -385,9 +384,8 @@ mod tests {
         let path = dir.path().join("entry.cwasm");
         std::fs::write(&path, b"bytes").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(open_own(&path, true).and_then(|(_, b)| b).as_deref(), Some(&b"bytes"[..]));
+        assert_eq!(open_own(&path).and_then(|(file, _)| read_all(file)).as_deref(), Some(&b"bytes"[..]));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        assert!(open_own(&path, true).is_none());
-        assert!(open_own(&path, false).is_none());
+        assert!(open_own(&path).is_none());
     }
 }

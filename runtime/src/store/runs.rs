@@ -319,13 +319,19 @@ impl Store {
 }
 
 /// Inserts run `run` as `running`, or completes the `pending` row
-/// [`Store::accept_runs`] made for it (keeping its creation time).
+/// [`Store::accept_runs`] made for it (keeping its creation time and its
+/// `pending` transition). A row in any other state is an error.
 fn insert_run(tx: &Connection, run: &NewRun, at: &str) -> rusqlite::Result<()> {
-    let accepted = tx
+    let written = tx
         .prepare_cached(
-            "UPDATE runs SET workflow = ?2, version = ?3, kind = ?4, bundle_path = ?5, bundle_digest = ?6,
-                status = 'running', owner_pid = ?7, job = ?8, owner_boot = ?9
-         WHERE id = ?1 AND status = 'pending'",
+            "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid,
+                               job, owner_boot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)
+             ON CONFLICT (id) DO UPDATE SET workflow = excluded.workflow, version = excluded.version,
+                 kind = excluded.kind, bundle_path = excluded.bundle_path, bundle_digest = excluded.bundle_digest,
+                 status = 'running', owner_pid = excluded.owner_pid, job = excluded.job,
+                 owner_boot = excluded.owner_boot
+             WHERE runs.status = 'pending'",
         )?
         .execute(params![
             run.id,
@@ -334,34 +340,17 @@ fn insert_run(tx: &Connection, run: &NewRun, at: &str) -> rusqlite::Result<()> {
             run.kind.map_or("-", GuestKind::as_str),
             run.bundle_path,
             run.bundle_digest,
+            at,
             std::process::id(),
             run.job,
             owner_token()
         ])?;
-    if accepted == 1 {
-        add_transition(tx, &run.id, RunStatus::Running, at)?;
-        return Ok(());
+    if written == 0 {
+        return Err(rusqlite::Error::StatementChangedRows(0));
     }
-    tx.prepare_cached(
-        "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid, job,
-                           owner_boot)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        run.id,
-        run.workflow,
-        run.version,
-        run.kind.map_or("-", GuestKind::as_str),
-        run.bundle_path,
-        run.bundle_digest,
-        at,
-        std::process::id(),
-        run.job,
-        owner_token()
-    ])?;
-    tx.prepare_cached("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)")?.execute(params![run.id, at])?;
-    tx.prepare_cached("INSERT INTO run_transitions VALUES (?1, 1, 'running', ?2)")?.execute(params![run.id, at])?;
-    Ok(())
+    tx.prepare_cached("INSERT OR IGNORE INTO run_transitions VALUES (?1, 0, 'pending', ?2)")?
+        .execute(params![run.id, at])?;
+    add_transition(tx, &run.id, RunStatus::Running, at)
 }
 
 fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::Result<()> {
