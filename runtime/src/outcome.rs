@@ -134,12 +134,19 @@ pub enum ExitStatus {
 impl ExitStatus {
     /// The exit status of a finished run.
     pub fn of(report: &RunReport) -> ExitStatus {
-        if report.status == RunStatus::Cancelled {
+        ExitStatus::of_ended(report.status, report.error_code, report.exit_code)
+    }
+
+    /// The exit status of a run that ended as `status` with `error_code`
+    /// and a job's `exit_code` (a recorded run, as `exec` would have
+    /// exited for it).
+    pub fn of_ended(status: RunStatus, error_code: Option<ErrorCode>, exit_code: Option<i32>) -> ExitStatus {
+        if status == RunStatus::Cancelled {
             return ExitStatus::Cancelled;
         }
-        match report.error_code {
+        match error_code {
             None => ExitStatus::Success,
-            Some(ErrorCode::NodeError) => match report.exit_code {
+            Some(ErrorCode::NodeError) => match exit_code {
                 // A job's own status passes through, as `wasmtime run` does.
                 Some(code) => ExitStatus::Job(code.clamp(1, 255) as u8),
                 None => ExitStatus::NodeError,

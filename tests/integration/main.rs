@@ -17,7 +17,8 @@
 //! `hardening` replays the attacks that once worked, one test each;
 //! `durability` kills a process mid-transition of releases, again and again;
 //! `reports` runs daemons against `wfrun fleet serve` (and a misbehaving
-//! proxy in front of it) for the outbox, the uploader and heartbeats.
+//! proxy in front of it) for the outbox, the uploader and heartbeats;
+//! `remote` drives daemons over the TLS control API, `--wait` and profiles.
 
 mod cache;
 mod daemon;
@@ -31,6 +32,7 @@ mod hostile;
 mod layers;
 mod polyglot;
 mod releases;
+mod remote;
 mod reports;
 mod rotation;
 mod runner;

@@ -5,8 +5,9 @@
 //! and exit 0 on success, 1 when no daemon answers, 6 when the daemon
 //! refuses (with its error code and message).
 
+use super::target::TargetArgs;
 use super::{GlobalArgs, printable};
-use crate::daemon::control::{self, Response};
+use crate::daemon::control::{Endpoint, Response};
 use crate::daemon::{Daemon, DaemonConfig};
 use crate::manifest::{JobSpec, Trigger};
 use crate::outcome::ExitStatus;
@@ -71,20 +72,54 @@ fn parse_every(text: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Sends `method` to the daemon and prints the answer: `show` for a success
-/// without `--json`.
-fn request(
+/// The daemon `target` names, or the exit status for why there is none
+/// (2: the flags, profile or files are unusable).
+pub(super) fn endpoint(global: &GlobalArgs, target: &TargetArgs) -> Result<Endpoint, ExitStatus> {
+    target.endpoint(global).map_err(|e| {
+        eprintln!("wfrun: {e}");
+        ExitStatus::Usage
+    })
+}
+
+/// The exit status for a request the daemon did not answer: 6 when it
+/// refused the token, 1 when it could not be asked at all.
+pub(super) fn client_failure(e: &crate::daemon::control::ClientError) -> ExitStatus {
+    match e {
+        crate::daemon::control::ClientError::Unauthorized { .. } => ExitStatus::Invalid,
+        _ => ExitStatus::Internal,
+    }
+}
+
+/// Sends `method` to the daemon `target` names and prints the answer:
+/// `show` for a success without `--json`.
+pub(super) fn request(
     global: &GlobalArgs,
+    target: &TargetArgs,
     method: &str,
     params: Value,
     json: bool,
     show: impl FnOnce(&Value),
 ) -> anyhow::Result<ExitStatus> {
-    let response: Response = match control::call(&global.state_dir(), method, params) {
+    let endpoint = match endpoint(global, target) {
+        Ok(endpoint) => endpoint,
+        Err(status) => return Ok(status),
+    };
+    send(&endpoint, method, params, json, show)
+}
+
+/// Sends `method` to `endpoint` and prints the answer, as [`request`].
+pub(super) fn send(
+    endpoint: &Endpoint,
+    method: &str,
+    params: Value,
+    json: bool,
+    show: impl FnOnce(&Value),
+) -> anyhow::Result<ExitStatus> {
+    let response: Response = match endpoint.call(method, params) {
         Ok(response) => response,
         Err(e) => {
             eprintln!("wfrun: {e}");
-            return Ok(ExitStatus::Internal);
+            return Ok(client_failure(&e));
         }
     };
     if json {
@@ -111,12 +146,14 @@ pub struct StatusCommand {
     /// Print the daemon's answer as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 impl StatusCommand {
     /// Asks the daemon and prints its status.
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-        request(global, "status", json!({}), self.json, |status| {
+        request(global, &self.target, "status", json!({}), self.json, |status| {
             println!(
                 "daemon  pid {} · up {}s · state {} · {} of {} run slots busy{}",
                 status["pid"],
@@ -220,6 +257,8 @@ fn print_jobs(jobs: &Value) {
 pub struct JobsCommand {
     #[command(subcommand)]
     command: JobsSubcommand,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,16 +275,25 @@ enum JobsSubcommand {
     Remove {
         /// The job.
         name: String,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Hold a job's triggers until it is resumed.
     Pause {
         /// The job.
         name: String,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Let a paused job run again (and clear its failure count).
     Resume {
         /// The job.
         name: String,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -320,19 +368,25 @@ impl JobsCommand {
                     webhook_secret: add.webhook_secret.clone(),
                 };
                 let name = add.name.clone();
-                request(global, "jobs.add", json!({ "name": add.name, "spec": spec }), add.json, |_| {
+                request(global, &self.target, "jobs.add", json!({ "name": add.name, "spec": spec }), add.json, |_| {
                     println!("job {name} added ({})", spec.trigger);
                 })
             }
-            JobsSubcommand::List { json } => request(global, "jobs.list", json!({}), json, print_jobs),
-            JobsSubcommand::Remove { name } => {
-                request(global, "jobs.remove", json!({ "name": name }), false, |_| println!("job {name} removed"))
+            JobsSubcommand::List { json } => request(global, &self.target, "jobs.list", json!({}), json, print_jobs),
+            JobsSubcommand::Remove { name, json } => {
+                request(global, &self.target, "jobs.remove", json!({ "name": name }), json, |_| {
+                    println!("job {name} removed")
+                })
             }
-            JobsSubcommand::Pause { name } => {
-                request(global, "jobs.pause", json!({ "name": name }), false, |_| println!("job {name} paused"))
+            JobsSubcommand::Pause { name, json } => {
+                request(global, &self.target, "jobs.pause", json!({ "name": name }), json, |_| {
+                    println!("job {name} paused")
+                })
             }
-            JobsSubcommand::Resume { name } => {
-                request(global, "jobs.resume", json!({ "name": name }), false, |_| println!("job {name} resumed"))
+            JobsSubcommand::Resume { name, json } => {
+                request(global, &self.target, "jobs.resume", json!({ "name": name }), json, |_| {
+                    println!("job {name} resumed")
+                })
             }
         }
     }
@@ -348,11 +402,18 @@ pub struct TriggerCommand {
     input: Option<String>,
     /// Start N runs at once (1 to 1000; more than one only for a job with
     /// `allow_overlap`). Their ids are printed one per line.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "wait")]
     count: Option<usize>,
-    /// Print the daemon's answer as JSON.
+    /// Wait for the run to end (following its retries), print its output,
+    /// and exit with the status `wfrun exec` would have (see `wfrun runs
+    /// wait --help`).
+    #[arg(long)]
+    wait: bool,
+    /// Print the daemon's answer as JSON (with --wait: the final run's record).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 impl TriggerCommand {
@@ -363,7 +424,21 @@ impl TriggerCommand {
         if let Some(count) = self.count {
             params["count"] = json!(count);
         }
-        request(global, "trigger", params, self.json, |result| match result["run_ids"].as_array() {
+        if self.wait {
+            let endpoint = match endpoint(global, &self.target) {
+                Ok(endpoint) => endpoint,
+                Err(status) => return Ok(status),
+            };
+            let mut run_id = None;
+            let status = send(&endpoint, "trigger", params, false, |result| {
+                run_id = result["run_id"].as_str().map(str::to_owned);
+            })?;
+            return match run_id {
+                Some(run_id) => super::runs::wait(&endpoint, &run_id, self.json),
+                None => Ok(status),
+            };
+        }
+        request(global, &self.target, "trigger", params, self.json, |result| match result["run_ids"].as_array() {
             Some(ids) => ids.iter().for_each(|id| println!("{}", id.as_str().unwrap_or(""))),
             None => println!("{}", result["run_id"].as_str().unwrap_or("")),
         })
@@ -378,13 +453,15 @@ pub struct CancelCommand {
     /// Print the daemon's answer as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 impl CancelCommand {
     /// Asks the daemon to cancel the run.
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         let run_id = self.run_id.clone();
-        request(global, "cancel", json!({ "run_id": self.run_id }), self.json, |_| {
+        request(global, &self.target, "cancel", json!({ "run_id": self.run_id }), self.json, |_| {
             println!("run {run_id} cancelled");
         })
     }
@@ -397,12 +474,14 @@ pub struct RollbackCommand {
     /// Print the daemon's answer as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 impl RollbackCommand {
     /// Asks the daemon to roll back.
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-        request(global, "rollback", json!({}), self.json, |result| {
+        request(global, &self.target, "rollback", json!({}), self.json, |result| {
             println!("rolled back release {}", printable(result["rolled_back"].as_str().unwrap_or("")));
         })
     }
@@ -414,6 +493,8 @@ impl RollbackCommand {
 pub struct SyncCommand {
     #[command(subcommand)]
     command: SyncSubcommand,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -436,58 +517,60 @@ impl SyncCommand {
     /// Asks the daemon.
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         match self.command {
-            SyncSubcommand::Status { json } => request(global, "sync.status", json!({}), json, |status| {
-                let release = |r: &Value| {
-                    if r.is_null() {
-                        "none".to_owned()
-                    } else {
-                        format!(
-                            "{} {} ({})",
-                            printable(r["channel"].as_str().unwrap_or("")),
-                            printable(r["version"].as_str().unwrap_or("")),
-                            r["digest"].as_str().unwrap_or("")
-                        )
+            SyncSubcommand::Status { json } => {
+                request(global, &self.target, "sync.status", json!({}), json, |status| {
+                    let release = |r: &Value| {
+                        if r.is_null() {
+                            "none".to_owned()
+                        } else {
+                            format!(
+                                "{} {} ({})",
+                                printable(r["channel"].as_str().unwrap_or("")),
+                                printable(r["version"].as_str().unwrap_or("")),
+                                r["digest"].as_str().unwrap_or("")
+                            )
+                        }
+                    };
+                    println!(
+                        "origin     {} · channel {} · ring {}",
+                        printable(status["url"].as_str().unwrap_or("")),
+                        printable(status["channel"].as_str().unwrap_or("")),
+                        status["ring"]
+                    );
+                    println!("committed  {}", release(&status["committed"]));
+                    println!("trial      {}", release(&status["trial"]));
+                    if let Some(health) = status["health"].as_str() {
+                        println!("health     job {}", printable(health));
                     }
-                };
-                println!(
-                    "origin     {} · channel {} · ring {}",
-                    printable(status["url"].as_str().unwrap_or("")),
-                    printable(status["channel"].as_str().unwrap_or("")),
-                    status["ring"]
-                );
-                println!("committed  {}", release(&status["committed"]));
-                println!("trial      {}", release(&status["trial"]));
-                if let Some(health) = status["health"].as_str() {
-                    println!("health     job {}", printable(health));
-                }
-                println!("checked    {}", status["last_check"].as_str().unwrap_or("never"));
-                let pair = |v: &Value| {
-                    v.as_array().map(|e| {
-                        format!(
-                            "{}: {}",
-                            e.first().and_then(Value::as_str).unwrap_or(""),
-                            printable(e.get(1).and_then(Value::as_str).unwrap_or(""))
-                        )
-                    })
-                };
-                if let Some(error) = pair(&status["last_error"]) {
-                    println!("last error {error}");
-                }
-                if let Some(error) = pair(&status["active_error"]) {
-                    println!("NOT RUNNING {error}");
-                }
-                let refreshed = status["metadata_refreshed"].as_str().unwrap_or("not since this daemon started");
-                let expires = status["metadata_expires"]["timestamp"].as_str().unwrap_or("unknown");
-                let expired = if status["metadata_expired"] == true {
-                    "  EXPIRED: new releases wait for a refresh; the active one keeps running"
-                } else {
-                    ""
-                };
-                println!("metadata   refreshed {refreshed} · timestamp expires {expires}{expired}");
-                print_report(&status["report"]);
-            }),
+                    println!("checked    {}", status["last_check"].as_str().unwrap_or("never"));
+                    let pair = |v: &Value| {
+                        v.as_array().map(|e| {
+                            format!(
+                                "{}: {}",
+                                e.first().and_then(Value::as_str).unwrap_or(""),
+                                printable(e.get(1).and_then(Value::as_str).unwrap_or(""))
+                            )
+                        })
+                    };
+                    if let Some(error) = pair(&status["last_error"]) {
+                        println!("last error {error}");
+                    }
+                    if let Some(error) = pair(&status["active_error"]) {
+                        println!("NOT RUNNING {error}");
+                    }
+                    let refreshed = status["metadata_refreshed"].as_str().unwrap_or("not since this daemon started");
+                    let expires = status["metadata_expires"]["timestamp"].as_str().unwrap_or("unknown");
+                    let expired = if status["metadata_expired"] == true {
+                        "  EXPIRED: new releases wait for a refresh; the active one keeps running"
+                    } else {
+                        ""
+                    };
+                    println!("metadata   refreshed {refreshed} · timestamp expires {expires}{expired}");
+                    print_report(&status["report"]);
+                })
+            }
             SyncSubcommand::Now { json } => {
-                request(global, "sync.now", json!({}), json, |_| println!("checking the release origin"))
+                request(global, &self.target, "sync.now", json!({}), json, |_| println!("checking the release origin"))
             }
         }
     }

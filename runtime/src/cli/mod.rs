@@ -7,6 +7,7 @@
 //! failure and returns the documented exit status.
 
 mod cache;
+mod completions;
 mod daemon;
 mod exec;
 mod fleet;
@@ -15,6 +16,7 @@ mod pack;
 mod release;
 mod runs;
 mod sign;
+mod target;
 
 use crate::outcome::ExitStatus;
 use clap::{Args, Parser, Subcommand};
@@ -73,6 +75,8 @@ enum Command {
     Sync(daemon::SyncCommand),
     Rollback(daemon::RollbackCommand),
     Fleet(fleet::FleetCommand),
+    Completions(completions::CompletionsCommand),
+    Man(completions::ManCommand),
 }
 
 /// Ends the process quietly, with status 0, when whatever reads its
@@ -120,6 +124,8 @@ pub fn main() -> ExitCode {
         Command::Sync(command) => command.execute(&cli.global),
         Command::Rollback(command) => command.execute(&cli.global),
         Command::Fleet(command) => command.execute(&cli.global),
+        Command::Completions(command) => command.execute(),
+        Command::Man(command) => command.execute(),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

@@ -1,6 +1,10 @@
-//! `wfrun runs`: the run history, read from the state directory's database.
+//! `wfrun runs`: the run history, read from the state directory's database
+//! (or, with `--remote`/`--profile`, through a daemon's control API), and
+//! `runs wait`, which follows a daemon's run to its end.
 
+use super::target::TargetArgs;
 use super::{GlobalArgs, printable};
+use crate::daemon::control::Endpoint;
 use crate::outcome::ExitStatus;
 use crate::outcome::RunStatus;
 use crate::store::{RunRecord, Store};
@@ -13,6 +17,8 @@ use clap::{Args, Subcommand};
 pub struct RunsCommand {
     #[command(subcommand)]
     command: RunsSubcommand,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,8 +73,33 @@ enum RunsSubcommand {
         /// Only this node's log.
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
+        /// Print a JSON array of {node, text}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a daemon's run to end (following its retries), print its
+    /// output, and exit with the status `wfrun exec` would have.
+    #[command(after_help = WAIT_HELP)]
+    Wait {
+        /// The run id (from `wfrun trigger`).
+        run_id: String,
+        /// Print the final run's record as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
+
+const WAIT_HELP: &str = "\
+A failed run the daemon retries is followed to its retry; the status is that
+of the last attempt. A node's or workflow's output JSON is printed on stdout;
+a job's captured stdout and stderr go to stdout and stderr. Exit status: 0
+succeeded, 3 node error (or a job's own status), 4 limit, 5 trap, 6 refused,
+130 cancelled; 1 when the daemon cannot be asked. Ctrl-C stops waiting, not
+the run.
+
+Examples:
+  run=$(wfrun trigger nightly) && wfrun runs wait \"$run\"
+  wfrun runs wait 0192f5c3-… --remote https://10.0.0.5:8788 --token-file ~/.wfrun-token";
 
 fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     crate::units::duration(text, std::time::Duration::ZERO..=std::time::Duration::from_secs(100 * 365 * 86400))
@@ -87,6 +118,21 @@ fn parse_status(text: &str) -> Result<RunStatus, String> {
 impl RunsCommand {
     /// Reads the history and prints it.
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        if let RunsSubcommand::Wait { run_id, json } = &self.command {
+            let endpoint = match super::daemon::endpoint(global, &self.target) {
+                Ok(endpoint) => endpoint,
+                Err(status) => return Ok(status),
+            };
+            return wait(&endpoint, run_id, *json);
+        }
+        match self.target.wants_remote() {
+            Ok(true) => return self.remote(global),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("wfrun: {e}");
+                return Ok(ExitStatus::Usage);
+            }
+        }
         let dir = global.state_dir();
         // Reading creates nothing: no database means no runs yet.
         let Some(store) = Store::open_existing(&dir)? else {
@@ -97,7 +143,9 @@ impl RunsCommand {
                     println!("{}", serde_json::to_string(&crate::store::Pruned::default())?)
                 }
                 RunsSubcommand::Prune { .. } => eprintln!("wfrun: no runs recorded in {}", dir.display()),
-                RunsSubcommand::Show { run_id, .. } | RunsSubcommand::Logs { run_id, .. } => {
+                RunsSubcommand::Show { run_id, .. }
+                | RunsSubcommand::Logs { run_id, .. }
+                | RunsSubcommand::Wait { run_id, .. } => {
                     eprintln!("wfrun: no run {run_id:?} in {} (no runs recorded there)", dir.display());
                     return Ok(ExitStatus::Invalid);
                 }
@@ -137,44 +185,190 @@ impl RunsCommand {
                     print_run(&run, trace);
                 }
             }
-            RunsSubcommand::Logs { run_id, node } => {
+            RunsSubcommand::Logs { run_id, node, json } => {
                 if store.run(&run_id)?.is_none() {
                     eprintln!("wfrun: no run {run_id:?} in {}", store.dir().display());
                     return Ok(ExitStatus::Invalid);
                 }
-                // Small logs are in the database, large ones in files.
-                let mut logs: Vec<(String, String)> = store.inline_logs(&run_id)?;
-                let dir = store.log_dir(&run_id);
-                let mut files: Vec<_> = match std::fs::read_dir(&dir) {
-                    Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
-                    Err(_) => Vec::new(),
-                };
-                files.sort();
-                for file in files {
-                    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-                    logs.push((name, text));
-                }
-                logs.sort();
-                let mut shown = 0;
-                for (name, text) in logs {
-                    if node.as_ref().is_some_and(|n| *n != name) {
-                        continue;
-                    }
-                    println!("=== {name} ===");
-                    print!("{}", printable_lines(&text));
-                    shown += 1;
-                }
-                if shown == 0 {
-                    match node {
-                        Some(node) => eprintln!("wfrun: run {run_id} has no log for node {node:?}"),
-                        None => eprintln!("wfrun: run {run_id} has no logs"),
-                    }
-                }
+                print_logs(&run_id, store.logs(&run_id)?, node.as_deref(), json)?;
             }
+            RunsSubcommand::Wait { .. } => unreachable!("answered above"),
         }
         Ok(ExitStatus::Success)
     }
+
+    /// The history of the daemon `self.target` names, through its control API.
+    fn remote(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        use super::daemon::send;
+        use serde_json::json;
+        let endpoint = match super::daemon::endpoint(global, &self.target) {
+            Ok(endpoint) => endpoint,
+            Err(status) => return Ok(status),
+        };
+        match self.command {
+            // Printed as the local history prints them, so a script sees
+            // the same output whichever side it reads.
+            RunsSubcommand::List { status, limit, json } => {
+                let params = json!({ "limit": limit, "status": status.map(|s| s.as_str()) });
+                send(&endpoint, "runs.list", params, false, |runs| {
+                    match serde_json::from_value::<Vec<RunRecord>>(runs.clone()) {
+                        Ok(runs) if json => println!("{}", serde_json::to_string(&runs).unwrap_or_default()),
+                        Ok(runs) => print_list(&runs),
+                        Err(e) => eprintln!("wfrun: the daemon's run records do not parse: {e}"),
+                    }
+                })
+            }
+            RunsSubcommand::Show { run_id, json, trace } => {
+                send(&endpoint, "runs.show", json!({ "run_id": run_id }), false, |run| {
+                    match serde_json::from_value::<RunRecord>(run.clone()) {
+                        Ok(run) if json => println!("{}", serde_json::to_string(&run).unwrap_or_default()),
+                        Ok(run) => print_run(&run, trace),
+                        Err(e) => eprintln!("wfrun: the daemon's run record does not parse: {e}"),
+                    }
+                })
+            }
+            RunsSubcommand::Logs { run_id, node, json } => {
+                let response = match endpoint.call("runs.logs", json!({ "run_id": run_id })) {
+                    Ok(response) => response,
+                    Err(e) => {
+                        eprintln!("wfrun: {e}");
+                        return Ok(super::daemon::client_failure(&e));
+                    }
+                };
+                let Some(result) = response.result.filter(|_| response.ok) else {
+                    let error = response.error.map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
+                    eprintln!("wfrun: {}", printable(&error));
+                    return Ok(ExitStatus::Invalid);
+                };
+                let logs = result
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|log| {
+                        let text = |key: &str| log[key].as_str().unwrap_or_default().to_owned();
+                        (text("node"), text("text"))
+                    })
+                    .collect();
+                print_logs(&run_id, logs, node.as_deref(), json)?;
+                Ok(ExitStatus::Success)
+            }
+            RunsSubcommand::Prune { .. } => {
+                eprintln!("wfrun: runs prune works on a local state directory; run it on the daemon's host");
+                Ok(ExitStatus::Usage)
+            }
+            RunsSubcommand::Wait { .. } => unreachable!("answered in execute"),
+        }
+    }
+}
+
+/// Prints `logs` (all, or only `node`'s), as text or a JSON array.
+fn print_logs(run_id: &str, logs: Vec<(String, String)>, node: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let logs: Vec<(String, String)> = logs.into_iter().filter(|(name, _)| node.is_none_or(|n| n == name)).collect();
+    if json {
+        let logs: Vec<_> = logs.iter().map(|(node, text)| serde_json::json!({ "node": node, "text": text })).collect();
+        println!("{}", serde_json::to_string(&logs)?);
+        return Ok(());
+    }
+    if logs.is_empty() {
+        match node {
+            Some(node) => eprintln!("wfrun: run {run_id} has no log for node {node:?}"),
+            None => eprintln!("wfrun: run {run_id} has no logs"),
+        }
+    }
+    for (name, text) in logs {
+        println!("=== {name} ===");
+        print!("{}", printable_lines(&text));
+    }
+    Ok(())
+}
+
+/// How long [`wait`] sleeps between looks, at first and at most.
+const WAIT_POLL: (std::time::Duration, std::time::Duration) =
+    (std::time::Duration::from_millis(5), std::time::Duration::from_millis(250));
+
+/// Waits for run `run_id` of the daemon at `endpoint` to end, following
+/// retries, prints it, and returns the status `exec` would have.
+pub(super) fn wait(endpoint: &Endpoint, run_id: &str, json: bool) -> anyhow::Result<ExitStatus> {
+    let mut run_id = run_id.to_owned();
+    let mut pause = WAIT_POLL.0;
+    let run = loop {
+        let response = match endpoint.call("runs.show", serde_json::json!({ "run_id": run_id })) {
+            Ok(response) => response,
+            Err(e) => {
+                eprintln!("wfrun: {e}");
+                return Ok(super::daemon::client_failure(&e));
+            }
+        };
+        let Some(result) = response.result.filter(|_| response.ok) else {
+            let error = response.error.map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
+            eprintln!("wfrun: {}", printable(&error));
+            return Ok(ExitStatus::Invalid);
+        };
+        let settled = result["settled"] != false;
+        let run: RunRecord = serde_json::from_value(result).context("the daemon's run record does not parse")?;
+        if !matches!(run.status, RunStatus::Pending | RunStatus::Running) {
+            if let Some(retry) = &run.retried_as {
+                eprintln!(
+                    "wfrun: run {} ended {} ({}); waiting for its retry {retry}",
+                    run.run_id,
+                    run.status,
+                    run.error_code.map_or("-", |c| c.as_str())
+                );
+                run_id = retry.clone();
+                pause = WAIT_POLL.0;
+                continue;
+            }
+            if settled {
+                break run;
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(WAIT_POLL.1);
+    };
+    let status = ExitStatus::of_ended(run.status, run.error_code, run.exit_code);
+    if json {
+        println!("{}", serde_json::to_string(&run)?);
+        return Ok(status);
+    }
+    if let Some(output) = &run.output {
+        println!("{output}");
+    } else if run.kind == Some(crate::outcome::GuestKind::Job)
+        && let Ok(response) = endpoint.call("runs.logs", serde_json::json!({ "run_id": run.run_id }))
+        && let Some(logs) = response.result.as_ref().and_then(|r| r.as_array())
+    {
+        // A job's output is what it wrote, as `exec` streams it.
+        for log in logs {
+            let (stdout, stderr) = split_job_log(log["text"].as_str().unwrap_or_default());
+            print!("{stdout}");
+            eprint!("{stderr}");
+        }
+    }
+    if let Some(code) = run.error_code {
+        eprintln!("wfrun: {code}: {}", printable(run.error_message.as_deref().unwrap_or("")));
+    }
+    Ok(status)
+}
+
+/// A job's stdout and stderr out of its log text
+/// ([`node_log_text`](crate::workflow::node_log_text)'s layout: log lines,
+/// then `--- stdout ---`, then `--- stderr ---` sections).
+fn split_job_log(text: &str) -> (&str, &str) {
+    const STDOUT: &str = "--- stdout ---\n";
+    const STDERR: &str = "--- stderr ---\n";
+    let after = |marker: &str, from: &str| -> Option<usize> {
+        from.match_indices(marker).find(|(at, _)| *at == 0 || from.as_bytes()[at - 1] == b'\n').map(|(at, _)| at)
+    };
+    let out_at = after(STDOUT, text);
+    let rest = out_at.map_or(text, |at| &text[at + STDOUT.len()..]);
+    // The last marker: what a job printed may contain the text of one.
+    let err_at = rest.rfind(STDERR);
+    let stdout = match (out_at, err_at) {
+        (Some(_), Some(at)) => &rest[..at],
+        (Some(_), None) => rest,
+        (None, _) => "",
+    };
+    let stderr = err_at.map_or("", |at| &rest[at + STDERR.len()..]);
+    (stdout, stderr)
 }
 
 fn printable_lines(text: &str) -> String {

@@ -45,6 +45,9 @@ pub struct DaemonConfig {
     /// The file holding its bearer token; `None`: `<state-dir>/control.token`,
     /// generated on first use.
     pub control_token_file: Option<PathBuf>,
+    /// The control API's certificate chain and key (PEM); `None`: plain
+    /// HTTP, allowed on a loopback address only.
+    pub control_tls: Option<TlsFiles>,
     /// The egress every job's runs get (narrowed by each workflow).
     pub egress: EgressPolicy,
     /// Public keys (files or `ed25519:<hex>`) bundles may be signed by.
@@ -98,6 +101,7 @@ impl Default for DaemonConfig {
             webhook_max_body: 1024 * 1024,
             control_http_listen: None,
             control_token_file: None,
+            control_tls: None,
             egress: EgressPolicy::deny_all(),
             trusted_keys: Vec::new(),
             require_signed: false,
@@ -209,6 +213,17 @@ struct WebhookSection {
 struct ControlHttpSection {
     listen: Option<String>,
     token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// A TLS certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +303,9 @@ pub enum ConfigProblem {
     /// The `[egress]` table is unusable.
     #[error("egress: {0}")]
     Egress(#[from] PolicyError),
+    /// The `[control_http]` table cannot be served safely.
+    #[error("control_http: {0}")]
+    ControlHttp(&'static str),
 }
 
 /// What is wrong with one value.
@@ -438,6 +456,18 @@ impl DaemonConfig {
             config.control_http_listen =
                 Some(address("control_http.listen", control.listen.as_deref().unwrap_or("127.0.0.1:8788"))?);
             config.control_token_file = control.token_file.map(resolve);
+            config.control_tls = match (control.tls_cert, control.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert: resolve(cert), key: resolve(key) }),
+                (None, None) => None,
+                _ => return Err(ConfigProblem::ControlHttp("tls_cert and tls_key go together: give both or neither")),
+            };
+            let listen = config.control_http_listen.expect("set just above");
+            if config.control_tls.is_none() && !listen.ip().is_loopback() {
+                return Err(ConfigProblem::ControlHttp(
+                    "listen is not a loopback address: the control API needs tls_cert and tls_key to listen there \
+                     (a bearer token in plain HTTP would cross the network readable)",
+                ));
+            }
         }
         config.egress = file.egress.into_policy()?;
         config.trusted_keys = file

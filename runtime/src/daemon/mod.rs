@@ -147,6 +147,9 @@ pub struct Daemon {
     running: Mutex<BTreeMap<String, Running>>,
     /// Jobs with a trigger in flight (running or waiting to retry).
     busy: Mutex<BTreeMap<String, u32>>,
+    /// Runs whose supervisor has not decided yet whether it retries them:
+    /// a waiting client takes a run's end as final only once it is not here.
+    unsettled: Mutex<std::collections::HashSet<String>>,
     /// Each time-triggered job's next due time, as the scheduler last set it.
     next_due: Mutex<BTreeMap<String, SystemTime>>,
     /// Jobs whose schedule the scheduler must compute again.
@@ -157,6 +160,8 @@ pub struct Daemon {
     became_idle: Notify,
     started: SystemTime,
     control_token: Option<String>,
+    /// The control API's TLS, when `[control_http]` has a certificate.
+    control_tls: Option<tokio_rustls::TlsAcceptor>,
     /// Pulling releases, with a `[sync]` table.
     sync: Option<releases::SyncState>,
     /// This device's id (`[device] id`, or the one made once).
@@ -237,6 +242,7 @@ impl Daemon {
             Some(_) => Some(control_token(config.control_token_file.as_deref(), &state_dir)?),
             None => None,
         };
+        let control_tls = config.control_tls.as_ref().map(control::http::tls_acceptor).transpose()?;
         let options = EngineOptions { cache_dir: Some(state_dir.join("cache")), ..EngineOptions::default() };
         // A long-lived host: instances come from pools reserved once. A
         // machine that cannot reserve that much address space (a 39-bit
@@ -266,6 +272,7 @@ impl Daemon {
             store,
             running: Mutex::default(),
             busy: Mutex::default(),
+            unsettled: Mutex::default(),
             next_due: Mutex::default(),
             schedule_forget: Mutex::default(),
             schedule_changed: Notify::new(),
@@ -274,6 +281,7 @@ impl Daemon {
             became_idle: Notify::new(),
             started: SystemTime::now(),
             control_token,
+            control_tls,
             sync,
             device_id,
             uploader,
@@ -307,7 +315,9 @@ impl Daemon {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("{routes:?} listener on {addr}: {e}"))?;
-            eprintln!("wfrun daemon: {routes:?} on http://{}", listener.local_addr()?);
+            let scheme =
+                if routes == control::http::Routes::Control && self.control_tls.is_some() { "https" } else { "http" };
+            eprintln!("wfrun daemon: {routes:?} on {scheme}://{}", listener.local_addr()?);
             listeners.push(tokio::spawn(control::http::serve(self.clone(), listener, routes)));
         }
         // Retention: at start, then hourly.

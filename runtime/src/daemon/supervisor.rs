@@ -27,6 +27,27 @@ use tokio::sync::Notify;
 /// The most runs one [`Daemon::trigger_many`] starts.
 pub const MAX_TRIGGER_COUNT: usize = 1000;
 
+/// Keeps the run a supervisor is on in [`Daemon::settled`]'s unsettled
+/// set until the supervisor moves on to a retry or returns (or panics).
+struct Settling<'a> {
+    daemon: &'a Daemon,
+    run_id: String,
+}
+
+impl Settling<'_> {
+    /// The supervisor moved on to `retry`, already in the set.
+    fn moved_to(&mut self, retry: &str) {
+        let done = std::mem::replace(&mut self.run_id, retry.to_owned());
+        self.daemon.unsettled.lock().unwrap().remove(&done);
+    }
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        self.daemon.unsettled.lock().unwrap().remove(&self.run_id);
+    }
+}
+
 /// A run in flight.
 pub(super) struct Running {
     pub(super) job: String,
@@ -91,6 +112,7 @@ impl Daemon {
         let ids: Vec<String> = (0..count).map(|_| new_run_id()).collect();
         // The ids are acknowledged only once they name durable records.
         self.store.accept_runs(&ids, name, &job.spec.bundle.display().to_string())?;
+        self.unsettled.lock().unwrap().extend(ids.iter().cloned());
         for (run_id, busy) in ids.iter().zip(busy) {
             let unfinished = Unfinished::new(&self.store, run_id);
             let cancel = Arc::new(Notify::new());
@@ -129,6 +151,7 @@ impl Daemon {
         let retry = self.policy.retry;
         let mut unfinished = first;
         let mut run_id = unfinished.run_id.clone();
+        let mut settling = Settling { daemon: self, run_id: run_id.clone() };
         for attempt in 1..=retry.max_attempts {
             let report = {
                 let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
@@ -191,11 +214,12 @@ impl Daemon {
                 return;
             }
             // The retry is in flight from now: `cancel`, `status` and
-            // `runs` see it.
-            run_id = new_run_id();
-            if let Err(e) =
-                self.store.accept_runs(std::slice::from_ref(&run_id), name, &spec.bundle.display().to_string())
-            {
+            // `runs` see it, and the failed run names it.
+            let failed = std::mem::replace(&mut run_id, new_run_id());
+            self.unsettled.lock().unwrap().insert(run_id.clone());
+            let accepted = self.store.accept_retry(&failed, &run_id, name, &spec.bundle.display().to_string());
+            settling.moved_to(&run_id);
+            if let Err(e) = accepted {
                 tracing::error!("job {name}: recording retry {run_id}: {e}; not retried");
                 return;
             }
@@ -215,6 +239,12 @@ impl Daemon {
                 return;
             }
         }
+    }
+
+    /// Whether run `run_id`'s end is final: its supervisor will not retry
+    /// it (or has, and the run names its retry in `retried_as`).
+    pub fn settled(&self, run_id: &str) -> bool {
+        !self.unsettled.lock().unwrap().contains(run_id)
     }
 
     async fn stopped_or_stopping(&self) {

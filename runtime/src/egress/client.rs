@@ -324,6 +324,20 @@ pub fn tls_connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(config.clone())
 }
 
+/// A TLS connector that trusts the webpki roots and `extra` (a private
+/// CA's certificate, or a server's self-signed one).
+pub fn tls_connector_trusting(extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+    roots.add_parsable_certificates(extra);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 /// A connection, plain or TLS.
 pub enum Stream {
     /// Plain TCP.

@@ -56,6 +56,21 @@ pub async fn exchange(
     connect_timeout: Duration,
     max_answer: u64,
 ) -> Result<Answer, ExchangeError> {
+    exchange_with(&tls_connector(), method, url, headers, body, connect_timeout, max_answer).await
+}
+
+/// [`exchange`], with `tls` verifying an `https` server (e.g.
+/// [`tls_connector_trusting`](super::client::tls_connector_trusting) a
+/// private CA's certificate).
+pub async fn exchange_with(
+    tls: &tokio_rustls::TlsConnector,
+    method: http::Method,
+    url: &http::Uri,
+    headers: &[(http::HeaderName, String)],
+    body: Bytes,
+    connect_timeout: Duration,
+    max_answer: u64,
+) -> Result<Answer, ExchangeError> {
     let failed = |what: &'static str, e: &dyn std::fmt::Display| ExchangeError::Failed {
         url: url.to_string(),
         what,
@@ -70,7 +85,7 @@ pub async fn exchange(
             return Ok(Stream::Plain(tcp));
         }
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| failed("TLS name", &e))?;
-        let tls = tls_connector().connect(name, tcp).await.map_err(|e| failed("TLS", &e))?;
+        let tls = tls.connect(name, tcp).await.map_err(|e| failed("TLS", &e))?;
         Ok::<_, ExchangeError>(Stream::Tls(Box::new(tls)))
     };
     let stream = tokio::time::timeout(connect_timeout, connect)

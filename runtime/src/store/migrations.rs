@@ -30,6 +30,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { what: "device, releases and release_events", apply: releases },
     Migration { what: "the report outbox and its dead letters", apply: outbox },
     Migration { what: "run_logs: small node logs kept in the database", apply: run_logs },
+    Migration { what: "runs.retried_as: the run a failed run was retried as", apply: retried_as },
 ];
 
 /// The schema version this wfrun writes.
@@ -207,6 +208,10 @@ fn run_logs(conn: &Connection) -> rusqlite::Result<()> {
              PRIMARY KEY (run_id, node)
          );",
     )
+}
+
+fn retried_as(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("ALTER TABLE runs ADD COLUMN retried_as TEXT;")
 }
 
 fn outbox(conn: &Connection) -> rusqlite::Result<()> {

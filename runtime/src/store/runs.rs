@@ -87,6 +87,10 @@ pub struct RunRecord {
     pub transitions: Vec<(RunStatus, String)>,
     /// Node records, in the order they were recorded.
     pub nodes: Vec<NodeRecord>,
+    /// The run this one was retried as, when it failed and the daemon
+    /// tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_as: Option<String>,
 }
 
 impl Store {
@@ -109,6 +113,25 @@ impl Store {
                 run.execute(params![id, job, bundle_path, at, std::process::id(), owner])?;
                 transition.execute(params![id, at])?;
             }
+            Ok(())
+        })
+    }
+
+    /// Records `retry` as `pending`, the retry of failed run `failed`, and
+    /// links the two (`retried_as`), in one write.
+    pub fn accept_retry(&self, failed: &str, retry: &str, job: &str, bundle_path: &str) -> Result<(), StoreError> {
+        let at = now();
+        let owner = owner_token();
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at,
+                                   owner_pid, job, owner_boot)
+                 VALUES (?1, ?2, '-', '-', ?3, '', 'pending', ?4, ?5, ?2, ?6)",
+            )?
+            .execute(params![retry, job, bundle_path, at, std::process::id(), owner])?;
+            tx.prepare_cached("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)")?
+                .execute(params![retry, at])?;
+            tx.prepare_cached("UPDATE runs SET retried_as = ?2 WHERE id = ?1")?.execute(params![failed, retry])?;
             Ok(())
         })
     }
@@ -311,6 +334,25 @@ impl Store {
         })
     }
 
+    /// Run `run_id`'s logs, as (node, text) by node: the small ones from
+    /// the database, the large ones from their files.
+    pub fn logs(&self, run_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut logs = self.inline_logs(run_id)?;
+        let dir = self.log_dir(run_id);
+        let mut files: Vec<_> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        for file in files {
+            let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let bytes = std::fs::read(&file).map_err(|e| StoreError::Dir { path: file.clone(), source: e })?;
+            logs.push((name, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        logs.sort();
+        Ok(logs)
+    }
+
     /// The directory holding run `run_id`'s log files (logs larger than
     /// [`INLINE_LOG_MAX`]).
     pub fn log_dir(&self, run_id: &str) -> PathBuf {
@@ -412,7 +454,7 @@ pub(super) fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Opti
         .query_row(
             "SELECT id, workflow, version, kind, bundle_path, bundle_digest, status, error_code, error_message,
                     failed_node, output, exit_code, created_at, finished_at, duration_ms, fuel_consumed, peak_memory_bytes,
-                    policy_violations, job, error_detail
+                    policy_violations, job, error_detail, retried_as
              FROM runs WHERE id = ?1",
             params![run_id],
             |r| {
@@ -440,6 +482,7 @@ pub(super) fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Opti
                         .unwrap_or_default(),
                     job: r.get(18)?,
                     error_detail: r.get(19)?,
+                    retried_as: r.get(20)?,
                     transitions: Vec::new(),
                     nodes: Vec::new(),
                 })

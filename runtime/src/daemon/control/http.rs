@@ -127,6 +127,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, route
         };
         let daemon = daemon.clone();
         let deliveries = deliveries.clone();
+        let tls = if routes == Routes::Control { daemon.control_tls.clone() } else { None };
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
@@ -140,13 +141,51 @@ pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, route
                 }
             });
             // No connection may hold a task for long (a client that sends
-            // its request slowly, or never finishes it).
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
+            // its request slowly, or never finishes it, or stalls the TLS
+            // handshake).
+            let http = hyper::server::conn::http1::Builder::new().keep_alive(false).clone();
+            let connection = async move {
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                }
+            };
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), connection).await;
         });
     }
+}
+
+/// The control API's TLS from its PEM files: the certificate chain and
+/// the private key, checked to match.
+pub fn tls_acceptor(files: &crate::daemon::config::TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| anyhow::anyhow!("control_http.tls_cert {}: {e}", files.cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "control_http.tls_cert {}: no certificate in the file", files.cert.display());
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| anyhow::anyhow!("control_http.tls_key {}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "control_http: the key {} does not go with the certificate {}: {e}",
+                files.key.display(),
+                files.cert.display()
+            )
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Reads at most `max` bytes of body. A larger body is read to its end (up

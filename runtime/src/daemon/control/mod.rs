@@ -11,12 +11,16 @@
 //!
 //! Methods: `status`, `jobs.list`, `jobs.add {name, spec}`, `jobs.remove
 //! {name}`, `jobs.pause {name}`, `jobs.resume {name}`, `trigger {name,
-//! input?}`, `runs.list {limit?, status?}`, `runs.show {run_id}`, `cancel
-//! {run_id}`, `shutdown`.
+//! input?, count?}`, `runs.list {limit?, status?}`, `runs.show {run_id}` (the
+//! record, and `settled`: false while the daemon may still retry the run),
+//! `runs.logs {run_id}` (`[{node, text}]`), `cancel {run_id}`,
+//! `sync.status`, `sync.now`, `rollback`, `shutdown`.
 
+pub mod client;
 pub mod http;
 pub mod unix;
 
+pub use client::{Endpoint, EndpointError, Remote};
 pub use unix::{ClientError, call};
 
 use super::scheduler::Source;
@@ -181,9 +185,21 @@ fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Value, DaemonError> 
         "runs.show" => {
             let RunId { run_id } = params(method, request.params)?;
             match daemon.store().run(&run_id)? {
-                Some(run) => value(&run),
+                Some(run) => {
+                    let mut shown = value(&run)?;
+                    shown["settled"] = json!(daemon.settled(&run_id));
+                    Ok(shown)
+                }
                 None => Err(DaemonError::RunNotFound { run_id }),
             }
+        }
+        "runs.logs" => {
+            let RunId { run_id } = params(method, request.params)?;
+            if daemon.store().run(&run_id)?.is_none() {
+                return Err(DaemonError::RunNotFound { run_id });
+            }
+            let logs = daemon.store().logs(&run_id)?;
+            Ok(Value::Array(logs.into_iter().map(|(node, text)| json!({ "node": node, "text": text })).collect()))
         }
         "sync.status" => value(&daemon.sync_status()?),
         "rollback" => {

@@ -86,6 +86,20 @@ pub enum ClientError {
         /// The state directory.
         dir: String,
     },
+    /// A remote daemon cannot be reached.
+    #[error("no wfrun daemon answers at {url}: {reason}")]
+    Unreachable {
+        /// The control API's URL.
+        url: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A remote daemon refused the token.
+    #[error("the daemon at {url} refused the token (401): check --token-file against its control token")]
+    Unauthorized {
+        /// The control API's URL.
+        url: String,
+    },
     /// The connection broke or the answer was not a response.
     #[error("talking to the daemon at {socket}: {reason}")]
     Broken {
