@@ -329,3 +329,105 @@ fn completions_and_the_manual_cover_every_command() {
         assert!(dir.path().join(command).exists(), "no {command}");
     }
 }
+
+/// `GET path` on 127.0.0.1:`port` with `token`: (status, body).
+fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Parses the OpenMetrics text format strictly enough to catch a broken
+/// exposition: every sample belongs to a family declared by `# TYPE`
+/// before it, every value is a number, and `# EOF` ends it. Returns
+/// (sample name with its labels as written, value).
+fn parse_openmetrics(text: &str) -> Vec<(String, f64)> {
+    let mut families: Vec<(String, String)> = Vec::new();
+    let mut samples = Vec::new();
+    let mut lines = text.lines().peekable();
+    let mut ended = false;
+    while let Some(line) = lines.next() {
+        assert!(!ended, "text after # EOF: {line:?}");
+        if line == "# EOF" {
+            ended = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(["counter", "gauge", "histogram", "info", "unknown"].contains(&kind), "{line}");
+            families.push((name.to_owned(), kind.to_owned()));
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment {line:?}");
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        let family = families.iter().find(|(family, kind)| {
+            let suffixes: &[&str] = match kind.as_str() {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_count", "_sum", "_created"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            suffixes.iter().any(|s| name == format!("{family}{s}"))
+        });
+        assert!(family.is_some(), "sample {name} of no declared family");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "labels {labels:?}");
+        }
+        samples.push((series.to_owned(), value));
+    }
+    assert!(ended, "no # EOF");
+    samples
+}
+
+#[test]
+fn the_daemon_exposes_its_metrics_to_a_scraper_behind_its_token() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "a-metrics-token-of-at-least-32-characters";
+    std::fs::write(dir.path().join("control.token"), token).unwrap();
+    let daemon = DaemonProcess::start_in(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "[control_http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {}\n\
+             [retry]\ninitial_backoff = \"100ms\"\nmax_attempts = 2\n\
+             [jobs.greet]\nbundle = {}\n[jobs.failing]\nbundle = {}\ninput = '{{\"mode\": \"fail\"}}'\n",
+            toml_path(&dir.path().join("control.token")),
+            toml_path(&guest("hello")),
+            toml_path(&guest("hostile"))
+        ),
+    );
+    assert!(wait_for(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    for (job, code) in [("greet", 0), ("failing", 3)] {
+        let out = daemon.wfrun(&["trigger", job, "--wait"]);
+        assert_eq!(out.status.code(), Some(code), "{job}: {}", stderr(&out));
+    }
+    assert_eq!(get(port, "/metrics", None).0, 401);
+    assert_eq!(get(port, "/metrics", Some("a-wrong-token-of-at-least-32-characters")).0, 401);
+    let (status, body) = get(port, "/metrics", Some(token));
+    assert_eq!(status, 200, "{body}");
+    let samples = parse_openmetrics(&body);
+    let value = |series: &str| {
+        samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v).unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    };
+    assert_eq!(value(r#"wfrun_runs_total{job="greet",status="succeeded"}"#), 1.0);
+    assert_eq!(value(r#"wfrun_runs_total{job="failing",status="failed"}"#), 2.0);
+    assert_eq!(value(r#"wfrun_retries_total{job="failing"}"#), 1.0);
+    assert_eq!(value(r#"wfrun_run_duration_seconds_count{job="greet"}"#), 1.0);
+    assert!(value(r#"wfrun_fuel_consumed_total{job="greet"}"#) > 0.0);
+    assert!(value(r#"wfrun_run_peak_memory_bytes{job="greet"}"#) > 0.0);
+    // Two failures in a row with max_attempts = 2 pause the job.
+    assert_eq!(value(r#"wfrun_job_paused{job="failing"}"#), 1.0);
+    assert_eq!(value(r#"wfrun_job_paused{job="greet"}"#), 0.0);
+    assert_eq!(value("wfrun_runs_in_flight"), 0.0);
+}

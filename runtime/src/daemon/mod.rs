@@ -17,6 +17,7 @@
 pub mod config;
 pub mod control;
 pub mod jobs;
+pub mod metrics;
 pub mod releases;
 pub mod scheduler;
 pub mod status;
@@ -150,6 +151,8 @@ pub struct Daemon {
     /// Runs whose supervisor has not decided yet whether it retries them:
     /// a waiting client takes a run's end as final only once it is not here.
     unsettled: Mutex<std::collections::HashSet<String>>,
+    /// What `/metrics` shows.
+    metrics: metrics::Metrics,
     /// Each time-triggered job's next due time, as the scheduler last set it.
     next_due: Mutex<BTreeMap<String, SystemTime>>,
     /// Jobs whose schedule the scheduler must compute again.
@@ -273,6 +276,7 @@ impl Daemon {
             running: Mutex::default(),
             busy: Mutex::default(),
             unsettled: Mutex::default(),
+            metrics: metrics::Metrics::default(),
             next_due: Mutex::default(),
             schedule_forget: Mutex::default(),
             schedule_changed: Notify::new(),

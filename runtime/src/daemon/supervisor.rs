@@ -179,6 +179,7 @@ impl Daemon {
                 tried.report
             };
             self.running.lock().unwrap().remove(&run_id);
+            self.metrics.ended(name, &report);
             self.reports_written();
             let from_release = self.jobs.get(name).is_some_and(|job| job.source == crate::store::JobSource::Release);
             let failures = match self.jobs.record_run(name, &run_id, report.status, report.error_code) {
@@ -215,6 +216,7 @@ impl Daemon {
             }
             // The retry is in flight from now: `cancel`, `status` and
             // `runs` see it, and the failed run names it.
+            self.metrics.retried(name);
             let failed = std::mem::replace(&mut run_id, new_run_id());
             self.unsettled.lock().unwrap().insert(run_id.clone());
             let accepted = self.store.accept_retry(&failed, &run_id, name, &spec.bundle.display().to_string());

@@ -18,6 +18,9 @@
 //! [`Response`](super::Response), through the same dispatcher as the
 //! Unix socket. Every request needs `Authorization: Bearer <token>`
 //! (compared in constant time), checked before any of the body is read.
+//! `GET /metrics` on the same listener, behind the same token, answers the
+//! daemon's metrics ([`crate::daemon::metrics`]) in the OpenMetrics text
+//! format. With `tls_cert` and `tls_key`, the listener speaks TLS only.
 //!
 //! Both listen on loopback unless configured otherwise. No connection may
 //! last more than 30 s, and each listener holds at most
@@ -235,6 +238,18 @@ async fn control(daemon: &Arc<Daemon>, request: Request<hyper::body::Incoming>) 
     let given = given.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
     if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return refuse(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer <token>");
+    }
+    if parts.uri.path() == "/metrics" {
+        if parts.method != Method::GET {
+            return refuse(StatusCode::METHOD_NOT_ALLOWED, "invalid", "/metrics takes GET");
+        }
+        return match daemon.metrics_text() {
+            Ok(text) => Response::builder()
+                .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                .body(Full::new(Bytes::from(text)))
+                .expect("a valid response"),
+            Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        };
     }
     if parts.uri.path() != "/v1/rpc" {
         return refuse(StatusCode::NOT_FOUND, "not_found", "the control API is POST /v1/rpc");
