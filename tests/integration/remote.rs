@@ -350,9 +350,8 @@ fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
 fn parse_openmetrics(text: &str) -> Vec<(String, f64)> {
     let mut families: Vec<(String, String)> = Vec::new();
     let mut samples = Vec::new();
-    let mut lines = text.lines().peekable();
     let mut ended = false;
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         assert!(!ended, "text after # EOF: {line:?}");
         if line == "# EOF" {
             ended = true;
