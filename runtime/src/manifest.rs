@@ -271,7 +271,8 @@ impl Default for StateQuota {
 /// When something runs: declared in a workflow (`[[triggers]]`) and given
 /// to every daemon job. Serialised in bundles as `{"kind": "interval",
 /// "every": "30s"}`, `{"kind": "cron", "cron": "0 3 * * *", "timezone":
-/// "Europe/Paris"}`, `{"kind": "webhook"}` or `{"kind": "manual"}`.
+/// "Europe/Paris"}`, `{"kind": "webhook"}`, `{"kind": "manual"}` or
+/// `{"kind": "always"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Trigger {
@@ -293,13 +294,17 @@ pub enum Trigger {
     Webhook,
     /// Only when triggered by hand.
     Manual,
+    /// A service: started with the daemon (or when added), restarted
+    /// whenever its run ends, with backoff; paused after too many failures
+    /// in a row.
+    Always,
 }
 
 /// Why the trigger options of a job do not make one trigger.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TriggerError {
-    /// More than one of `every`, `cron` and `webhook`.
-    #[error("give one of `every`, `cron` and `webhook`")]
+    /// More than one of `every`, `cron`, `webhook` and `always`.
+    #[error("give one of `every`, `cron`, `webhook` and `always`")]
     NotOne,
     /// A time zone without a cron expression.
     #[error("a timezone applies to cron jobs only")]
@@ -307,19 +312,21 @@ pub enum TriggerError {
 }
 
 impl Trigger {
-    /// The trigger chosen by at most one of `every`, `cron` and `webhook`;
-    /// none of them is manual. `timezone` goes with `cron` only.
+    /// The trigger chosen by at most one of `every`, `cron`, `webhook` and
+    /// `always`; none of them is manual. `timezone` goes with `cron` only.
     pub fn choose(
         every: Option<Duration>,
         cron: Option<String>,
         timezone: Option<String>,
         webhook: bool,
+        always: bool,
     ) -> Result<Trigger, TriggerError> {
-        let trigger = match (every, cron, webhook) {
-            (Some(every), None, false) => Trigger::Interval { every },
-            (None, Some(cron), false) => return Ok(Trigger::Cron { cron, timezone }),
-            (None, None, true) => Trigger::Webhook,
-            (None, None, false) => Trigger::Manual,
+        let trigger = match (every, cron, webhook, always) {
+            (Some(every), None, false, false) => Trigger::Interval { every },
+            (None, Some(cron), false, false) => return Ok(Trigger::Cron { cron, timezone }),
+            (None, None, true, false) => Trigger::Webhook,
+            (None, None, false, true) => Trigger::Always,
+            (None, None, false, false) => Trigger::Manual,
             _ => return Err(TriggerError::NotOne),
         };
         match timezone {
@@ -338,6 +345,7 @@ impl fmt::Display for Trigger {
             Trigger::Cron { cron, timezone } => write!(f, "cron \"{cron}\" ({})", timezone.as_deref().unwrap_or("UTC")),
             Trigger::Webhook => f.write_str("webhook"),
             Trigger::Manual => f.write_str("manual"),
+            Trigger::Always => f.write_str("always (a service)"),
         }
     }
 }
@@ -402,6 +410,7 @@ mod wire {
         Cron(String),
         Webhook,
         Manual,
+        Always,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -436,10 +445,11 @@ mod wire {
 
         fn try_from(wire: JobSpec) -> Result<Self, Self::Error> {
             let trigger = match wire.trigger {
-                Trigger::Every(every) => super::Trigger::choose(Some(every), None, wire.timezone, false)?,
+                Trigger::Every(every) => super::Trigger::choose(Some(every), None, wire.timezone, false, false)?,
                 Trigger::Cron(cron) => super::Trigger::Cron { cron, timezone: wire.timezone },
-                Trigger::Webhook => super::Trigger::choose(None, None, wire.timezone, true)?,
-                Trigger::Manual => super::Trigger::choose(None, None, wire.timezone, false)?,
+                Trigger::Webhook => super::Trigger::choose(None, None, wire.timezone, true, false)?,
+                Trigger::Manual => super::Trigger::choose(None, None, wire.timezone, false, false)?,
+                Trigger::Always => super::Trigger::choose(None, None, wire.timezone, false, true)?,
             };
             Ok(super::JobSpec {
                 bundle: wire.bundle,
@@ -462,6 +472,7 @@ mod wire {
                 super::Trigger::Cron { cron, timezone } => (Trigger::Cron(cron), timezone),
                 super::Trigger::Webhook => (Trigger::Webhook, None),
                 super::Trigger::Manual => (Trigger::Manual, None),
+                super::Trigger::Always => (Trigger::Always, None),
             };
             JobSpec {
                 bundle: spec.bundle,
@@ -616,11 +627,16 @@ mod tests {
 
     #[test]
     fn one_trigger_at_most() {
-        assert_eq!(Trigger::choose(None, None, None, false).unwrap(), Trigger::Manual);
+        assert_eq!(Trigger::choose(None, None, None, false, false).unwrap(), Trigger::Manual);
         assert_eq!(
-            Trigger::choose(Some(Duration::from_secs(1)), Some("* * * * *".into()), None, false),
+            Trigger::choose(Some(Duration::from_secs(1)), Some("* * * * *".into()), None, false, false),
             Err(TriggerError::NotOne)
         );
-        assert_eq!(Trigger::choose(None, None, Some("UTC".into()), true), Err(TriggerError::TimezoneWithoutCron));
+        assert_eq!(Trigger::choose(None, None, None, true, true), Err(TriggerError::NotOne));
+        assert_eq!(Trigger::choose(None, None, None, false, true).unwrap(), Trigger::Always);
+        assert_eq!(
+            Trigger::choose(None, None, Some("UTC".into()), true, false),
+            Err(TriggerError::TimezoneWithoutCron)
+        );
     }
 }

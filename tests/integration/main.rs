@@ -18,7 +18,8 @@
 //! `durability` kills a process mid-transition of releases, again and again;
 //! `reports` runs daemons against `wfrun fleet serve` (and a misbehaving
 //! proxy in front of it) for the outbox, the uploader and heartbeats;
-//! `remote` drives daemons over the TLS control API, `--wait` and profiles.
+//! `remote` drives daemons over the TLS control API, `--wait` and profiles;
+//! `services` keeps `always` jobs running through exits and crashes.
 
 mod cache;
 mod daemon;
@@ -37,6 +38,7 @@ mod reports;
 mod rotation;
 mod runner;
 mod sandbox;
+mod services;
 mod signing;
 mod sync;
 mod workflow;

@@ -182,6 +182,24 @@ impl StatusCommand {
                 status["programs"]["programs"], status["programs"]["loads"], status["programs"]["hits"]
             );
             print_jobs(&status["jobs"]);
+            for service in status["services"].as_array().into_iter().flatten() {
+                let mut line = format!(
+                    "service {}  {}  {} restart(s)",
+                    printable(service["name"].as_str().unwrap_or("")),
+                    service["state"].as_str().unwrap_or(""),
+                    service["restarts"]
+                );
+                if let Some(up) = service["uptime_s"].as_u64() {
+                    line += &format!(" · up {up}s");
+                }
+                if let Some(next) = service["next_start"].as_str() {
+                    line += &format!(" · next start {next}");
+                }
+                if service["consecutive_failures"].as_u64().unwrap_or(0) > 0 {
+                    line += &format!(" · {} failure(s) in a row", service["consecutive_failures"]);
+                }
+                println!("{line}");
+            }
             for run in status["running"].as_array().into_iter().flatten() {
                 println!(
                     "running {}  job {}  since {}",
@@ -298,7 +316,7 @@ enum JobsSubcommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("trigger").required(true).args(["every", "cron", "webhook", "manual"])))]
+#[command(group(clap::ArgGroup::new("trigger").required(true).args(["every", "cron", "webhook", "manual", "always"])))]
 struct AddJob {
     /// The job's name: letters, digits, `-`, `_`.
     name: String,
@@ -320,6 +338,11 @@ struct AddJob {
     /// Run only on `wfrun trigger NAME`.
     #[arg(long)]
     manual: bool,
+    /// A service: start it now and with the daemon, restart it whenever it
+    /// ends (backoff from [service] in the config), pause it after too many
+    /// failures in a row. No timeout or fuel limit unless given.
+    #[arg(long)]
+    always: bool,
     /// HMAC-SHA256 key (hex, ≥ 16 bytes) webhook requests must be signed with.
     #[arg(long, value_name = "HEX", requires = "webhook")]
     webhook_secret: Option<String>,
@@ -353,7 +376,7 @@ impl JobsCommand {
         match self.command {
             JobsSubcommand::Add(add) => {
                 // clap lets through at most one of them, and --tz only with --cron.
-                let trigger = Trigger::choose(add.every, add.cron.clone(), add.tz.clone(), add.webhook)?;
+                let trigger = Trigger::choose(add.every, add.cron.clone(), add.tz.clone(), add.webhook, add.always)?;
                 // The daemon may run elsewhere: send an absolute path.
                 let bundle = std::path::absolute(&add.bundle).unwrap_or_else(|_| add.bundle.clone());
                 let spec = JobSpec {

@@ -36,6 +36,8 @@ pub struct DaemonConfig {
     pub max_memory_bytes: u64,
     /// Retries and pausing.
     pub retry: RetryPolicy,
+    /// How services (`always` jobs) are restarted and given up on.
+    pub service: ServicePolicy,
     /// Where webhooks are received; `None`: no webhook listener.
     pub webhook_listen: Option<SocketAddr>,
     /// The largest webhook body accepted.
@@ -69,6 +71,40 @@ pub struct DaemonConfig {
     pub retention: crate::store::Retention,
 }
 
+/// The `[service]` table: restarts of `always` jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePolicy {
+    /// The wait before the first restart, and after a run that succeeded.
+    pub initial_backoff: Duration,
+    /// The longest wait: each failure in a row doubles it up to this.
+    pub max_backoff: Duration,
+    /// Failures in a row, each within `failure_window` of the first, after
+    /// which the service is paused.
+    pub max_failures: u32,
+    /// See `max_failures`.
+    pub failure_window: Duration,
+}
+
+impl Default for ServicePolicy {
+    fn default() -> Self {
+        ServicePolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            max_failures: 5,
+            failure_window: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ServicePolicy {
+    /// The wait before restart number `failures + 1` after `failures`
+    /// failures in a row (none: the initial backoff).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doubled = self.initial_backoff.saturating_mul(1u32 << failures.min(20));
+        doubled.min(self.max_backoff)
+    }
+}
+
 /// The `[sync]` table: where releases come from and how they are tried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSettings {
@@ -97,6 +133,7 @@ impl Default for DaemonConfig {
             grace_period: Duration::from_secs(10),
             max_memory_bytes: Limits::DEFAULT_MEMORY_BYTES,
             retry: RetryPolicy::JOB_DEFAULT,
+            service: ServicePolicy::default(),
             webhook_listen: None,
             webhook_max_body: 1024 * 1024,
             control_http_listen: None,
@@ -123,6 +160,8 @@ struct File {
     daemon: DaemonSection,
     #[serde(default)]
     retry: RetrySection,
+    #[serde(default)]
+    service: ServiceSection,
     webhook: Option<WebhookSection>,
     control_http: Option<ControlHttpSection>,
     #[serde(default)]
@@ -201,6 +240,15 @@ struct RetrySection {
     max_attempts: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    initial_backoff: Option<String>,
+    max_backoff: Option<String>,
+    max_failures: Option<u32>,
+    failure_window: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WebhookSection {
@@ -260,6 +308,8 @@ struct JobSection {
     timezone: Option<String>,
     #[serde(default)]
     webhook: bool,
+    #[serde(default)]
+    always: bool,
     #[serde(default)]
     allow_overlap: bool,
     memory: Option<String>,
@@ -444,6 +494,36 @@ impl DaemonConfig {
         config.retry = RetryPolicy::JOB_DEFAULT
             .with(retry.max_attempts, retry.initial_backoff.as_deref(), retry.multiplier, retry.max_backoff.as_deref())
             .map_err(|e| value(&format!("retry.{}", e.field), e))?;
+        let service = &file.service;
+        let wait = |key: &str, text: &Option<String>, default: Duration| match text {
+            Some(text) => units::duration(text, Duration::from_millis(10)..=Duration::from_secs(24 * 3600))
+                .map_err(|e| value(&format!("service.{key}"), e)),
+            None => Ok(default),
+        };
+        let defaults = ServicePolicy::default();
+        config.service = ServicePolicy {
+            initial_backoff: wait("initial_backoff", &service.initial_backoff, defaults.initial_backoff)?,
+            max_backoff: wait("max_backoff", &service.max_backoff, defaults.max_backoff)?,
+            max_failures: match service.max_failures {
+                Some(n) if !(1..=1000).contains(&n) => {
+                    return Err(value(
+                        "service.max_failures",
+                        ValueError::Range { value: n.to_string(), range: "1..=1000" },
+                    ));
+                }
+                n => n.unwrap_or(defaults.max_failures),
+            },
+            failure_window: wait("failure_window", &service.failure_window, defaults.failure_window)?,
+        };
+        if config.service.max_backoff < config.service.initial_backoff {
+            return Err(value(
+                "service.max_backoff",
+                ValueError::Range {
+                    value: format!("{:?}", config.service.max_backoff),
+                    range: "at least service.initial_backoff",
+                },
+            ));
+        }
         if let Some(webhook) = &file.webhook {
             config.webhook_listen =
                 Some(address("webhook.listen", webhook.listen.as_deref().unwrap_or("127.0.0.1:8787"))?);
@@ -593,7 +673,7 @@ fn job_spec(name: &str, job: JobSection, resolve: &impl Fn(PathBuf) -> PathBuf) 
         .as_deref()
         .map(|e| units::duration(e, Duration::ZERO..=Duration::MAX).map_err(|error| value(&key("every"), error)))
         .transpose()?;
-    let trigger = Trigger::choose(every, job.cron, job.timezone, job.webhook)
+    let trigger = Trigger::choose(every, job.cron, job.timezone, job.webhook, job.always)
         .map_err(|error| ConfigProblem::Trigger { name: name.to_owned(), error })?;
     Ok(JobSpec {
         bundle: resolve(job.bundle),

@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod releases;
 pub mod scheduler;
+pub mod services;
 pub mod status;
 pub mod supervisor;
 
@@ -153,6 +154,10 @@ pub struct Daemon {
     unsettled: Mutex<std::collections::HashSet<String>>,
     /// What `/metrics` shows.
     metrics: metrics::Metrics,
+    /// The services' keepers and bookkeeping.
+    services: services::Services,
+    /// Wakes the services' manager: a job was added, removed, paused or resumed.
+    services_changed: Notify,
     /// Each time-triggered job's next due time, as the scheduler last set it.
     next_due: Mutex<BTreeMap<String, SystemTime>>,
     /// Jobs whose schedule the scheduler must compute again.
@@ -277,6 +282,8 @@ impl Daemon {
             busy: Mutex::default(),
             unsettled: Mutex::default(),
             metrics: metrics::Metrics::default(),
+            services: services::Services::default(),
+            services_changed: Notify::new(),
             next_due: Mutex::default(),
             schedule_forget: Mutex::default(),
             schedule_changed: Notify::new(),
@@ -344,6 +351,7 @@ impl Daemon {
             })
         };
         let scheduler = tokio::spawn(scheduler::run(self.clone()));
+        let services = tokio::spawn(services::run(self.clone()));
         let sync = tokio::spawn(self.clone().sync_loop());
         let uploader = self.uploader.clone().map(|uploader| {
             let daemon = self.clone();
@@ -364,6 +372,7 @@ impl Daemon {
         }
         self.stopping.store(true, Ordering::SeqCst);
         scheduler.abort();
+        services.abort();
         retention.abort();
         sync.abort();
         if let Some(uploader) = uploader {
@@ -428,6 +437,7 @@ impl Daemon {
     fn reschedule(&self, name: &str) {
         self.schedule_forget.lock().unwrap().push(name.to_owned());
         self.schedule_changed.notify_one();
+        self.services_changed.notify_one();
     }
 
     /// The control API's bearer token, if the HTTP control API is on.

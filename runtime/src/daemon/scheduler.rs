@@ -27,6 +27,8 @@ pub enum Source {
     Manual,
     /// A release's health job, at the release's activation.
     Health,
+    /// A service's start or restart.
+    Service,
 }
 
 impl Source {
@@ -37,6 +39,7 @@ impl Source {
             Source::Webhook => "webhook",
             Source::Manual => "manual",
             Source::Health => "health check",
+            Source::Service => "service",
         }
     }
 }
@@ -76,7 +79,7 @@ impl Schedule {
                 };
                 Ok(Some(Schedule { every: None, cron: Some(parsed), zone }))
             }
-            Trigger::Webhook | Trigger::Manual => Ok(None),
+            Trigger::Webhook | Trigger::Manual | Trigger::Always => Ok(None),
         }
     }
 

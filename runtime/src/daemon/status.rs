@@ -65,6 +65,7 @@ impl Daemon {
             report: self.report_status()?,
             running,
             jobs,
+            services: self.services_status(),
         })
     }
 
@@ -175,6 +176,8 @@ pub struct Status {
     pub running: Vec<RunningStatus>,
     /// Every job.
     pub jobs: Vec<JobStatus>,
+    /// Every service (`always` job): its state, restarts and uptime.
+    pub services: Vec<super::services::ServiceStatus>,
 }
 
 /// The trust mode, as `status` shows it.

@@ -76,6 +76,18 @@ impl Daemon {
         count: usize,
         source: Source,
     ) -> Result<Vec<String>, DaemonError> {
+        Ok(self.start_runs(name, input, count, source)?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// [`Daemon::trigger_many`], with each run's supervisor: it ends with
+    /// the run's last attempt's status.
+    pub(super) fn start_runs(
+        self: &Arc<Self>,
+        name: &str,
+        input: Option<String>,
+        count: usize,
+        source: Source,
+    ) -> Result<Vec<(String, tokio::task::JoinHandle<RunStatus>)>, DaemonError> {
         let job = self.job(name)?;
         if job.paused {
             return Err(DaemonError::Paused { name: name.to_owned(), reason: job.paused_reason });
@@ -113,7 +125,9 @@ impl Daemon {
         // The ids are acknowledged only once they name durable records.
         self.store.accept_runs(&ids, name, &job.spec.bundle.display().to_string())?;
         self.unsettled.lock().unwrap().extend(ids.iter().cloned());
-        for (run_id, busy) in ids.iter().zip(busy) {
+        let mut started = Vec::with_capacity(count);
+        for (run_id, busy) in ids.into_iter().zip(busy) {
+            let run_id = run_id.as_str();
             let unfinished = Unfinished::new(&self.store, run_id);
             let cancel = Arc::new(Notify::new());
             self.register(run_id, name, &cancel);
@@ -122,12 +136,13 @@ impl Daemon {
             let name = name.to_owned();
             let spec = job.spec.clone();
             let input = input.clone();
-            tokio::spawn(async move {
+            let supervisor = tokio::spawn(async move {
                 let _busy = busy;
-                daemon.supervise(&name, spec, input, unfinished, cancel).await;
+                daemon.supervise(&name, spec, input, unfinished, cancel).await
             });
+            started.push((run_id.to_owned(), supervisor));
         }
-        Ok(ids)
+        Ok(started)
     }
 
     fn register(&self, run_id: &str, name: &str, cancel: &Arc<Notify>) {
@@ -147,8 +162,10 @@ impl Daemon {
         input: Option<String>,
         first: Unfinished,
         cancel: Arc<Notify>,
-    ) {
+    ) -> RunStatus {
         let retry = self.policy.retry;
+        let service = spec.trigger == crate::manifest::Trigger::Always;
+        let mut last = RunStatus::Cancelled;
         let mut unfinished = first;
         let mut run_id = unfinished.run_id.clone();
         let mut settling = Settling { daemon: self, run_id: run_id.clone() };
@@ -168,7 +185,7 @@ impl Daemon {
                         "not started: the daemon was stopping, or the job was paused, removed or replaced \
                          while the retry waited",
                     );
-                    return;
+                    return last;
                 }
                 // Boxed: a run waiting for its slot holds only this task's
                 // small state, not the whole run's future.
@@ -178,6 +195,7 @@ impl Daemon {
                 }
                 tried.report
             };
+            last = report.status;
             self.running.lock().unwrap().remove(&run_id);
             self.metrics.ended(name, &report);
             self.reports_written();
@@ -193,26 +211,31 @@ impl Daemon {
             // now runs the last known good, with a clean slate.
             if from_release && self.after_release_run(name, &spec, report.status, report.error_code) {
                 let _ = self.jobs.set_paused(name, false, None);
-                return;
+                return last;
+            }
+            // A service is restarted by its keeper (`services`), by its own
+            // rules: not retried, not paused here.
+            if service {
+                return last;
             }
             if report.status != RunStatus::Failed || self.stopping.load(Ordering::SeqCst) {
-                return;
+                return last;
             }
             let why = report.error_code.map(|c| c.as_str()).unwrap_or("failed");
             if failures >= retry.max_attempts {
                 let reason = format!("{failures} consecutive failed runs; the last ({run_id}) ended with {why}");
                 tracing::warn!("job {name}: paused: {reason}");
                 let _ = self.jobs.set_paused(name, true, Some(&reason));
-                return;
+                return last;
             }
             if attempt == retry.max_attempts {
-                return;
+                return last;
             }
             // A bundle refused as it is (a bad signature, a policy, not a
             // component) is refused again until it changes: no retry.
             if report.error_code == Some(crate::outcome::ErrorCode::InvalidBundle) {
                 tracing::warn!("job {name}: run {run_id} refused with invalid_bundle; not retried");
-                return;
+                return last;
             }
             // The retry is in flight from now: `cancel`, `status` and
             // `runs` see it, and the failed run names it.
@@ -223,7 +246,7 @@ impl Daemon {
             settling.moved_to(&run_id);
             if let Err(e) = accepted {
                 tracing::error!("job {name}: recording retry {run_id}: {e}; not retried");
-                return;
+                return last;
             }
             unfinished = Unfinished::new(&self.store, &run_id);
             self.register(&run_id, name, &cancel);
@@ -238,9 +261,10 @@ impl Daemon {
                 self.running.lock().unwrap().remove(&run_id);
                 unfinished
                     .abandon(RunStatus::Cancelled, "not started: cancelled, or the daemon stopped, during the backoff");
-                return;
+                return RunStatus::Cancelled;
             }
         }
+        last
     }
 
     /// Whether run `run_id`'s end is final: its supervisor will not retry
@@ -258,10 +282,13 @@ impl Daemon {
     /// The daemon's policy with job `spec`'s ceilings: the job's own, else
     /// the daemon's (`[daemon] max_memory`), else the defaults.
     pub(super) fn job_policy(&self, spec: &JobSpec) -> Policy {
+        // A service runs until it ends: no timeout or fuel budget unless
+        // the job sets one (the longest timeout there is, and all the fuel).
+        let service = spec.trigger == crate::manifest::Trigger::Always;
         let job = LimitRequest {
             memory_bytes: spec.memory_bytes,
-            timeout: spec.timeout,
-            fuel: spec.fuel,
+            timeout: spec.timeout.or(service.then_some(crate::limits::Limits::MAX_TIMEOUT)),
+            fuel: spec.fuel.or(service.then_some(u64::MAX)),
             ..LimitRequest::default()
         };
         Policy { ceilings: crate::settings::ceilings(&job, &self.policy.ceilings), ..self.policy.clone() }
@@ -340,6 +367,7 @@ impl Daemon {
             return Err(DaemonError::JobNotFound { name: name.to_owned() });
         }
         self.schedule_changed.notify_one();
+        self.services_changed.notify_one();
         Ok(())
     }
 
