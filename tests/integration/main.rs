@@ -19,7 +19,8 @@
 //! `reports` runs daemons against `wfrun fleet serve` (and a misbehaving
 //! proxy in front of it) for the outbox, the uploader and heartbeats;
 //! `remote` drives daemons over the TLS control API, `--wait` and profiles;
-//! `services` keeps `always` jobs running through exits and crashes.
+//! `services` keeps `always` jobs running through exits and crashes; `mcp`
+//! drives `wfrun mcp` with JSON-RPC over its stdio.
 
 mod cache;
 mod daemon;
@@ -31,6 +32,7 @@ mod guests;
 mod hardening;
 mod hostile;
 mod layers;
+mod mcp;
 mod polyglot;
 mod releases;
 mod remote;

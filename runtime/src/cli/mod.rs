@@ -12,6 +12,7 @@ mod daemon;
 mod exec;
 mod fleet;
 mod inspect;
+mod mcp;
 mod pack;
 mod release;
 mod runs;
@@ -77,6 +78,7 @@ enum Command {
     Fleet(fleet::FleetCommand),
     Completions(completions::CompletionsCommand),
     Man(completions::ManCommand),
+    Mcp(mcp::McpCommand),
 }
 
 /// Ends the process quietly, with status 0, when whatever reads its
@@ -126,6 +128,7 @@ pub fn main() -> ExitCode {
         Command::Fleet(command) => command.execute(&cli.global),
         Command::Completions(command) => command.execute(),
         Command::Man(command) => command.execute(),
+        Command::Mcp(command) => command.execute(&cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status.code()),

@@ -8,7 +8,6 @@ use crate::daemon::control::Endpoint;
 use crate::outcome::ExitStatus;
 use crate::outcome::RunStatus;
 use crate::store::{RunRecord, Store};
-use anyhow::Context;
 use clap::{Args, Subcommand};
 
 /// Inspect recorded runs: what ran, in which order, how long each node took,
@@ -286,44 +285,70 @@ fn print_logs(run_id: &str, logs: Vec<(String, String)>, node: Option<&str>, jso
 const WAIT_POLL: (std::time::Duration, std::time::Duration) =
     (std::time::Duration::from_millis(5), std::time::Duration::from_millis(250));
 
+/// Why [`await_end`] could not see a run end.
+pub(super) enum WaitFailure {
+    /// The daemon could not be asked.
+    Client(crate::daemon::control::ClientError),
+    /// The daemon refused (`code: message`), e.g. no such run.
+    Refused(String),
+}
+
 /// Waits for run `run_id` of the daemon at `endpoint` to end, following
-/// retries, prints it, and returns the status `exec` would have.
-pub(super) fn wait(endpoint: &Endpoint, run_id: &str, json: bool) -> anyhow::Result<ExitStatus> {
+/// retries (`retried` hears of each), and returns the last attempt's record.
+pub(super) fn await_end(
+    endpoint: &Endpoint,
+    run_id: &str,
+    mut retried: impl FnMut(&RunRecord, &str),
+) -> Result<RunRecord, WaitFailure> {
     let mut run_id = run_id.to_owned();
     let mut pause = WAIT_POLL.0;
-    let run = loop {
-        let response = match endpoint.call("runs.show", serde_json::json!({ "run_id": run_id })) {
-            Ok(response) => response,
-            Err(e) => {
-                eprintln!("wfrun: {e}");
-                return Ok(super::daemon::client_failure(&e));
-            }
-        };
+    loop {
+        let response =
+            endpoint.call("runs.show", serde_json::json!({ "run_id": run_id })).map_err(WaitFailure::Client)?;
         let Some(result) = response.result.filter(|_| response.ok) else {
             let error = response.error.map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
-            eprintln!("wfrun: {}", printable(&error));
-            return Ok(ExitStatus::Invalid);
+            return Err(WaitFailure::Refused(error));
         };
         let settled = result["settled"] != false;
-        let run: RunRecord = serde_json::from_value(result).context("the daemon's run record does not parse")?;
+        let run: RunRecord = serde_json::from_value(result)
+            .map_err(|e| WaitFailure::Refused(format!("internal: the daemon's run record does not parse: {e}")))?;
         if !matches!(run.status, RunStatus::Pending | RunStatus::Running) {
-            if let Some(retry) = &run.retried_as {
-                eprintln!(
-                    "wfrun: run {} ended {} ({}); waiting for its retry {retry}",
-                    run.run_id,
-                    run.status,
-                    run.error_code.map_or("-", |c| c.as_str())
-                );
-                run_id = retry.clone();
+            if let Some(retry) = run.retried_as.clone() {
+                retried(&run, &retry);
+                run_id = retry;
                 pause = WAIT_POLL.0;
                 continue;
             }
             if settled {
-                break run;
+                return Ok(run);
             }
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(WAIT_POLL.1);
+    }
+}
+
+/// Waits for run `run_id` of the daemon at `endpoint` to end, following
+/// retries, prints it, and returns the status `exec` would have.
+pub(super) fn wait(endpoint: &Endpoint, run_id: &str, json: bool) -> anyhow::Result<ExitStatus> {
+    let ended = await_end(endpoint, run_id, |run, retry| {
+        eprintln!(
+            "wfrun: run {} ended {} ({}); waiting for its retry {retry}",
+            run.run_id,
+            run.status,
+            run.error_code.map_or("-", |c| c.as_str())
+        );
+    });
+    let run = match ended {
+        Ok(run) => run,
+        Err(WaitFailure::Client(e)) => {
+            eprintln!("wfrun: {e}");
+            return Ok(super::daemon::client_failure(&e));
+        }
+        Err(WaitFailure::Refused(error)) => {
+            eprintln!("wfrun: {}", printable(&error));
+            return Ok(ExitStatus::Invalid);
+        }
     };
     let status = ExitStatus::of_ended(run.status, run.error_code, run.exit_code);
     if json {
