@@ -430,3 +430,42 @@ fn the_daemon_exposes_its_metrics_to_a_scraper_behind_its_token() {
     assert_eq!(value(r#"wfrun_job_paused{job="greet"}"#), 0.0);
     assert_eq!(value("wfrun_runs_in_flight"), 0.0);
 }
+
+#[test]
+fn scripts_get_json_from_keygen_pack_sign_and_cache_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let wfrun = |args: &[&str]| {
+        let mut all = vec!["--state-dir", state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = client(&all, &[]);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        json(&out)
+    };
+    let keys = dir.path().join("keys");
+    let keygen = wfrun(&["keygen", "--out", keys.to_str().unwrap(), "--json"]);
+    let key_id = keygen["key_id"].as_str().unwrap().to_owned();
+    assert!(Path::new(keygen["secret_key"].as_str().unwrap()).is_file());
+
+    let manifest = dir.path().join("workflow.toml");
+    std::fs::write(
+        &manifest,
+        format!("name = \"w\"\nversion = \"1\"\n[nodes.a]\ncomponent = {}\n", toml_path(&guest("hello"))),
+    )
+    .unwrap();
+    let bundle = dir.path().join("w.wasm");
+    let packed = wfrun(&["pack", manifest.to_str().unwrap(), "-o", bundle.to_str().unwrap(), "--json"]);
+    let bytes = std::fs::read(&bundle).unwrap();
+    assert_eq!(packed["bytes"], bytes.len());
+    let inspect = wfrun(&["inspect", bundle.to_str().unwrap(), "--json"]);
+    assert_eq!(packed["digest"], inspect["digest"], "{inspect}");
+
+    let signed = wfrun(&["sign", bundle.to_str().unwrap(), "--key", keygen["secret_key"].as_str().unwrap(), "--json"]);
+    assert_eq!(signed["key_id"], key_id.as_str());
+    let verified =
+        wfrun(&["verify", bundle.to_str().unwrap(), "--trust", keygen["public_key"].as_str().unwrap(), "--json"]);
+    assert_eq!(verified["key_id"], key_id.as_str(), "{verified}");
+
+    let cleared = wfrun(&["cache", "clear", "--json"]);
+    assert!(cleared["removed"].as_u64().is_some(), "{cleared}");
+}

@@ -21,7 +21,11 @@ enum CacheSubcommand {
         json: bool,
     },
     /// Remove every cached artifact; the next run compiles again.
-    Clear,
+    Clear {
+        /// Print {"removed"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl CacheCommand {
@@ -45,8 +49,11 @@ impl CacheCommand {
                     eprintln!("wfrun: {} entries, {total} bytes in {}", entries.len(), dir.display());
                 }
             }
-            CacheSubcommand::Clear => {
+            CacheSubcommand::Clear { json } => {
                 let removed = cache::clear(&dir)?;
+                if json {
+                    println!("{}", serde_json::json!({ "removed": removed }));
+                }
                 eprintln!("wfrun: removed {removed} entries from {}", dir.display());
             }
         }

@@ -20,6 +20,10 @@ pub struct PackCommand {
     /// Where to write the bundle.
     #[arg(short, long, value_name = "BUNDLE")]
     output: PathBuf,
+
+    /// Print {"bundle", "bytes", "digest"} as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 impl PackCommand {
@@ -58,6 +62,11 @@ impl PackCommand {
         write_atomic(&self.output, &bytes, Mode::Shared)
             .with_context(|| format!("writing {}", self.output.display()))?;
         eprintln!("wfrun: packed {} ({} bytes)", self.output.display(), bytes.len());
+        if self.json {
+            use sha2::Digest;
+            let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+            println!("{}", serde_json::json!({ "bundle": self.output, "bytes": bytes.len(), "digest": digest }));
+        }
         Ok(ExitStatus::Success)
     }
 }

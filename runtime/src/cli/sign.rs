@@ -17,6 +17,9 @@ pub struct KeygenCommand {
     /// Directory to write the key pair into (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Print {"key_id", "secret_key", "public_key"} (the files' paths) as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 impl KeygenCommand {
@@ -34,6 +37,15 @@ impl KeygenCommand {
         write_private(&secret_path, &format!("{}\n", key.to_text()))?;
         std::fs::write(&public_path, format!("{}\n", key.public().to_text()))
             .with_context(|| format!("writing {}", public_path.display()))?;
+        if self.json {
+            let written = serde_json::json!({
+                "key_id": key.public().key_id(),
+                "secret_key": secret_path,
+                "public_key": public_path,
+            });
+            println!("{written}");
+            return Ok(ExitStatus::Success);
+        }
         println!("key id {}", key.public().key_id());
         eprintln!("wfrun: wrote {} (keep it secret) and {}", secret_path.display(), public_path.display());
         Ok(ExitStatus::Success)
@@ -63,6 +75,9 @@ pub struct SignCommand {
     /// Write the signature to BUNDLE.sig instead of into the bundle.
     #[arg(long)]
     detached: bool,
+    /// Print {"bundle", "key_id", "signature"} (where it went) as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 impl SignCommand {
@@ -87,15 +102,21 @@ impl SignCommand {
             return Ok(ExitStatus::Invalid);
         }
         let record = key.sign(bundle.bytes());
-        if self.detached {
+        let written = if self.detached {
             let path = detached_path(&self.bundle);
             write_atomic(&path, &serde_json::to_vec_pretty(&record)?, Mode::Shared)
                 .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wfrun: wrote {} (key {})", path.display(), record.key_id);
+            path
         } else {
             write_atomic(&self.bundle, &signature::embed(bundle.bytes(), &record), Mode::Shared)
                 .with_context(|| format!("writing {}", self.bundle.display()))?;
             eprintln!("wfrun: signed {} (key {})", self.bundle.display(), record.key_id);
+            self.bundle.clone()
+        };
+        if self.json {
+            let signed = serde_json::json!({ "bundle": self.bundle, "key_id": record.key_id, "signature": written });
+            println!("{signed}");
         }
         Ok(ExitStatus::Success)
     }
