@@ -60,6 +60,28 @@ impl Limits {
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
+/// How much a run's `/outputs` directory may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputsLimit {
+    /// Bytes in all files together (their apparent sizes).
+    pub max_bytes: u64,
+    /// Files and directories, at most.
+    pub max_files: u64,
+}
+
+impl OutputsLimit {
+    /// 64 MiB.
+    pub const DEFAULT_BYTES: u64 = 64 * 1024 * 1024;
+    /// 1,000 entries.
+    pub const DEFAULT_FILES: u64 = 1000;
+}
+
+impl Default for OutputsLimit {
+    fn default() -> Self {
+        OutputsLimit { max_bytes: Self::DEFAULT_BYTES, max_files: Self::DEFAULT_FILES }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -231,6 +231,10 @@ pub struct Capabilities {
     /// Names of secrets some node may read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// A writable `/outputs` directory for the run, kept with it (capped by
+    /// the operator in bytes and files).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outputs: bool,
 }
 
 /// Bounds on a workflow's durable state.
@@ -377,6 +381,8 @@ pub struct JobSpec {
     /// HMAC-SHA256 key for webhook signatures (hex); unsigned POSTs are
     /// refused when set.
     pub webhook_secret: Option<String>,
+    /// Give each run a writable `/outputs` directory, kept with the run.
+    pub outputs: bool,
 }
 
 impl JobSpec {
@@ -392,6 +398,7 @@ impl JobSpec {
             timeout: None,
             fuel: None,
             webhook_secret: None,
+            outputs: false,
         }
     }
 }
@@ -434,6 +441,8 @@ mod wire {
         pub fuel: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub webhook_secret: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub outputs: bool,
     }
 
     fn empty_object() -> String {
@@ -461,6 +470,7 @@ mod wire {
                 timeout: wire.timeout,
                 fuel: wire.fuel,
                 webhook_secret: wire.webhook_secret,
+                outputs: wire.outputs,
             })
         }
     }
@@ -485,6 +495,7 @@ mod wire {
                 timeout: spec.timeout,
                 fuel: spec.fuel,
                 webhook_secret: spec.webhook_secret,
+                outputs: spec.outputs,
             }
         }
     }

@@ -494,6 +494,18 @@ pub struct RunReport {
     /// For a workflow: one record per node, in the order they finished
     /// (skipped nodes last).
     pub nodes: Vec<NodeRecord>,
+    /// The files the run left in its `/outputs`, when it had one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputFile>,
+}
+
+/// One file a run left in its `/outputs` directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Its path under `/outputs`, `/`-separated.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
 }
 
 impl RunReport {
@@ -523,6 +535,7 @@ impl RunReport {
             workflow: None,
             failed_node: None,
             nodes: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 

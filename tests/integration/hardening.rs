@@ -34,16 +34,16 @@ fn the_control_api_refuses_a_caller_without_the_token_before_reading_its_body() 
 }
 
 /// What a bounded run of a process ended with.
-struct Bounded {
-    code: Option<i32>,
-    stdout: String,
+pub struct Bounded {
+    pub code: Option<i32>,
+    pub stdout: String,
     peak_rss_mib: u64,
     elapsed: Duration,
 }
 
 /// Runs `command` with a watch: killed (and the test failed) past
 /// `max_rss_mib` resident or `timeout`.
-fn run_bounded(mut command: std::process::Command, max_rss_mib: u64, timeout: Duration) -> Bounded {
+pub fn run_bounded(mut command: std::process::Command, max_rss_mib: u64, timeout: Duration) -> Bounded {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("stdout");
     command.stdout(std::fs::File::create(&out).unwrap()).stderr(std::process::Stdio::null());

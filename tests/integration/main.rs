@@ -20,7 +20,8 @@
 //! proxy in front of it) for the outbox, the uploader and heartbeats;
 //! `remote` drives daemons over the TLS control API, `--wait` and profiles;
 //! `services` keeps `always` jobs running through exits and crashes; `mcp`
-//! drives `wfrun mcp` with JSON-RPC over its stdio.
+//! drives `wfrun mcp` with JSON-RPC over its stdio; `outputs` writes, caps and
+//! fetches runs' `/outputs`.
 
 mod cache;
 mod daemon;
@@ -33,6 +34,7 @@ mod hardening;
 mod hostile;
 mod layers;
 mod mcp;
+mod outputs;
 mod polyglot;
 mod releases;
 mod remote;

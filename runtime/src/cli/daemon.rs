@@ -352,6 +352,10 @@ struct AddJob {
     /// Let a new run start while the previous one is still running.
     #[arg(long)]
     allow_overlap: bool,
+    /// Give each run a writable /outputs directory, kept with the run
+    /// (`wfrun runs outputs RUN_ID`); capped by the daemon's [outputs].
+    #[arg(long)]
+    outputs: bool,
     /// Memory ceiling for the job's nodes (e.g. 64MiB; 64KiB to the
     /// daemon's max_memory).
     #[arg(long, value_name = "SIZE", value_parser = super::exec::parse_memory)]
@@ -389,6 +393,7 @@ impl JobsCommand {
                     timeout: add.timeout,
                     fuel: add.fuel,
                     webhook_secret: add.webhook_secret.clone(),
+                    outputs: add.outputs,
                 };
                 let name = add.name.clone();
                 request(global, &self.target, "jobs.add", json!({ "name": add.name, "spec": spec }), add.json, |_| {

@@ -121,6 +121,22 @@ pub struct ExecCommand {
     #[arg(long, value_name = "SIZE", default_value = "512KiB", value_parser = parse_stack)]
     max_stack: u64,
 
+    /// Give the run a writable /outputs directory, kept with the run under
+    /// the state directory (`wfrun runs outputs RUN_ID`). A workflow asking
+    /// for one ([capabilities] outputs = true) gets it without this flag.
+    #[arg(long = "outputs")]
+    outputs: bool,
+
+    /// The most bytes /outputs may hold (all files together); past it the
+    /// run is stopped with output_limit and its outputs removed.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_outputs_size)]
+    max_outputs: u64,
+
+    /// The most files and directories /outputs may hold.
+    #[arg(long, value_name = "N", default_value_t = crate::limits::OutputsLimit::DEFAULT_FILES,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_output_files: u64,
+
     /// Grant a host directory: HOST::GUEST (read-only) or HOST::GUEST:rw.
     /// A bare DIR is granted at the same path. Repeatable.
     #[arg(long = "dir", value_name = "HOST::GUEST[:rw]", value_parser = parse_dir)]
@@ -319,6 +335,11 @@ impl ExecCommand {
             secrets,
             run_id: None,
             job: None,
+            outputs: self.outputs,
+            outputs_limit: crate::limits::OutputsLimit {
+                max_bytes: self.max_outputs,
+                max_files: self.max_output_files,
+            },
         })
     }
 
@@ -385,6 +406,15 @@ impl ExecCommand {
         if report.status == RunStatus::Cancelled {
             eprintln!("wfrun: cancelled: run {} was stopped and recorded as cancelled", report.run_id);
         }
+        if !self.quiet && !report.outputs.is_empty() {
+            let bytes: u64 = report.outputs.iter().map(|f| f.bytes).sum();
+            eprintln!(
+                "wfrun: {} output file(s), {bytes} bytes, kept with run {}; `wfrun runs outputs {} --to DIR` copies them",
+                report.outputs.len(),
+                report.run_id,
+                report.run_id
+            );
+        }
         if !self.quiet && report.kind == Some(GuestKind::Workflow) {
             eprintln!(
                 "wfrun: run {} ({} nodes) recorded; see `wfrun runs show {}`",
@@ -422,6 +452,10 @@ fn parse_rule(text: &str) -> Result<Rule, String> {
 
 pub(super) fn parse_memory(text: &str) -> Result<u64, String> {
     LimitKey::parse_memory(text).map_err(|e| e.to_string())
+}
+
+fn parse_outputs_size(text: &str) -> Result<u64, String> {
+    crate::units::size(text, 0..=1024 * 1024 * 1024 * 1024).map_err(|e| e.to_string())
 }
 
 fn parse_capture(text: &str) -> Result<u64, String> {

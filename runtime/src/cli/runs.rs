@@ -8,6 +8,7 @@ use crate::daemon::control::Endpoint;
 use crate::outcome::ExitStatus;
 use crate::outcome::RunStatus;
 use crate::store::{RunRecord, Store};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 /// Inspect recorded runs: what ran, in which order, how long each node took,
@@ -73,6 +74,18 @@ enum RunsSubcommand {
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
         /// Print a JSON array of {node, text}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the files a run left in its /outputs, or copy them with --to.
+    Outputs {
+        /// The run id.
+        run_id: String,
+        /// Copy the files into DIR (created if missing; an existing file is
+        /// never overwritten).
+        #[arg(long, value_name = "DIR")]
+        to: Option<std::path::PathBuf>,
+        /// Print a JSON array of {path, bytes}.
         #[arg(long)]
         json: bool,
     },
@@ -144,6 +157,7 @@ impl RunsCommand {
                 RunsSubcommand::Prune { .. } => eprintln!("wfrun: no runs recorded in {}", dir.display()),
                 RunsSubcommand::Show { run_id, .. }
                 | RunsSubcommand::Logs { run_id, .. }
+                | RunsSubcommand::Outputs { run_id, .. }
                 | RunsSubcommand::Wait { run_id, .. } => {
                     eprintln!("wfrun: no run {run_id:?} in {} (no runs recorded there)", dir.display());
                     return Ok(ExitStatus::Invalid);
@@ -190,6 +204,16 @@ impl RunsCommand {
                     return Ok(ExitStatus::Invalid);
                 }
                 print_logs(&run_id, store.logs(&run_id)?, node.as_deref(), json)?;
+            }
+            RunsSubcommand::Outputs { run_id, to, json } => {
+                let Some(run) = store.run(&run_id)? else {
+                    eprintln!("wfrun: no run {run_id:?} in {}", store.dir().display());
+                    return Ok(ExitStatus::Invalid);
+                };
+                match to {
+                    None => print_outputs(&run.outputs, json)?,
+                    Some(to) => return copy_outputs(&store.outputs_dir(&run_id), &run.outputs, &to, json),
+                }
             }
             RunsSubcommand::Wait { .. } => unreachable!("answered above"),
         }
@@ -255,9 +279,80 @@ impl RunsCommand {
                 eprintln!("wfrun: runs prune works on a local state directory; run it on the daemon's host");
                 Ok(ExitStatus::Usage)
             }
+            RunsSubcommand::Outputs { to: Some(_), .. } => {
+                eprintln!("wfrun: runs outputs --to copies from a local state directory; run it on the daemon's host");
+                Ok(ExitStatus::Usage)
+            }
+            RunsSubcommand::Outputs { run_id, to: None, json } => {
+                send(&endpoint, "runs.show", json!({ "run_id": run_id }), false, |run| {
+                    match serde_json::from_value::<RunRecord>(run.clone()) {
+                        Ok(run) => {
+                            let _ = print_outputs(&run.outputs, json);
+                        }
+                        Err(e) => eprintln!("wfrun: the daemon's run record does not parse: {e}"),
+                    }
+                })
+            }
             RunsSubcommand::Wait { .. } => unreachable!("answered in execute"),
         }
     }
+}
+
+fn print_outputs(outputs: &[crate::store::OutputFile], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(outputs)?);
+        return Ok(());
+    }
+    if outputs.is_empty() {
+        eprintln!("wfrun: the run left no outputs");
+    }
+    for file in outputs {
+        println!("{:>12}  {}", file.bytes, printable(&file.path));
+    }
+    Ok(())
+}
+
+/// Copies the run's output `files` from `from` into `to`, never over an
+/// existing file; a file that changed into something else (a link) since
+/// it was listed is skipped.
+fn copy_outputs(
+    from: &std::path::Path,
+    files: &[crate::store::OutputFile],
+    to: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitStatus> {
+    use std::io::Write;
+    let mut copied = Vec::new();
+    for file in files {
+        let source = from.join(&file.path);
+        let target = to.join(&file.path);
+        if !source.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let mut out = match std::fs::OpenOptions::new().write(true).create_new(true).open(&target) {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                eprintln!(
+                    "wfrun: invalid_input: {} exists; not overwritten (copy into an empty directory)",
+                    target.display()
+                );
+                return Ok(ExitStatus::Invalid);
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("creating {}", target.display()))),
+        };
+        let bytes = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+        out.write_all(&bytes).with_context(|| format!("writing {}", target.display()))?;
+        copied.push(crate::store::OutputFile { path: file.path.clone(), bytes: bytes.len() as u64 });
+    }
+    if json {
+        println!("{}", serde_json::to_string(&copied)?);
+    } else {
+        eprintln!("wfrun: copied {} file(s) into {}", copied.len(), to.display());
+    }
+    Ok(ExitStatus::Success)
 }
 
 /// Prints `logs` (all, or only `node`'s), as text or a JSON array.
@@ -452,6 +547,13 @@ fn print_run(run: &RunRecord, trace: bool) {
                 rule_set.as_ref().and_then(|v| v.as_str()).unwrap_or("-"),
                 printable(&violation.reason)
             );
+        }
+    }
+    if !run.outputs.is_empty() {
+        let bytes: u64 = run.outputs.iter().map(|f| f.bytes).sum();
+        println!("outputs    {} file(s), {bytes} bytes (`wfrun runs outputs {}`)", run.outputs.len(), run.run_id);
+        for file in &run.outputs {
+            println!("  {:>12}  {}", file.bytes, printable(&file.path));
         }
     }
     println!("history");

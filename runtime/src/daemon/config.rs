@@ -38,6 +38,8 @@ pub struct DaemonConfig {
     pub retry: RetryPolicy,
     /// How services (`always` jobs) are restarted and given up on.
     pub service: ServicePolicy,
+    /// What a run's `/outputs` may hold.
+    pub outputs: crate::limits::OutputsLimit,
     /// Where webhooks are received; `None`: no webhook listener.
     pub webhook_listen: Option<SocketAddr>,
     /// The largest webhook body accepted.
@@ -134,6 +136,7 @@ impl Default for DaemonConfig {
             max_memory_bytes: Limits::DEFAULT_MEMORY_BYTES,
             retry: RetryPolicy::JOB_DEFAULT,
             service: ServicePolicy::default(),
+            outputs: crate::limits::OutputsLimit::default(),
             webhook_listen: None,
             webhook_max_body: 1024 * 1024,
             control_http_listen: None,
@@ -162,6 +165,8 @@ struct File {
     retry: RetrySection,
     #[serde(default)]
     service: ServiceSection,
+    #[serde(default)]
+    outputs: OutputsSection,
     webhook: Option<WebhookSection>,
     control_http: Option<ControlHttpSection>,
     #[serde(default)]
@@ -242,6 +247,13 @@ struct RetrySection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct OutputsSection {
+    max_bytes: Option<String>,
+    max_files: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ServiceSection {
     initial_backoff: Option<String>,
     max_backoff: Option<String>,
@@ -316,6 +328,8 @@ struct JobSection {
     timeout: Option<String>,
     fuel: Option<u64>,
     webhook_secret: Option<String>,
+    #[serde(default)]
+    outputs: bool,
 }
 
 /// What is wrong with a config file; each names the key.
@@ -524,6 +538,20 @@ impl DaemonConfig {
                 },
             ));
         }
+        if let Some(text) = &file.outputs.max_bytes {
+            config.outputs.max_bytes =
+                units::size(text, 0..=1024 * 1024 * 1024 * 1024).map_err(|e| value("outputs.max_bytes", e))?;
+        }
+        match file.outputs.max_files {
+            Some(n) if !(1..=1_000_000).contains(&n) => {
+                return Err(value(
+                    "outputs.max_files",
+                    ValueError::Range { value: n.to_string(), range: "1..=1000000" },
+                ));
+            }
+            Some(n) => config.outputs.max_files = n,
+            None => {}
+        }
         if let Some(webhook) = &file.webhook {
             config.webhook_listen =
                 Some(address("webhook.listen", webhook.listen.as_deref().unwrap_or("127.0.0.1:8787"))?);
@@ -693,6 +721,7 @@ fn job_spec(name: &str, job: JobSection, resolve: &impl Fn(PathBuf) -> PathBuf) 
             .transpose()?,
         fuel: job.fuel.map(|f| LimitKey::check_fuel(f).map_err(|e| value(&key("fuel"), e))).transpose()?,
         webhook_secret: job.webhook_secret,
+        outputs: job.outputs,
     })
 }
 

@@ -310,6 +310,8 @@ impl Daemon {
             cancel: Some(cancel),
             run_id: Some(run_id.to_owned()),
             job: Some(name.to_owned()),
+            outputs: spec.outputs,
+            outputs_limit: self.config.outputs,
             ..Execution::default()
         };
         let recorded = match self.programs.prepare(&self.runner, &spec.bundle, &self.policy.trust) {

@@ -33,6 +33,7 @@
 pub mod jobs;
 pub mod migrations;
 pub mod outbox;
+pub mod outputs;
 pub mod releases;
 pub mod retention;
 pub mod runs;
@@ -40,6 +41,7 @@ pub mod state;
 
 pub use jobs::{JobRecord, JobSource};
 pub use outbox::{OutboxLimits, OutboxStatus, Queued, Report, Reporter};
+pub use outputs::OutputFile;
 pub use releases::{ReleaseEvent, ReleaseRecord, ReleaseState, TransitionError};
 pub use retention::{Pruned, Retention};
 pub use runs::{NewRun, RunRecord};

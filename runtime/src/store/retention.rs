@@ -42,6 +42,8 @@ pub struct Pruned {
     pub log_dirs: u64,
     /// Bytes of logs removed.
     pub log_bytes: u64,
+    /// Run directories (outputs) removed with their runs.
+    pub run_dirs: u64,
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -76,6 +78,10 @@ impl Store {
         })?;
         let mut pruned = Pruned { runs: removed.len() as u64, ..Pruned::default() };
         for id in &removed {
+            let run_dir = self.run_dir(id);
+            if run_dir.is_dir() && std::fs::remove_dir_all(&run_dir).is_ok() {
+                pruned.run_dirs += 1;
+            }
             let dir = self.log_dir(id);
             if dir.is_dir() {
                 pruned.log_bytes += dir_bytes(&dir);

@@ -91,6 +91,9 @@ pub struct RunRecord {
     /// tried again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_as: Option<String>,
+    /// The files the run left in its `/outputs`, if it had one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<super::OutputFile>,
 }
 
 impl Store {
@@ -321,9 +324,13 @@ impl Store {
         })
     }
 
-    /// One run with its transitions and node records.
+    /// One run with its transitions, node records and outputs.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.read(|conn| load_run(conn, run_id))
+        let mut run = self.read(|conn| load_run(conn, run_id))?;
+        if let Some(run) = &mut run {
+            run.outputs = self.outputs(run_id);
+        }
+        Ok(run)
     }
 
     /// Run `run_id`'s logs kept in the database, as (node, text), by node.
@@ -483,6 +490,7 @@ pub(super) fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Opti
                     job: r.get(18)?,
                     error_detail: r.get(19)?,
                     retried_as: r.get(20)?,
+                    outputs: Vec::new(),
                     transitions: Vec::new(),
                     nodes: Vec::new(),
                 })

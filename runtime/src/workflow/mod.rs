@@ -26,7 +26,7 @@ pub use plan::{MAIN_NODE, MAX_BACKOFF, Plan, Reference, RetryError, RetryPolicy}
 
 use crate::bundle::{Bundle, BundleError};
 use crate::egress::{EgressPolicy, PolicyViolation};
-use crate::limits::Limits;
+use crate::limits::{Limits, OutputsLimit};
 use crate::manifest::{DefinitionError, NodeDef, StateQuota};
 use crate::outcome::{ErrorCode, GuestKind, NodeRecord, NodeStatus, RunReport, RunStatus, new_run_id};
 use crate::sandbox::{
@@ -156,6 +156,13 @@ pub struct Execution {
     pub run_id: Option<String>,
     /// The daemon job this run belongs to, recorded with it.
     pub job: Option<String>,
+    /// Give the run a writable `/outputs` (also when the workflow asks for
+    /// one in its capabilities), kept at
+    /// [`Store::outputs_dir`](crate::store::Store::outputs_dir).
+    pub outputs: bool,
+    /// What that directory may hold; past it, the run is stopped and fails
+    /// with `output_limit` (detail `outputs`).
+    pub outputs_limit: OutputsLimit,
 }
 
 impl std::fmt::Debug for Execution {
@@ -282,15 +289,32 @@ impl Workflow {
         let started_at = now();
         let mut begun = false;
         // The effective egress policy, once per run: every node shares it.
-        let execution =
+        let mut execution =
             Execution { grants: Grants { egress: Some(grant.egress.clone()), ..execution.grants }, ..execution };
+        // The run's outputs: a directory of its own, writable at /outputs.
+        let outputs = match store {
+            Some(store) if execution.outputs || self.plan.outputs_dir => {
+                let dir = store.outputs_dir(&run_id);
+                let made = crate::files::create_private_dir(&store.run_dir(&run_id))
+                    .and_then(|()| crate::files::create_private_dir(&dir));
+                made.map_err(|source| StoreError::Dir { path: dir.clone(), source })?;
+                execution.grants.dirs.push(crate::sandbox::DirGrant {
+                    host: dir.clone(),
+                    guest: "/outputs".to_owned(),
+                    writable: true,
+                });
+                Some((dir, execution.outputs_limit))
+            }
+            _ => None,
+        };
         // A run whose state reads were changed by another run before it
         // could commit is run again, from a fresh overlay, a few times.
         let mut conflicts = 0;
         loop {
             let overlay =
                 store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.plan.name.clone(), grant.quota)));
-            let once = self.execute_once(sandbox, store, &run_id, overlay.clone(), grant, &execution);
+            let scope = Scope { run_id: &run_id, overlay: overlay.clone(), outputs: outputs.as_ref() };
+            let once = self.execute_once(sandbox, store, scope, grant, &execution);
             let (mut report, logs) = match store {
                 Some(store) if !begun => {
                     tokio::pin!(once);
@@ -305,6 +329,9 @@ impl Workflow {
                 }
                 _ => once.await,
             };
+            if let Some((dir, _)) = &outputs {
+                report.outputs = crate::store::outputs::list(dir);
+            }
             let Some(store) = store else { return Ok(report) };
             let unbegun = (!begun).then_some((&new, started_at.as_str()));
             let writes: StateWrites = overlay.as_ref().map(|o| o.take_writes()).unwrap_or_default();
@@ -345,14 +372,13 @@ impl Workflow {
         self: &Arc<Self>,
         sandbox: &Arc<Sandbox>,
         store: Option<&Arc<Store>>,
-        run_id: &str,
-        overlay: Option<Arc<RunOverlay>>,
+        scope: Scope<'_>,
         grant: &Grant,
         execution: &Execution,
     ) -> (RunReport, NodeLogs) {
-        let run_id = run_id.to_owned();
+        let run_id = scope.run_id.to_owned();
         let started = Instant::now();
-        let (mut report, records, logs) = self.execute(sandbox, store, &run_id, overlay, grant, execution).await;
+        let (mut report, records, logs) = self.execute(sandbox, store, scope, grant, execution).await;
         report.run_id = run_id.clone();
         report.kind = Some(self.plan.kind);
         report.workflow = Some(self.plan.name.clone());
@@ -381,12 +407,18 @@ impl Workflow {
         self: &Arc<Self>,
         sandbox: &Arc<Sandbox>,
         store: Option<&Arc<Store>>,
-        run_id: &str,
-        overlay: Option<Arc<RunOverlay>>,
+        scope: Scope<'_>,
         grant: &Grant,
         execution: &Execution,
     ) -> (RunReport, Vec<NodeRecord>, NodeLogs) {
+        let Scope { run_id, overlay, outputs: run_outputs } = scope;
         let mut report = RunReport::rejected(ErrorCode::Trap, String::new());
+        // A state-conflict re-run starts from empty outputs.
+        if let Some((dir, _)) = run_outputs {
+            clear_dir(dir);
+        }
+        let mut exceeded: Option<crate::store::outputs::Usage> = None;
+        let mut watch = tokio::time::interval(OUTPUTS_WATCH);
         // A plain component's input goes through untouched (byte for byte);
         // a workflow's is parsed once to build each node's input.
         let workflow_input: Value = if self.plan.kind == GuestKind::Workflow {
@@ -452,6 +484,16 @@ impl Workflow {
                     // at its next epoch yield (10 ms at most).
                     cancelled = true;
                     running.abort_all();
+                    continue;
+                }
+                _ = watch.tick(), if run_outputs.is_some() && !cancelled => {
+                    if let Some((dir, limit)) = run_outputs
+                        && let Some(usage) = over(dir, limit)
+                    {
+                        exceeded = Some(usage);
+                        cancelled = true;
+                        running.abort_all();
+                    }
                     continue;
                 }
             };
@@ -522,6 +564,24 @@ impl Workflow {
             });
         }
 
+        // What the last writes left, checked once more at the end.
+        if exceeded.is_none()
+            && let Some((dir, limit)) = run_outputs
+        {
+            exceeded = over(dir, limit);
+        }
+        if let (Some(usage), Some((dir, limit))) = (exceeded, run_outputs) {
+            clear_dir(dir);
+            report.status = RunStatus::Failed;
+            report.error_code = Some(ErrorCode::OutputLimit);
+            report.error_detail = Some("outputs".to_owned());
+            report.error_message = Some(format!(
+                "/outputs went over its cap of {} bytes in {} files (it held at least {} bytes in {} entries); \
+                 the run was stopped and its outputs removed",
+                limit.max_bytes, limit.max_files, usage.bytes, usage.entries
+            ));
+            return (report, records, logs);
+        }
         if cancelled {
             report.status = RunStatus::Cancelled;
             report.error_code = None;
@@ -618,6 +678,34 @@ impl Workflow {
                 state: None,
             },
         }
+    }
+}
+
+/// What one execution of a run works in: its id, its state overlay, its
+/// outputs directory and cap.
+struct Scope<'a> {
+    run_id: &'a str,
+    overlay: Option<Arc<RunOverlay>>,
+    outputs: Option<&'a (std::path::PathBuf, OutputsLimit)>,
+}
+
+/// How often a run's `/outputs` is measured while it runs.
+const OUTPUTS_WATCH: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// `dir`'s usage, if it is over `limit`.
+fn over(dir: &std::path::Path, limit: &OutputsLimit) -> Option<crate::store::outputs::Usage> {
+    let usage = crate::store::outputs::usage(dir, limit.max_files);
+    (usage.bytes > limit.max_bytes || usage.entries > limit.max_files).then_some(usage)
+}
+
+/// Empties `dir`, keeping it.
+fn clear_dir(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let _ = match path.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
     }
 }
 

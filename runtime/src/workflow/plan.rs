@@ -43,6 +43,8 @@ pub struct Plan {
     pub max_parallel: usize,
     /// The state quota the workflow asks for.
     pub quota: StateQuota,
+    /// Whether the workflow asks for an `/outputs` directory.
+    pub outputs_dir: bool,
     /// The egress a workflow requests; `None` for a plain component, which
     /// gets the operator's grant as it is.
     pub egress: Option<Vec<Rule>>,
@@ -66,6 +68,7 @@ impl Plan {
             outputs: vec![MAIN_NODE.to_owned()],
             max_parallel: 1,
             quota: StateQuota::default(),
+            outputs_dir: false,
             egress: None,
             components: BTreeMap::from([(MAIN_NODE.to_owned(), digest)]),
             imports: BTreeMap::new(),
@@ -153,6 +156,7 @@ impl Plan {
             outputs,
             max_parallel: def.max_parallel,
             quota: def.capabilities.state,
+            outputs_dir: def.capabilities.outputs,
             egress: Some(egress),
             components: BTreeMap::new(),
             imports: BTreeMap::new(),

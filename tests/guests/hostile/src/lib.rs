@@ -95,6 +95,34 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
             Ok(json!({"napped_ms": n}))
         }
         "secret" => Ok(json!({"secret": format!("{:?}", config::secret("TOKEN"))})),
+        "outputs" => {
+            // Writes n files of 1 KiB into /outputs, and one in a subdirectory.
+            for i in 0..n {
+                std::fs::write(format!("/outputs/out-{i}.txt"), vec![b'x'; 1024])
+                    .map_err(|e| NodeError::new("no-outputs", e.to_string()))?;
+            }
+            std::fs::create_dir_all("/outputs/sub").map_err(|e| NodeError::new("no-outputs", e.to_string()))?;
+            std::fs::write("/outputs/sub/report.json", br#"{"done": true}"#)
+                .map_err(|e| NodeError::new("no-outputs", e.to_string()))?;
+            Ok(json!({"written": n + 1}))
+        }
+        "outputs-flood" => {
+            // Writes 1 MiB at a time into /outputs/flood.bin until stopped.
+            use std::io::Write;
+            let mut file = std::fs::File::create("/outputs/flood.bin").map_err(|e| NodeError::new("no-outputs", e.to_string()))?;
+            let chunk = vec![b'y'; 1 << 20];
+            loop {
+                file.write_all(&chunk).map_err(|e| NodeError::new("write-failed", e.to_string()))?;
+            }
+        }
+        "outputs-files" => {
+            // Makes empty files in /outputs until stopped.
+            let mut i: u64 = 0;
+            loop {
+                std::fs::write(format!("/outputs/f{i}"), b"").map_err(|e| NodeError::new("write-failed", e.to_string()))?;
+                i += 1;
+            }
+        }
         "state-fill" => {
             // Writes 1 KiB values until the quota says no; reports how far it got.
             for i in 0.. {
