@@ -88,7 +88,7 @@ build_python() {
   # stray files stay out of the source tree and out of the component.
   stage="$(mktemp -d)"
   cleanup+=("$stage")
-  cp "$here/python-hello/app.py" "$stage/"
+  cp "$here/python-hello/app.py" "$root/guest-sdk/python/wfrun_sdk.py" "$stage/"
   (cd "$stage" && env -u VIRTUAL_ENV "$toolchains/python/bin/componentize-py" --quiet \
       -d "$wit" -w node componentize app -p "$stage" -o "$stage/out.wasm") \
     || die "componentize-py failed to build examples/python-hello (see above)"
@@ -151,7 +151,13 @@ build_js() {
   # time and Date.now is frozen at the build's time.
   # (`jco componentize` takes the same options, but jco 1.35.0 fails to read a
   # WIT path, "failed to get path metadata", so componentize-js runs directly.)
-  (cd "$here/js-hello" && "$toolchains/js/node_modules/.bin/componentize-js" hello.js \
+  # From a copy beside the SDK helper: componentize-js resolves a module
+  # only inside the directory it runs in.
+  local stage
+  stage="$(mktemp -d)"
+  cleanup+=("$stage")
+  cp "$here/js-hello/hello.js" "$root/guest-sdk/js/wfrun-sdk.js" "$stage/"
+  (cd "$stage" && "$toolchains/js/node_modules/.bin/componentize-js" hello.js \
       --wit "$wit" --world-name node \
       --disable stdio http fetch-event \
       -o "$tmp") \

@@ -7,13 +7,17 @@
 // what the Rust node (examples/hello) prints: JSON.stringify is compact and
 // escapes exactly as serde_json does for well-formed strings.
 //
-// Build: examples/build-polyglot.sh js, which runs
-//   componentize-js hello.js --wit ../../host-api/wit --world-name node \
-//     --disable stdio http fetch-event -o ../dist/js-hello.wasm
-// With stdio disabled, console.log goes nowhere: log through `write`.
+// Build: examples/build-polyglot.sh js, which runs, in a copy of this file
+// beside guest-sdk/js/wfrun-sdk.js,
+//   componentize-js hello.js --wit host-api/wit --world-name node \
+//     --disable stdio http fetch-event -o examples/dist/js-hello.wasm
+// With stdio disabled, console.log goes nowhere: log through `write`. It
+// counts its greetings in the metric `greetings` (guest-sdk/js/wfrun-sdk.js).
 
 import { write } from "wfrun:node/log@0.1.0";
 import { get as configGet } from "wfrun:node/config@0.1.0";
+// guest-sdk/js/wfrun-sdk.js, copied beside this file by build-polyglot.sh.
+import { counter } from "./wfrun-sdk.js";
 
 // Throwing a plain object (not an Error) returns it as the `err` case of
 // `result<string, node-error>`; throwing an Error would trap.
@@ -56,6 +60,7 @@ function run(input) {
   }
   if (salutation === undefined || salutation === null) salutation = "Hello";
   write("info", `greeting ${name}`);
+  counter("greetings");
   return JSON.stringify({ greeting: `${salutation}, ${name}!` });
 }
 

@@ -11,11 +11,13 @@ directory,
     componentize-py -d host-api/wit -w node componentize app -o examples/dist/python-hello.wasm
 The node runs on the CPython that componentize-py embeds (3.14 for
 componentize-py 0.25.1), not on the host's python3. stdout and stderr (print)
-are captured with the run; log through `log.write`.
+are captured with the run; log through `log.write`. It counts its greetings
+in the metric `greetings` with guest-sdk/python/wfrun_sdk.py.
 """
 
 import json
 
+import wfrun_sdk
 import wit_world
 from componentize_py_types import Err
 from wit_world.exports.handler import NodeError
@@ -72,4 +74,5 @@ class Handler(wit_world.exports.Handler):
         if salutation is None:
             salutation = "Hello"
         log.write(log.Level.INFO, f"greeting {name}")
+        wfrun_sdk.counter("greetings")
         return _compact({"greeting": f"{salutation}, {name}!"})

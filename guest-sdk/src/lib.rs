@@ -24,8 +24,8 @@
 //! Build it for `wasm32-wasip2` as a `cdylib` and run it with
 //! `wfrun exec target/wasm32-wasip2/release/my_node.wasm --input '{"name":"x"}'`.
 //!
-//! The host interfaces are wrapped in documented modules: [`log`], [`state`]
-//! and [`config`], and outgoing HTTP (where the operator grants egress) in
+//! The host interfaces are wrapped in documented modules: [`log`], [`state`],
+//! [`config`] and [`metrics`], and outgoing HTTP (where the operator grants egress) in
 //! [`http`]. The generated WIT bindings live in the hidden `wit` module;
 //! node authors should not need them.
 
@@ -187,6 +187,34 @@ pub mod config {
     /// Returns the secret `name` if the node's definition names it.
     pub fn secret(name: &str) -> Result<Option<String>, ConfigError> {
         raw::get_secret(name)
+    }
+}
+
+/// Named numbers kept with the run: gauges (the last value stands) and
+/// counters (deltas add up). `wfrun runs show` lists them; they are in the
+/// `--json` report and in uploaded reports.
+///
+/// A run keeps at most 64 names (1 to 64 of `a-z A-Z 0-9 _ . -`); values
+/// must be finite, counter deltas at least 0. A refused call records nothing
+/// and returns the reason; the run goes on, so most nodes ignore the result:
+///
+/// ```ignore
+/// let _ = wfrun_sdk::metrics::counter("rows", rows.len() as f64);
+/// let _ = wfrun_sdk::metrics::gauge("mean", mean);
+/// ```
+pub mod metrics {
+    use crate::wit::wfrun::node::metrics as raw;
+
+    pub use raw::MetricError;
+
+    /// Sets gauge `name` to `value`.
+    pub fn gauge(name: &str, value: f64) -> Result<(), MetricError> {
+        raw::gauge(name, value)
+    }
+
+    /// Adds `delta` to counter `name`.
+    pub fn counter(name: &str, delta: f64) -> Result<(), MetricError> {
+        raw::counter(name, delta)
     }
 }
 

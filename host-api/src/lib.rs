@@ -2,10 +2,10 @@
 //!
 //! The WIT package `wfrun:node@0.1.0` in `host-api/wit/` is the single source
 //! of truth for what a node exports (`handler.run`) and which host interfaces it
-//! may import (`log`, `state`, `config`). This crate runs
+//! may import (`log`, `state`, `config`, `metrics`). This crate runs
 //! [`wasmtime::component::bindgen!`] over it once, inside a private module, and
 //! re-exports only what the host needs: the [`Node`] world with its
-//! pre-instantiated form [`NodePre`], the [`NodeError`] record, and the three
+//! pre-instantiated form [`NodePre`], the [`NodeError`] record, and the four
 //! import interfaces whose `Host` traits the runtime implements.
 //!
 //! Every import is `trappable`: a host function may end the run (for example
@@ -31,7 +31,7 @@ mod generated {
 }
 
 pub use generated::exports::wfrun::node::handler::NodeError;
-pub use generated::wfrun::node::{config, log, state};
+pub use generated::wfrun::node::{config, log, metrics, state};
 pub use generated::{Node, NodeIndices, NodePre};
 
 /// The name under which a node component exports its handler interface.

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Why a run failed. Serialised in `snake_case` (`fuel_exhausted`, ...).
@@ -439,6 +440,9 @@ pub struct NodeRecord {
     /// Egress the node's attempts asked for and were refused.
     #[serde(default)]
     pub policy_violations: Vec<PolicyViolation>,
+    /// What its last attempt recorded through the `metrics` import.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, Metric>,
 }
 
 /// Everything known about one finished run. This is what `wfrun exec --json`
@@ -497,6 +501,39 @@ pub struct RunReport {
     /// The files the run left in its `/outputs`, when it had one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<OutputFile>,
+    /// What the guest recorded through the `metrics` import (for a
+    /// workflow: each node's, as `NODE.NAME`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, Metric>,
+}
+
+/// A metric a guest recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// Gauge or counter.
+    pub kind: MetricKind,
+    /// Its value: a gauge's last, a counter's sum.
+    pub value: f64,
+}
+
+/// Which kind of metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// The last value set stands.
+    Gauge,
+    /// Deltas are added up.
+    Counter,
+}
+
+impl MetricKind {
+    /// `gauge` or `counter`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+        }
+    }
 }
 
 /// One file a run left in its `/outputs` directory.
@@ -536,6 +573,7 @@ impl RunReport {
             failed_node: None,
             nodes: Vec::new(),
             outputs: Vec::new(),
+            metrics: BTreeMap::new(),
         }
     }
 

@@ -21,7 +21,7 @@
 //! `remote` drives daemons over the TLS control API, `--wait` and profiles;
 //! `services` keeps `always` jobs running through exits and crashes; `mcp`
 //! drives `wfrun mcp` with JSON-RPC over its stdio; `outputs` writes, caps and
-//! fetches runs' `/outputs`.
+//! fetches runs' `/outputs`; `metrics` the guest `metrics` import from every SDK.
 
 mod cache;
 mod daemon;
@@ -34,6 +34,7 @@ mod hardening;
 mod hostile;
 mod layers;
 mod mcp;
+mod metrics;
 mod outputs;
 mod polyglot;
 mod releases;

@@ -549,6 +549,12 @@ fn print_run(run: &RunRecord, trace: bool) {
             );
         }
     }
+    if !run.metrics.is_empty() {
+        println!("metrics");
+        for (name, metric) in &run.metrics {
+            println!("  {:<7}  {:>16}  {}", metric.kind.as_str(), metric.value, printable(name));
+        }
+    }
     if !run.outputs.is_empty() {
         let bytes: u64 = run.outputs.iter().map(|f| f.bytes).sum();
         println!("outputs    {} file(s), {bytes} bytes (`wfrun runs outputs {}`)", run.outputs.len(), run.run_id);

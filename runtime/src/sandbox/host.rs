@@ -11,13 +11,13 @@
 use super::capture::Echoer;
 use super::limits::{LimitExceeded, StoreLimiter};
 use crate::egress::client::EgressHooks;
-use crate::outcome::{HostCall, LogLine};
+use crate::outcome::{HostCall, LogLine, Metric, MetricKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-use wfrun_host_api::{config, log, state};
+use wfrun_host_api::{config, log, metrics, state};
 
 /// What each log line costs against the log cap on top of its message, so
 /// that a flood of empty lines is bounded too.
@@ -54,6 +54,63 @@ impl LogSink {
     /// The lines logged so far.
     pub fn into_lines(self) -> Vec<LogLine> {
         self.lines
+    }
+}
+
+/// The most metric names one run (one node attempt) may record.
+pub const MAX_METRICS: usize = 64;
+/// The longest metric name.
+pub const MAX_METRIC_NAME: usize = 64;
+
+/// What the guest recorded through the `metrics` import, bounded in names.
+/// Calls are not traced: a counter may be bumped in a hot loop.
+#[derive(Debug, Default)]
+pub struct MetricSink {
+    metrics: BTreeMap<String, Metric>,
+}
+
+impl MetricSink {
+    fn record(&mut self, name: String, kind: MetricKind, value: f64) -> Result<(), metrics::MetricError> {
+        let valid_name = !name.is_empty()
+            && name.len() <= MAX_METRIC_NAME
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !valid_name {
+            return Err(metrics::MetricError::InvalidName(format!(
+                "1 to {MAX_METRIC_NAME} of a-z A-Z 0-9 _ . - (got {} bytes)",
+                name.len()
+            )));
+        }
+        if !value.is_finite() || (kind == MetricKind::Counter && value < 0.0) {
+            return Err(metrics::MetricError::InvalidValue(format!("{value} for {name}")));
+        }
+        let known = self.metrics.len();
+        match self.metrics.get_mut(&name) {
+            Some(metric) if metric.kind != kind => Err(metrics::MetricError::KindMismatch(format!(
+                "{name} is a {}, not a {}",
+                metric.kind.as_str(),
+                kind.as_str()
+            ))),
+            Some(metric) => {
+                let next = if kind == MetricKind::Counter { metric.value + value } else { value };
+                if !next.is_finite() {
+                    return Err(metrics::MetricError::InvalidValue(format!("{name} would overflow")));
+                }
+                metric.value = next;
+                Ok(())
+            }
+            None if known >= MAX_METRICS => {
+                Err(metrics::MetricError::TooMany(format!("at most {MAX_METRICS} metrics per run")))
+            }
+            None => {
+                self.metrics.insert(name, Metric { kind, value });
+                Ok(())
+            }
+        }
+    }
+
+    /// What was recorded.
+    pub fn into_metrics(self) -> BTreeMap<String, Metric> {
+        self.metrics
     }
 }
 
@@ -134,6 +191,7 @@ pub struct GuestState {
     pub(super) logs: LogSink,
     pub(super) services: NodeServices,
     pub(super) trace: Trace,
+    pub(super) metrics: MetricSink,
     pub(super) http: WasiHttpCtx,
     pub(super) egress: EgressHooks,
 }
@@ -194,6 +252,16 @@ impl state::Host for GuestState {
         let count = result.as_ref().map(|keys| keys.len() as u64).unwrap_or(0);
         self.trace.push(HostCall::StateListKeys { prefix, count });
         Ok(result)
+    }
+}
+
+impl metrics::Host for GuestState {
+    fn gauge(&mut self, name: String, value: f64) -> wasmtime::Result<Result<(), metrics::MetricError>> {
+        Ok(self.metrics.record(name, MetricKind::Gauge, value))
+    }
+
+    fn counter(&mut self, name: String, delta: f64) -> wasmtime::Result<Result<(), metrics::MetricError>> {
+        Ok(self.metrics.record(name, MetricKind::Counter, delta))
     }
 }
 

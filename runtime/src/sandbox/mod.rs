@@ -407,6 +407,7 @@ impl Sandbox {
             logs: LogSink::new(limits.log_bytes, EchoThread::echoer(echo.as_ref(), request.echo.logs)),
             services: request.services.clone(),
             trace: Trace::default(),
+            metrics: host::MetricSink::default(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             egress: EgressHooks(egress.clone()),
         };
@@ -441,9 +442,10 @@ impl Sandbox {
         report.stderr = stderr.contents();
         // Destructuring drops the rest (the WASI context and its stream
         // handles) here, before the echo thread is told to finish.
-        let GuestState { logs, trace, .. } = store.into_data();
+        let GuestState { logs, trace, metrics, .. } = store.into_data();
         report.logs = logs.into_lines();
         report.trace = trace.into_calls();
+        report.metrics = metrics.into_metrics();
         report.policy_violations = egress.violations();
         // The store is gone; with the captures dropped too, the echo thread
         // has every chunk and can finish writing them.

@@ -31,6 +31,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { what: "the report outbox and its dead letters", apply: outbox },
     Migration { what: "run_logs: small node logs kept in the database", apply: run_logs },
     Migration { what: "runs.retried_as: the run a failed run was retried as", apply: retried_as },
+    Migration { what: "runs.metrics: what the guest recorded through the metrics import", apply: metrics },
 ];
 
 /// The schema version this wfrun writes.
@@ -208,6 +209,10 @@ fn run_logs(conn: &Connection) -> rusqlite::Result<()> {
              PRIMARY KEY (run_id, node)
          );",
     )
+}
+
+fn metrics(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("ALTER TABLE runs ADD COLUMN metrics TEXT;")
 }
 
 fn retried_as(conn: &Connection) -> rusqlite::Result<()> {

@@ -70,6 +70,9 @@ pub struct RunMetrics {
     pub fuel_consumed: Option<u64>,
     /// Largest linear memory of any node.
     pub peak_memory_bytes: Option<u64>,
+    /// What the guest recorded through the `metrics` import.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub guest: std::collections::BTreeMap<String, crate::outcome::Metric>,
 }
 
 /// One report, as uploaded (`docs/reports.md`).
@@ -235,6 +238,7 @@ pub fn run_body(run: &RunRecord) -> RunReportBody {
             node_count: run.nodes.len() as u32,
             fuel_consumed: run.fuel_consumed,
             peak_memory_bytes: run.peak_memory_bytes,
+            guest: run.metrics.clone(),
         },
         policy_violations: run.policy_violations.clone(),
     }

@@ -94,6 +94,9 @@ pub struct RunRecord {
     /// The files the run left in its `/outputs`, if it had one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<super::OutputFile>,
+    /// What the guest recorded through the `metrics` import.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, crate::outcome::Metric>,
 }
 
 impl Store {
@@ -407,7 +410,7 @@ fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::R
     tx.prepare_cached(
         "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5, output = ?6,
          exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11,
-         policy_violations = ?12, error_detail = ?13
+         policy_violations = ?12, error_detail = ?13, metrics = ?14
          WHERE id = ?1",
     )?
     .execute(params![
@@ -425,6 +428,7 @@ fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::R
         (!report.policy_violations.is_empty())
             .then(|| serde_json::to_string(&report.policy_violations).expect("violations serialise")),
         report.error_detail,
+        (!report.metrics.is_empty()).then(|| serde_json::to_string(&report.metrics).expect("metrics serialise")),
     ])?;
     add_transition(tx, run_id, report.status, at)?;
     for (seq, node) in report.nodes.iter().enumerate() {
@@ -461,7 +465,7 @@ pub(super) fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Opti
         .query_row(
             "SELECT id, workflow, version, kind, bundle_path, bundle_digest, status, error_code, error_message,
                     failed_node, output, exit_code, created_at, finished_at, duration_ms, fuel_consumed, peak_memory_bytes,
-                    policy_violations, job, error_detail, retried_as
+                    policy_violations, job, error_detail, retried_as, metrics
              FROM runs WHERE id = ?1",
             params![run_id],
             |r| {
@@ -491,6 +495,10 @@ pub(super) fn load_run(conn: &Connection, run_id: &str) -> rusqlite::Result<Opti
                     error_detail: r.get(19)?,
                     retried_as: r.get(20)?,
                     outputs: Vec::new(),
+                    metrics: r
+                        .get::<_, Option<String>>(21)?
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or_default(),
                     transitions: Vec::new(),
                     nodes: Vec::new(),
                 })

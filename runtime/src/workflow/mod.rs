@@ -399,6 +399,13 @@ impl Workflow {
             })
             .collect();
         report.egress_not_granted = grant.egress.not_granted().iter().map(|r| r.to_string()).collect();
+        if workflow {
+            // Each node's metrics, by node: `NODE.NAME`.
+            report.metrics = records
+                .iter()
+                .flat_map(|r| r.metrics.iter().map(|(name, metric)| (format!("{}.{name}", r.node), *metric)))
+                .collect();
+        }
         report.nodes = records;
         (report, logs)
     }
@@ -561,6 +568,7 @@ impl Workflow {
                 output_digest: None,
                 trace: Vec::new(),
                 policy_violations: Vec::new(),
+                metrics: BTreeMap::new(),
             });
         }
 
@@ -792,6 +800,7 @@ fn node_record(
         output_digest: output.map(|o| digest(o.as_bytes())),
         trace: report.trace.clone(),
         policy_violations: report.policy_violations.clone(),
+        metrics: report.metrics.clone(),
     }
 }
 

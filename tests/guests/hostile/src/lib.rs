@@ -95,6 +95,33 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
             Ok(json!({"napped_ms": n}))
         }
         "secret" => Ok(json!({"secret": format!("{:?}", config::secret("TOKEN"))})),
+        "metrics" => {
+            // Records metrics, then tries each refusal and says what it got.
+            use wfrun_sdk::metrics::{self, MetricError};
+            for _ in 0..3 {
+                let _ = metrics::counter("calls", 2.0);
+            }
+            let _ = metrics::gauge("level", 1.0);
+            let _ = metrics::gauge("level", 7.5);
+            let kind = |r: Result<(), MetricError>| match r {
+                Ok(()) => "ok",
+                Err(MetricError::TooMany(_)) => "too-many",
+                Err(MetricError::InvalidName(_)) => "invalid-name",
+                Err(MetricError::InvalidValue(_)) => "invalid-value",
+                Err(MetricError::KindMismatch(_)) => "kind-mismatch",
+            };
+            let bad_name = kind(metrics::gauge("no spaces", 1.0));
+            let long_name = kind(metrics::gauge(&"x".repeat(65), 1.0));
+            let nan = kind(metrics::gauge("nan", f64::NAN));
+            let negative = kind(metrics::counter("calls", -1.0));
+            let mismatch = kind(metrics::gauge("calls", 1.0));
+            let mut last = "ok";
+            for i in 0..n {
+                last = kind(metrics::counter(&format!("m{i}"), 1.0));
+            }
+            Ok(json!({"bad_name": bad_name, "long_name": long_name, "nan": nan, "negative": negative,
+                      "mismatch": mismatch, "last": last}))
+        }
         "outputs" => {
             // Writes n files of 1 KiB into /outputs, and one in a subdirectory.
             for i in 0..n {
@@ -109,7 +136,8 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
         "outputs-flood" => {
             // Writes 1 MiB at a time into /outputs/flood.bin until stopped.
             use std::io::Write;
-            let mut file = std::fs::File::create("/outputs/flood.bin").map_err(|e| NodeError::new("no-outputs", e.to_string()))?;
+            let mut file =
+                std::fs::File::create("/outputs/flood.bin").map_err(|e| NodeError::new("no-outputs", e.to_string()))?;
             let chunk = vec![b'y'; 1 << 20];
             loop {
                 file.write_all(&chunk).map_err(|e| NodeError::new("write-failed", e.to_string()))?;
@@ -119,7 +147,8 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
             // Makes empty files in /outputs until stopped.
             let mut i: u64 = 0;
             loop {
-                std::fs::write(format!("/outputs/f{i}"), b"").map_err(|e| NodeError::new("write-failed", e.to_string()))?;
+                std::fs::write(format!("/outputs/f{i}"), b"")
+                    .map_err(|e| NodeError::new("write-failed", e.to_string()))?;
                 i += 1;
             }
         }
@@ -139,8 +168,10 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
         "flaky" => {
             // Fails retryably until the attempt counter in the granted /data
             // directory reaches n, then succeeds and says which attempt it was.
-            let attempts = std::fs::read_to_string("/data/attempts").ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) + 1;
-            std::fs::write("/data/attempts", attempts.to_string()).map_err(|e| NodeError::new("no-data-dir", e.to_string()))?;
+            let attempts =
+                std::fs::read_to_string("/data/attempts").ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) + 1;
+            std::fs::write("/data/attempts", attempts.to_string())
+                .map_err(|e| NodeError::new("no-data-dir", e.to_string()))?;
             // Each attempt leaves a mark in state; only a successful one may keep it.
             let _ = state::set(&format!("attempt-{attempts}"), b"x");
             if attempts < n {
