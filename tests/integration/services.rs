@@ -140,3 +140,23 @@ fn sigterm_stops_a_service_within_the_grace_period_and_records_it_cancelled() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].status, RunStatus::Cancelled);
 }
+
+#[test]
+fn a_run_triggered_by_hand_during_the_backoff_is_not_a_failure_of_the_service() {
+    // max_failures = 1: one failure pauses the service.
+    let daemon = DaemonProcess::start(&format!(
+        "[service]\ninitial_backoff = \"1s\"\nmax_failures = 1\n\
+         [jobs.napper]\nbundle = {}\ninput = '{{\"mode\": \"nap\", \"n\": 2000}}'\nalways = true\n",
+        toml_path(&guest("hostile"))
+    ));
+    let backoff = || service(&status(&daemon), "napper")["state"] == "backoff";
+    assert!(wait_for(Duration::from_secs(30), backoff), "no backoff; log:\n{}", daemon.log());
+    // The keeper wakes while this 2 s run is in flight.
+    let manual = daemon.wfrun(&["trigger", "napper"]);
+    assert_eq!(manual.status.code(), Some(0), "{}", stderr(&manual));
+    assert!(wait_for(Duration::from_secs(30), || runs_of(&daemon, "napper").len() >= 3), "not restarted");
+    let status = status(&daemon);
+    assert_eq!(status["jobs"][0]["paused"], false, "{status}");
+    assert_eq!(service(&status, "napper")["consecutive_failures"], 0, "{status}");
+    assert!(runs_of(&daemon, "napper").iter().all(|r| r.status != RunStatus::Failed));
+}

@@ -123,8 +123,12 @@ async fn keep(daemon: Arc<Daemon>, name: String, spec: JobSpec) {
     while wanted(&daemon, &name, &spec) {
         let started = match daemon.start_runs(&name, None, 1, Source::Service) {
             Ok(mut started) => started.pop(),
-            // Someone else's trigger is running it: wait for that run.
-            Err(super::DaemonError::Busy { .. }) => None,
+            // A run someone triggered by hand is in flight: the service
+            // starts once it ends, and nothing failed.
+            Err(super::DaemonError::Busy { .. }) => {
+                tokio::time::sleep(LOOK).await;
+                continue;
+            }
             Err(e) => {
                 tracing::warn!("service {name}: not started: {e}");
                 None
