@@ -13,6 +13,7 @@
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 /// Creates `dir` and any missing parents, private to the user. An existing
 /// directory keeps its mode.
@@ -112,26 +113,104 @@ pub mod caps {
 /// both before a byte is read. Opened non-blocking, so a FIFO cannot hang
 /// the open.
 pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    read_capped_identified(path, max).map(|(bytes, _)| bytes)
+}
+
+/// How old a file's change time must be before its identity stands in for
+/// its hash: two writes within one clock tick are then far in the past.
+pub const SETTLED: Duration = Duration::from_secs(2);
+
+/// A file's identity: what changes whenever its contents do. Once its
+/// change time is [`SETTLED`] old, it stands in for a hash of the contents
+/// (the artifact cache, remembered bundle digests): a write changes the
+/// change time, and no one but root can set it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// The device.
+    pub dev: u64,
+    /// The inode.
+    pub ino: u64,
+    /// The size.
+    pub size: u64,
+    /// The modification time (seconds, nanoseconds).
+    pub mtime: (i64, i64),
+    /// The change time (seconds, nanoseconds): no user can set it back.
+    pub ctime: (i64, i64),
+}
+
+impl Identity {
+    /// The identity in `meta`.
+    #[cfg(unix)]
+    pub fn of(meta: &std::fs::Metadata) -> Identity {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The identity in `meta`.
+    #[cfg(not(unix))]
+    pub fn of(_: &std::fs::Metadata) -> Identity {
+        // No change time to rely on: never matches a recorded identity.
+        Identity::default()
+    }
+
+    /// Whether the last change is at least [`SETTLED`] old.
+    pub fn settled(&self) -> bool {
+        let changed = SystemTime::UNIX_EPOCH + Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.max(0) as u32);
+        self.ctime.0 > 0 && SystemTime::now().duration_since(changed).is_ok_and(|age| age >= SETTLED)
+    }
+
+    /// Its 56 bytes, appended to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for n in [self.dev, self.ino, self.size] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        for n in [self.mtime.0, self.mtime.1, self.ctime.0, self.ctime.1] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    /// An identity from its 56 bytes.
+    pub fn decode(bytes: &[u8]) -> Option<Identity> {
+        if bytes.len() != 56 {
+            return None;
+        }
+        let u = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+        let s = |i: usize| u(i) as i64;
+        Some(Identity { dev: u(0), ino: u(1), size: u(2), mtime: (s(3), s(4)), ctime: (s(5), s(6)) })
+    }
+}
+
+/// [`read_capped`], with the file's identity, or `None` if the file changed
+/// while it was read.
+pub fn read_capped_identified(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, Option<Identity>)> {
     use std::io::{Error, ErrorKind, Read};
     let mut options = OpenOptions::new();
     options.read(true);
     #[cfg(target_os = "linux")]
     std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, 0o4000); // O_NONBLOCK
     let file = options.open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    let before = file.metadata()?;
+    if !before.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
-    if meta.len() > max {
-        return Err(Error::new(ErrorKind::FileTooLarge, format!("{} bytes, over the limit of {max}", meta.len())));
+    if before.len() > max {
+        return Err(Error::new(ErrorKind::FileTooLarge, format!("{} bytes, over the limit of {max}", before.len())));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // A file that grows while it is read stops at the cap too.
-    file.take(max + 1).read_to_end(&mut bytes)?;
+    let mut bytes = Vec::with_capacity(before.len() as usize);
+    (&file).take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(Error::new(ErrorKind::FileTooLarge, format!("over the limit of {max} bytes")));
     }
-    Ok(bytes)
+    let identity = Identity::of(&before);
+    let after = Identity::of(&file.metadata()?);
+    let whole = identity == after && identity.size == bytes.len() as u64;
+    Ok((bytes, whole.then_some(identity)))
 }
 
 /// [`read_capped`] as UTF-8 text.

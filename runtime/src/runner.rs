@@ -131,8 +131,18 @@ impl Runner {
     /// Reads the bundle at `path`, checks its signature against `trust`
     /// (before anything is compiled), and loads it.
     pub fn prepare(&self, path: &Path, trust: &TrustPolicy) -> Result<Prepared, Rejection> {
-        let bundle = Bundle::read(path).map_err(|e| Rejection::bundle(&e, None))?;
+        let bundle = self.read(path).map_err(|e| Rejection::bundle(&e, None))?;
         self.prepare_bundle(&bundle, trust)
+    }
+
+    /// Reads the bundle at `path`; with an artifact cache, an unchanged
+    /// file's digest is remembered beside it rather than computed again
+    /// ([`crate::bundle::memo`]).
+    pub fn read(&self, path: &Path) -> Result<Bundle, crate::bundle::BundleError> {
+        match self.sandbox.cache_dir() {
+            Some(dir) => Bundle::read_remembering(path, &crate::bundle::memo::DigestMemo::new(dir.join("digests"))),
+            None => Bundle::read(path),
+        }
     }
 
     /// [`prepare`](Self::prepare) for a bundle already read.
@@ -307,7 +317,7 @@ impl ProgramCache {
                 return Ok(entry.prepared.clone());
             }
         }
-        let bundle = Bundle::read(path).map_err(|e| {
+        let bundle = runner.read(path).map_err(|e| {
             self.forget(path);
             Rejection::bundle(&e, None)
         })?;

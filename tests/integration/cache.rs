@@ -163,3 +163,72 @@ async fn a_verified_entry_is_trusted_by_its_identity_until_the_file_changes() {
     std::fs::copy(&other, &entry).unwrap();
     assert_eq!(load(&sandbox(dir.path(), true)).origin(), Origin::Rebuilt);
 }
+
+/// `component` with a custom section `pad` holding `payload` appended: a
+/// valid component of a predictable size.
+fn padded(component: &[u8], payload: &[u8]) -> Vec<u8> {
+    let name = b"pad";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(payload);
+    assert!(section.len() < 128, "one LEB byte");
+    let mut bytes = component.to_vec();
+    bytes.push(0);
+    bytes.push(section.len() as u8);
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+#[test]
+fn a_settled_bundles_digest_is_remembered_and_any_write_to_it_is_hashed_again() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hello = std::fs::read(guest("hello")).unwrap();
+    let (first, second) = (padded(&hello, b"first version"), padded(&hello, b"other version"));
+    assert_eq!(first.len(), second.len());
+    let digest = |bytes: &[u8]| {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    };
+    let bundle = dir.path().join("hello.wasm");
+    std::fs::write(&bundle, &first).unwrap();
+    let exec = || {
+        let out = wfrun()
+            .env("WFRUN_DIR", state.path())
+            .args(["exec", "--json", "--input", r#"{"name":"m"}"#])
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["bundle_digest"].as_str().unwrap().to_owned()
+    };
+    let memo = state.path().join("cache").join("digests");
+    // Changed less than two seconds ago: hashed, not remembered.
+    assert_eq!(exec(), digest(&first));
+    assert!(!memo.exists() || std::fs::read_dir(&memo).unwrap().count() == 0);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(exec(), digest(&first));
+    assert_eq!(std::fs::read_dir(&memo).unwrap().count(), 1, "remembered once settled");
+    assert_eq!(exec(), digest(&first), "recalled");
+
+    // The same inode, the same size, the old modification time put back:
+    // only the change time tells, and it does.
+    let modified = std::fs::metadata(&bundle).unwrap().modified().unwrap();
+    rewrite_in_place(&bundle, &second);
+    std::fs::File::options().write(true).open(&bundle).unwrap().set_modified(modified).unwrap();
+    assert_eq!(std::fs::metadata(&bundle).unwrap().modified().unwrap(), modified);
+    assert_eq!(exec(), digest(&second), "a rewritten file is hashed again");
+
+    // cache clear forgets the digests too.
+    let clear = wfrun().env("WFRUN_DIR", state.path()).args(["cache", "clear"]).output().unwrap();
+    assert_eq!(clear.status.code(), Some(0));
+    assert!(!memo.exists());
+}
+
+/// Writes `bytes` over the start of `path`, in place (the same inode).
+fn rewrite_in_place(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all(bytes).unwrap();
+    file.sync_all().unwrap();
+}

@@ -13,6 +13,7 @@
 //! in `BUNDLE.sig` ([`signature`]). `docs/bundle-format.md` specifies the
 //! layout.
 
+pub mod memo;
 pub mod signature;
 
 use crate::manifest::WorkflowDef;
@@ -184,8 +185,38 @@ impl Bundle {
         Bundle::from_bytes(path, bytes)
     }
 
+    /// Reads the bundle at `path` as [`Bundle::read`] does, taking its
+    /// digest from `memo` when the file is unchanged since it was hashed
+    /// (and remembering it when it was not).
+    pub fn read_remembering(path: impl AsRef<Path>, memo: &memo::DigestMemo) -> Result<Bundle, BundleError> {
+        let path = path.as_ref().to_path_buf();
+        let (bytes, identity) =
+            crate::files::read_capped_identified(&path, crate::files::caps::BUNDLE).map_err(|source| {
+                match source.kind() {
+                    std::io::ErrorKind::NotFound => BundleError::Missing { path: path.clone() },
+                    _ => BundleError::Read { path: path.clone(), source },
+                }
+            })?;
+        let remembered = identity.as_ref().and_then(|identity| memo.recall(identity));
+        let bundle = Bundle::from_bytes_digested(path, bytes, remembered)?;
+        if let (None, Some(identity)) = (remembered, identity) {
+            memo.remember(&identity, &bundle.sha256);
+        }
+        Ok(bundle)
+    }
+
     /// A bundle from bytes already in memory; `path` names it in errors.
     pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Bundle, BundleError> {
+        Bundle::from_bytes_digested(path, bytes, None)
+    }
+
+    /// [`Bundle::from_bytes`], with the bytes' SHA-256 if it is known
+    /// already (else it is computed).
+    fn from_bytes_digested(
+        path: impl Into<PathBuf>,
+        bytes: Vec<u8>,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<Bundle, BundleError> {
         let path = path.into();
         if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
             return Err(BundleError::NotWasm { path });
@@ -193,7 +224,7 @@ impl Bundle {
         if bytes[6..8] != COMPONENT_LAYER {
             return Err(BundleError::CoreModule { path });
         }
-        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let sha256: [u8; 32] = sha256.unwrap_or_else(|| Sha256::digest(&bytes).into());
         let digest = hex::encode(sha256);
         let Scan { workflow, nested, signature } = scan(&path, &bytes)?;
         Ok(Bundle { path, bytes, digest, sha256, workflow, nested, signature })

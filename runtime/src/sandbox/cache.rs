@@ -34,21 +34,17 @@
 //!   incompatible engine is removed and the component compiled again; it is
 //!   never executed.
 
+use crate::files::Identity;
 use crate::files::{Mode, create_private_dir, write_atomic};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The first bytes of every meta file.
 const MAGIC: &[u8] = b"wfrun-artifact-v3\n";
-
-/// How old an artifact's change time must be before its identity stands in
-/// for its hash.
-const SETTLED: Duration = Duration::from_secs(2);
 
 /// Where an entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,60 +63,6 @@ pub enum Origin {
 pub struct ArtifactCache {
     dir: PathBuf,
     engine_key: String,
-}
-
-/// A file's identity: what changes whenever its contents do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Identity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Identity {
-    #[cfg(unix)]
-    fn of(meta: &std::fs::Metadata) -> Identity {
-        use std::os::unix::fs::MetadataExt;
-        Identity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-
-    #[cfg(not(unix))]
-    fn of(_: &std::fs::Metadata) -> Identity {
-        // No change time to rely on: never matches a recorded identity.
-        Identity::default()
-    }
-
-    /// Whether the last change is at least [`SETTLED`] old.
-    fn settled(&self) -> bool {
-        let changed = SystemTime::UNIX_EPOCH + Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.max(0) as u32);
-        self.ctime.0 > 0 && SystemTime::now().duration_since(changed).is_ok_and(|age| age >= SETTLED)
-    }
-
-    fn encode(&self, out: &mut Vec<u8>) {
-        for n in [self.dev, self.ino, self.size] {
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-        for n in [self.mtime.0, self.mtime.1, self.ctime.0, self.ctime.1] {
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Identity> {
-        if bytes.len() != 56 {
-            return None;
-        }
-        let u = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
-        let s = |i: usize| u(i) as i64;
-        Some(Identity { dev: u(0), ino: u(1), size: u(2), mtime: (s(3), s(4)), ctime: (s(5), s(6)) })
-    }
 }
 
 /// What a meta file says.
@@ -289,6 +231,8 @@ pub fn entries(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
 /// Removes every entry in the cache directory `dir` (artifacts and meta
 /// files); returns how many.
 pub fn clear(dir: &Path) -> std::io::Result<usize> {
+    // The remembered bundle digests (crate::bundle::memo) go too.
+    let _ = std::fs::remove_dir_all(dir.join("digests"));
     let entries = entries(dir)?;
     for (name, _) in &entries {
         std::fs::remove_file(dir.join(name))?;
@@ -339,6 +283,7 @@ fn deserialize(engine: &Engine, artifact: &Path) -> wasmtime::Result<Component> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     fn meta() -> Meta {
         Meta {

@@ -323,6 +323,11 @@ impl Sandbox {
         Ok(Sandbox { engine, linker, options, cache, _ticker: ticker })
     }
 
+    /// The directory of the compiled-artifact cache, if there is one.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.options.cache_dir.as_deref()
+    }
+
     /// Compiles `component` (the bytes of one component, named `name` in
     /// errors and as a job's `argv[0]`), decides whether it is a node or a
     /// job, and pre-instantiates it against the linker.

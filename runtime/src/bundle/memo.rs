@@ -1,0 +1,69 @@
+//! Remembered bundle digests: a bundle's SHA-256, kept by its file's
+//! identity (device, inode, size, modification and change times) in the
+//! state directory's cache, so that running an unchanged large bundle again
+//! does not hash it again (18 MB for the Python hello node: a third of a
+//! cached `wfrun exec`).
+//!
+//! A digest is remembered only for a file whose change time was already
+//! [`SETTLED`](crate::files::SETTLED) old when it was hashed, and recalled
+//! only for the very same identity: any write to the file changes its
+//! change time, which no user but root can set back, and a file put in its
+//! place has another inode. The entries live in the private cache
+//! directory, next to the compiled artifacts they lead to, and one that
+//! does not decode is ignored.
+
+use crate::files::Identity;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8] = b"wfrun-digest-v1\n";
+
+/// The remembered digests under one directory.
+#[derive(Debug, Clone)]
+pub struct DigestMemo {
+    dir: PathBuf,
+}
+
+impl DigestMemo {
+    /// Digests kept in `dir` (created when the first is remembered).
+    pub fn new(dir: impl Into<PathBuf>) -> DigestMemo {
+        DigestMemo { dir: dir.into() }
+    }
+
+    fn entry(&self, identity: &Identity) -> PathBuf {
+        self.dir.join(format!("{:x}-{:x}", identity.dev, identity.ino))
+    }
+
+    /// The digest remembered for a file of exactly `identity`.
+    pub fn recall(&self, identity: &Identity) -> Option<[u8; 32]> {
+        if !identity.settled() {
+            return None;
+        }
+        let bytes = crate::files::read_capped(&self.entry(identity), 1024).ok()?;
+        let rest = bytes.strip_prefix(MAGIC)?;
+        if rest.len() != 56 + 32 || Identity::decode(&rest[..56])? != *identity {
+            return None;
+        }
+        rest[56..].try_into().ok()
+    }
+
+    /// Remembers `digest` for a file of `identity`, if its last change is
+    /// settled. Failing to write only costs the next run a hash.
+    pub fn remember(&self, identity: &Identity, digest: &[u8; 32]) {
+        if !identity.settled() {
+            return;
+        }
+        let mut bytes = MAGIC.to_vec();
+        identity.encode(&mut bytes);
+        bytes.extend_from_slice(digest);
+        let written = crate::files::create_private_dir(&self.dir)
+            .and_then(|()| crate::files::write_atomic(&self.entry(identity), &bytes, crate::files::Mode::Private));
+        if let Err(e) = written {
+            tracing::debug!("not remembering the digest of a bundle in {}: {e}", self.dir.display());
+        }
+    }
+
+    /// Where the memo lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
