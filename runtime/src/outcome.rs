@@ -154,7 +154,8 @@ impl ExitStatus {
             },
             Some(code) if code.is_limit() => ExitStatus::Limit,
             Some(ErrorCode::Trap) => ExitStatus::Trap,
-            Some(ErrorCode::HostError | ErrorCode::StateConflict) => ExitStatus::Internal,
+            // The host stopped (a crash, kill -9): nothing the guest did.
+            Some(ErrorCode::HostError | ErrorCode::StateConflict | ErrorCode::Interrupted) => ExitStatus::Internal,
             Some(_) => ExitStatus::Invalid,
         }
     }

@@ -178,6 +178,33 @@ fn the_exec_tool_has_only_the_servers_limits_and_grants() {
 }
 
 #[test]
+fn a_read_only_server_offers_only_reading_tools_and_a_wait_has_a_deadline() {
+    let hostile = guest("hostile");
+    let daemon = DaemonProcess::start(&format!(
+        "[jobs.napper]\nbundle = {}\ninput = '{{\"mode\": \"nap\", \"n\": 3000}}'\n",
+        crate::daemon::toml_path(&hostile)
+    ));
+    let mut reader = Mcp::start(&daemon.state(), &["--read-only"]);
+    let tools = reader.request("tools/list", json!({}));
+    let mut names: Vec<&str> =
+        tools["result"]["tools"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["jobs_list", "runs_list", "runs_logs", "runs_show", "status"]);
+    for (tool, arguments) in [("jobs_pause", json!({ "name": "napper" })), ("trigger", json!({ "name": "napper" }))] {
+        assert_eq!(reader.call(tool, arguments).unwrap_err()["code"], -32602, "{tool}");
+    }
+    assert_eq!(daemon.runs().len(), 0, "nothing ran");
+
+    let mut mcp = Mcp::start(&daemon.state(), &["--no-exec"]);
+    let (error, answer) = mcp.call("trigger", json!({ "name": "napper", "wait": true, "wait_s": 1 })).unwrap();
+    assert!(error, "{answer}");
+    assert_eq!(answer["error"]["code"], "still_running", "{answer}");
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+    let ended = || daemon.run(&run_id).is_some_and(|r| r.status == wfrun_runtime::outcome::RunStatus::Succeeded);
+    assert!(crate::daemon::wait_for(std::time::Duration::from_secs(30), ended), "the run goes on past the wait");
+}
+
+#[test]
 fn the_server_refuses_exec_flags_it_must_set_itself_and_can_offer_no_exec() {
     let state = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {

@@ -107,6 +107,35 @@ fn a_daemon_job_or_a_workflow_asking_for_outputs_gets_them() {
         .run(&run_id)
         .is_some_and(|r| r.status == RunStatus::Succeeded)));
 
+    // A running run's outputs are neither listed nor copied: its guest may
+    // still be changing them.
+    assert_eq!(
+        daemon
+            .wfrun(&[
+                "jobs",
+                "add",
+                "sleeper",
+                "--bundle",
+                hostile.to_str().unwrap(),
+                "--manual",
+                "--outputs",
+                "--input",
+                r#"{"mode": "sleep"}"#
+            ])
+            .status
+            .code(),
+        Some(0)
+    );
+    let sleeping = daemon.wfrun(&["trigger", "sleeper"]);
+    let sleeping = String::from_utf8_lossy(&sleeping.stdout).trim().to_owned();
+    assert!(wait_for(Duration::from_secs(30), || daemon
+        .run(&sleeping)
+        .is_some_and(|r| r.status == RunStatus::Running)));
+    let to = tempfile::tempdir().unwrap();
+    let copy = daemon.wfrun(&["runs", "outputs", &sleeping, "--to", to.path().to_str().unwrap()]);
+    assert_eq!(copy.status.code(), Some(6), "{}", stderr(&copy));
+    assert_eq!(daemon.wfrun(&["cancel", &sleeping]).status.code(), Some(0));
+
     // A workflow's [capabilities] outputs = true: exec without --outputs.
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("workflow.toml");

@@ -279,12 +279,10 @@ fn a_client_profile_names_the_daemon_and_flags_override_it() {
     )
     .unwrap();
     let with_config = |args: &[&str], extra: &[(&str, &Path)]| {
-        let mut env = vec![("WFRUN_CLIENT_CONFIG", config.as_path())];
-        env.extend_from_slice(extra);
         // A state directory with no daemon: only the profile can answer.
-        let mut all = vec!["--state-dir", dir.path().to_str().unwrap()];
-        all.extend_from_slice(args);
-        client(&all, &env)
+        let mut env = vec![("WFRUN_CLIENT_CONFIG", config.as_path()), ("WFRUN_DIR", dir.path())];
+        env.extend_from_slice(extra);
+        client(args, &env)
     };
     // The default profile answers, for control commands and the history.
     assert_eq!(with_config(&["status"], &[]).status.code(), Some(0));
@@ -304,6 +302,10 @@ fn a_client_profile_names_the_daemon_and_flags_override_it() {
     assert_eq!(with_config(&["status", "--token-file", wrong.to_str().unwrap()], &[]).status.code(), Some(6));
     // An unknown profile is a usage error.
     assert_eq!(with_config(&["status", "--profile", "nope"], &[]).status.code(), Some(2));
+    // An explicit --state-dir names a local daemon (none runs there: 1),
+    // whatever the default profile says.
+    let local = ["--state-dir", dir.path().to_str().unwrap(), "status"];
+    assert_eq!(with_config(&local, &[]).status.code(), Some(1));
 }
 
 #[test]
@@ -429,6 +431,13 @@ fn the_daemon_exposes_its_metrics_to_a_scraper_behind_its_token() {
     assert_eq!(value(r#"wfrun_job_paused{job="failing"}"#), 1.0);
     assert_eq!(value(r#"wfrun_job_paused{job="greet"}"#), 0.0);
     assert_eq!(value("wfrun_runs_in_flight"), 0.0);
+
+    // A removed job's series go with it.
+    assert_eq!(daemon.wfrun(&["jobs", "remove", "greet"]).status.code(), Some(0));
+    let (_, body) = get(port, "/metrics", Some(token));
+    let samples = parse_openmetrics(&body);
+    assert!(!samples.iter().any(|(series, _)| series.contains(r#"job="greet""#)), "{body}");
+    assert!(samples.iter().any(|(series, _)| series.contains(r#"job="failing""#)));
 }
 
 #[test]

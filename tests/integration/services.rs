@@ -160,3 +160,21 @@ fn a_run_triggered_by_hand_during_the_backoff_is_not_a_failure_of_the_service() 
     assert_eq!(service(&status, "napper")["consecutive_failures"], 0, "{status}");
     assert!(runs_of(&daemon, "napper").iter().all(|r| r.status != RunStatus::Failed));
 }
+
+#[test]
+fn resuming_a_service_paused_by_hand_starts_its_failure_count_afresh() {
+    let daemon = DaemonProcess::start(&format!(
+        "[service]\ninitial_backoff = \"500ms\"\nmax_backoff = \"2s\"\nmax_failures = 3\nfailure_window = \"1h\"\n\
+         [jobs.crashing]\nbundle = {}\ninput = '{{\"mode\": \"trap\"}}'\nalways = true\n",
+        toml_path(&guest("hostile"))
+    ));
+    // Two failures in a row; the third would come a second later.
+    let two = || service(&status(&daemon), "crashing")["consecutive_failures"] == 2;
+    assert!(wait_for(Duration::from_secs(30), two), "log:\n{}", daemon.log());
+    assert_eq!(daemon.wfrun(&["jobs", "pause", "crashing"]).status.code(), Some(0));
+    let before = runs_of(&daemon, "crashing").len();
+    assert_eq!(daemon.wfrun(&["jobs", "resume", "crashing"]).status.code(), Some(0));
+    let paused = || status(&daemon)["jobs"][0]["paused"] == true;
+    assert!(wait_for(Duration::from_secs(60), paused), "not paused again; log:\n{}", daemon.log());
+    assert_eq!(runs_of(&daemon, "crashing").len() - before, 3, "three failures after the resume, not one");
+}

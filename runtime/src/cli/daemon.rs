@@ -458,12 +458,28 @@ impl TriggerCommand {
                 Err(status) => return Ok(status),
             };
             let mut run_id = None;
-            let status = send(&endpoint, "trigger", params, false, |result| {
-                run_id = result["run_id"].as_str().map(str::to_owned);
-            })?;
+            // A refused trigger prints as without --wait (the response, with
+            // --json); an accepted one is followed to its end.
+            let response = match endpoint.call("trigger", params) {
+                Ok(response) => response,
+                Err(e) => {
+                    eprintln!("wfrun: {e}");
+                    return Ok(client_failure(&e));
+                }
+            };
+            if response.ok {
+                run_id = response.result.as_ref().and_then(|r| r["run_id"].as_str()).map(str::to_owned);
+            }
             return match run_id {
                 Some(run_id) => super::runs::wait(&endpoint, &run_id, self.json),
-                None => Ok(status),
+                None => {
+                    if self.json {
+                        println!("{}", serde_json::to_string(&response)?);
+                    }
+                    let (code, message) = response.error.map(|e| (e.code, e.message)).unwrap_or_default();
+                    eprintln!("wfrun: {code}: {}", printable(&message));
+                    Ok(ExitStatus::Invalid)
+                }
             };
         }
         request(global, &self.target, "trigger", params, self.json, |result| match result["run_ids"].as_array() {

@@ -31,10 +31,13 @@ client (an agent's host) starts it as a subprocess, for example:
 
   {\"command\": \"wfrun\", \"args\": [\"mcp\", \"--\", \"--memory\", \"64MiB\", \"--timeout\", \"10s\"]}
 
-The control tools need a running daemon (the local one, or --remote/--profile).
-The exec tool runs bundles with only the exec flags given after `--`: the
-agent cannot ask for more (no directories, hosts, environment or larger limits
-than those). Give --no-exec to offer no exec tool at all.";
+The control tools need a running daemon (the local one, or --remote/--profile)
+and act with the same authority as the CLI on this machine: jobs_add can add
+any job `wfrun jobs add` could, under the daemon's own policy. Give
+--read-only to offer only the tools that read. The exec tool runs bundles
+with only the exec flags given after `--`: the agent cannot ask for more (no
+directories, hosts, environment or larger limits than those). Give --no-exec
+to offer no exec tool at all.";
 
 /// Serve the control plane (and exec) to an agent over MCP on stdio.
 #[derive(Debug, Args)]
@@ -43,6 +46,10 @@ pub struct McpCommand {
     /// Offer no `exec` tool.
     #[arg(long)]
     no_exec: bool,
+    /// Offer only the tools that read (status, runs, jobs_list): no
+    /// jobs_add, jobs_pause, jobs_resume, trigger, cancel or exec.
+    #[arg(long)]
+    read_only: bool,
     #[command(flatten)]
     target: TargetArgs,
     /// The `wfrun exec` flags every exec tool call runs with (limits and
@@ -58,13 +65,15 @@ struct Server {
     state_dir: PathBuf,
     /// `None`: no exec tool.
     exec_flags: Option<Arc<Vec<String>>>,
+    /// Only the tools that read.
+    read_only: bool,
 }
 
 impl McpCommand {
     /// Serves until the client closes stdin.
     pub fn execute(self, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         // Bad exec flags fail here, not at the agent's first call.
-        let exec_flags = if self.no_exec {
+        let exec_flags = if self.no_exec || self.read_only {
             None
         } else {
             for flag in &self.exec_flags {
@@ -87,7 +96,7 @@ impl McpCommand {
             Ok(endpoint) => Arc::new(endpoint),
             Err(status) => return Ok(status),
         };
-        let server = Server { endpoint, state_dir: global.state_dir(), exec_flags };
+        let server = Server { endpoint, state_dir: global.state_dir(), exec_flags, read_only: self.read_only };
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         runtime.block_on(async move {
             let service = server.serve(rmcp::transport::stdio()).await?;
@@ -110,7 +119,10 @@ fn schema(properties: Value, required: &[&str]) -> Map<String, Value> {
     schema.as_object().cloned().expect("an object")
 }
 
-fn tools(exec: bool) -> Vec<Tool> {
+/// The tools that only read.
+const READING: [&str; 5] = ["status", "runs_list", "runs_show", "runs_logs", "jobs_list"];
+
+fn tools(exec: bool, read_only: bool) -> Vec<Tool> {
     let run_id = json!({ "run_id": { "type": "string", "description": "A run id" } });
     let name = json!({ "name": { "type": "string", "description": "The job's name" } });
     let mut tools = vec![
@@ -152,13 +164,17 @@ fn tools(exec: bool) -> Vec<Tool> {
                 json!({
                     "name": { "type": "string" },
                     "input": { "type": "string", "description": "Input JSON text instead of the job's own" },
-                    "wait": { "type": "boolean" }
+                    "wait": { "type": "boolean" },
+                    "wait_s": { "type": "integer", "minimum": 1, "maximum": 3600, "description": "The longest wait, in seconds (300 unless given); the run goes on past it" }
                 }),
                 &["name"],
             ),
         ),
         Tool::new("cancel", "Cancel a running run", schema(run_id, &["run_id"])),
     ];
+    if read_only {
+        tools.retain(|tool| READING.contains(&tool.name.as_ref()));
+    }
     if exec {
         tools.push(Tool::new(
             "exec",
@@ -244,7 +260,9 @@ impl Server {
                     return started;
                 }
                 let run_id = started.structured_content.as_ref().and_then(|r| r["run_id"].as_str()).unwrap_or_default();
-                match super::runs::await_end(&self.endpoint, run_id, |_, _| {}) {
+                let wait = std::time::Duration::from_secs(arg("wait_s").as_u64().unwrap_or(300).clamp(1, 3600));
+                let deadline = Some(std::time::Instant::now() + wait);
+                match super::runs::await_end(&self.endpoint, run_id, deadline, |_, _| {}) {
                     Ok(run) => {
                         let status = ExitStatus::of_ended(run.status, run.error_code, run.exit_code);
                         let mut shown = serde_json::to_value(&run).unwrap_or_default();
@@ -261,6 +279,10 @@ impl Server {
                     Err(super::runs::WaitFailure::Refused(e)) => {
                         CallToolResult::structured_error(json!({ "error": { "code": "refused", "message": e } }))
                     }
+                    Err(super::runs::WaitFailure::TimedOut(run_id)) => CallToolResult::structured_error(json!({
+                        "error": { "code": "still_running", "message": format!("run {run_id} had not ended after {wait:?}; ask runs_show later") },
+                        "run_id": run_id,
+                    })),
                 }
             }
             "exec" => self.exec(&args),
@@ -289,7 +311,8 @@ impl Server {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wfrun"));
         let mut command = std::process::Command::new(exe);
         command.arg("--state-dir").arg(&self.state_dir).arg("exec").args(flags.iter());
-        command.arg("--json").arg("--input").arg(&input).arg(&bundle);
+        // One argument, so an input starting with `-` is never read as a flag.
+        command.arg("--json").arg(format!("--input={input}")).arg(&bundle);
         let guest_args: Vec<&str> =
             args.get("args").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
         if !guest_args.is_empty() {
@@ -327,7 +350,7 @@ impl ServerHandler for Server {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools(self.exec_flags.is_some())))
+        Ok(ListToolsResult::with_all_items(tools(self.exec_flags.is_some(), self.read_only)))
     }
 
     async fn call_tool(
@@ -335,7 +358,7 @@ impl ServerHandler for Server {
         request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let tools = tools(self.exec_flags.is_some());
+        let tools = tools(self.exec_flags.is_some(), self.read_only);
         let Some(tool) = tools.iter().find(|t| t.name == request.name) else {
             return Err(bad(format!("no tool named {:?}", request.name)));
         };

@@ -137,7 +137,7 @@ impl RunsCommand {
             };
             return wait(&endpoint, run_id, *json);
         }
-        match self.target.wants_remote() {
+        match self.target.wants_remote(global) {
             Ok(true) => return self.remote(global),
             Ok(false) => {}
             Err(e) => {
@@ -212,6 +212,13 @@ impl RunsCommand {
                 };
                 match to {
                     None => print_outputs(&run.outputs, json)?,
+                    Some(_) if matches!(run.status, RunStatus::Pending | RunStatus::Running) => {
+                        eprintln!(
+                            "wfrun: invalid_input: run {run_id} is still {}; copy its outputs once it ends",
+                            run.status
+                        );
+                        return Ok(ExitStatus::Invalid);
+                    }
                     Some(to) => return copy_outputs(&store.outputs_dir(&run_id), &run.outputs, &to, json),
                 }
             }
@@ -386,6 +393,8 @@ pub(super) enum WaitFailure {
     Client(crate::daemon::control::ClientError),
     /// The daemon refused (`code: message`), e.g. no such run.
     Refused(String),
+    /// The deadline passed first; the run (this id) goes on.
+    TimedOut(String),
 }
 
 /// Waits for run `run_id` of the daemon at `endpoint` to end, following
@@ -393,6 +402,7 @@ pub(super) enum WaitFailure {
 pub(super) fn await_end(
     endpoint: &Endpoint,
     run_id: &str,
+    deadline: Option<std::time::Instant>,
     mut retried: impl FnMut(&RunRecord, &str),
 ) -> Result<RunRecord, WaitFailure> {
     let mut run_id = run_id.to_owned();
@@ -418,6 +428,9 @@ pub(super) fn await_end(
                 return Ok(run);
             }
         }
+        if deadline.is_some_and(|deadline| std::time::Instant::now() + pause > deadline) {
+            return Err(WaitFailure::TimedOut(run_id));
+        }
         std::thread::sleep(pause);
         pause = (pause * 2).min(WAIT_POLL.1);
     }
@@ -426,7 +439,7 @@ pub(super) fn await_end(
 /// Waits for run `run_id` of the daemon at `endpoint` to end, following
 /// retries, prints it, and returns the status `exec` would have.
 pub(super) fn wait(endpoint: &Endpoint, run_id: &str, json: bool) -> anyhow::Result<ExitStatus> {
-    let ended = await_end(endpoint, run_id, |run, retry| {
+    let ended = await_end(endpoint, run_id, None, |run, retry| {
         eprintln!(
             "wfrun: run {} ended {} ({}); waiting for its retry {retry}",
             run.run_id,
@@ -444,6 +457,7 @@ pub(super) fn wait(endpoint: &Endpoint, run_id: &str, json: bool) -> anyhow::Res
             eprintln!("wfrun: {}", printable(&error));
             return Ok(ExitStatus::Invalid);
         }
+        Err(WaitFailure::TimedOut(_)) => unreachable!("no deadline"),
     };
     let status = ExitStatus::of_ended(run.status, run.error_code, run.exit_code);
     if json {

@@ -7,8 +7,9 @@
 //!    (or `WFRUN_TOKEN_FILE`) and `--ca-file` (or `WFRUN_CA_FILE`);
 //! 2. `--profile NAME` (or `WFRUN_PROFILE`): that profile of the client
 //!    config file, its `token_file` and `ca_file` overridden by the flags;
-//! 3. the client config's `default_profile`, if it names one;
-//! 4. the local daemon of the state directory (`--state-dir`, `WFRUN_DIR`, …).
+//! 3. an explicit `--state-dir`: the local daemon of that directory;
+//! 4. the client config's `default_profile`, if it names one;
+//! 5. the local daemon of the state directory (`WFRUN_DIR`, …).
 //!
 //! The client config file is `WFRUN_CLIENT_CONFIG`, else
 //! `$XDG_CONFIG_HOME/wfrun/client.toml`, else `~/.config/wfrun/client.toml`;
@@ -104,9 +105,12 @@ impl TargetArgs {
     /// Whether a remote daemon is asked for by a flag, the environment or
     /// the client config (a `runs` command then reads the history there,
     /// not in the local database).
-    pub fn wants_remote(&self) -> Result<bool, TargetError> {
+    pub fn wants_remote(&self, global: &GlobalArgs) -> Result<bool, TargetError> {
         if self.remote.is_some() || self.profile.is_some() {
             return Ok(true);
+        }
+        if global.state_dir.is_some() {
+            return Ok(false);
         }
         let Some(path) = config_path() else { return Ok(false) };
         Ok(read_config(&path)?.is_some_and(|c| c.default_profile.is_some()))
@@ -122,7 +126,12 @@ impl TargetArgs {
             Some(path) => read_config(path)?,
             None => None,
         };
-        let name = self.profile.clone().or_else(|| config.as_ref().and_then(|c| c.default_profile.clone()));
+        let default = || match global.state_dir {
+            // `--state-dir` names a local daemon: the default profile waits.
+            Some(_) => None,
+            None => config.as_ref().and_then(|c| c.default_profile.clone()),
+        };
+        let name = self.profile.clone().or_else(default);
         let Some(name) = name else { return Ok(Endpoint::Local(global.state_dir())) };
         let path = path.unwrap_or_default();
         let shown = path.display().to_string();

@@ -39,6 +39,8 @@ pub struct Metrics {
     dead_letters: Gauge,
     release: Family<Labels, Gauge>,
     sync_failing: Gauge,
+    /// Jobs with labels in the families, so a removed job's go too.
+    seen: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -69,6 +71,7 @@ impl Default for Metrics {
             dead_letters: Gauge::default(),
             release: Family::default(),
             sync_failing: Gauge::default(),
+            seen: Mutex::default(),
         };
         {
             let mut r = metrics.registry.lock().unwrap();
@@ -97,6 +100,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts a run of job `job` that ended with `report`.
     pub fn ended(&self, job: &str, report: &RunReport) {
+        self.seen.lock().unwrap().insert(job.to_owned());
         let by_job: Labels = vec![("job", job.to_owned())];
         let mut by_status = by_job.clone();
         by_status.push(("status", report.status.as_str().to_owned()));
@@ -108,7 +112,28 @@ impl Metrics {
 
     /// Counts a retry of job `job`.
     pub fn retried(&self, job: &str) {
+        self.seen.lock().unwrap().insert(job.to_owned());
         self.retries.get_or_create(&vec![("job", job.to_owned())]).inc();
+    }
+
+    /// Removes the labels of jobs that are gone: the families stay as
+    /// large as the job table, however many jobs came and went.
+    fn forget_all_but(&self, jobs: &[String]) {
+        let mut seen = self.seen.lock().unwrap();
+        let gone: Vec<String> = seen.iter().filter(|job| !jobs.contains(job)).cloned().collect();
+        for job in gone {
+            let by_job: Labels = vec![("job", job.clone())];
+            for status in crate::outcome::RunStatus::ALL {
+                let mut by_status = by_job.clone();
+                by_status.push(("status", status.as_str().to_owned()));
+                self.runs.remove(&by_status);
+            }
+            self.duration.remove(&by_job);
+            self.fuel.remove(&by_job);
+            self.peak_memory.remove(&by_job);
+            self.retries.remove(&by_job);
+            seen.remove(&job);
+        }
     }
 }
 
@@ -116,9 +141,13 @@ impl Daemon {
     /// The metrics in the OpenMetrics text format, gauges read now.
     pub fn metrics_text(&self) -> Result<String, super::DaemonError> {
         let m = &self.metrics;
+        // One scrape at a time: the gauges are refilled and encoded together.
+        let registry = m.registry.lock().unwrap();
         m.in_flight.set(self.running.lock().unwrap().len() as i64);
+        let jobs = self.jobs.all();
+        m.forget_all_but(&jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>());
         m.paused.clear();
-        for job in self.jobs.all() {
+        for job in jobs {
             m.paused.get_or_create(&vec![("job", job.name.clone())]).set(i64::from(job.paused));
         }
         if let Some(report) = self.report_status()? {
@@ -142,7 +171,7 @@ impl Daemon {
             m.sync_failing.set(i64::from(sync.last_error.is_some()));
         }
         let mut text = String::new();
-        encode(&mut text, &m.registry.lock().unwrap()).map_err(|e| super::DaemonError::Internal(e.to_string()))?;
+        encode(&mut text, &registry).map_err(|e| super::DaemonError::Internal(e.to_string()))?;
         Ok(text)
     }
 }

@@ -210,15 +210,25 @@ async fn keep(daemon: Arc<Daemon>, name: String, spec: JobSpec) {
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + LOOK)).await;
         }
     }
+    // Paused, removed, replaced or stopping: the next keeper (after a
+    // resume, say) starts with a clean count.
     edit(&mut |k| {
         k.alive = false;
         k.next_start = None;
+        k.failures.clear();
     });
     // A resumed or replaced service gets its next keeper without waiting.
     daemon.services_changed.notify_one();
 }
 
 impl Daemon {
+    /// Clears service `name`'s failures in a row (it was resumed).
+    pub(super) fn forget_service_failures(&self, name: &str) {
+        if let Some(keeping) = self.services.lock().unwrap().get_mut(name) {
+            keeping.failures.clear();
+        }
+    }
+
     /// The services and what each is doing.
     pub fn services_status(&self) -> Vec<ServiceStatus> {
         let services = self.services.lock().unwrap();

@@ -368,6 +368,10 @@ impl Daemon {
         if !self.jobs.set_paused(name, paused, reason)? {
             return Err(DaemonError::JobNotFound { name: name.to_owned() });
         }
+        if !paused {
+            // A resumed service starts counting failures afresh.
+            self.forget_service_failures(name);
+        }
         self.schedule_changed.notify_one();
         self.services_changed.notify_one();
         Ok(())

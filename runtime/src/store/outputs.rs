@@ -42,13 +42,23 @@ pub fn usage(dir: &Path, max_entries: u64) -> Usage {
     usage
 }
 
-/// The regular files under `dir`, sorted by path.
+/// The most entries [`list`] walks: the outputs cap bounds a run's, and
+/// this bounds the walk whatever is there.
+const MAX_LISTED: usize = 1_000_000;
+
+/// The regular files under `dir`, sorted by path. Links are neither
+/// followed nor listed.
 pub fn list(dir: &Path) -> Vec<OutputFile> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut walked = 0;
     while let Some(current) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&current) else { continue };
         for entry in entries.flatten() {
+            walked += 1;
+            if walked > MAX_LISTED {
+                break;
+            }
             let path = entry.path();
             let Ok(meta) = path.symlink_metadata() else { continue };
             if meta.is_dir() {

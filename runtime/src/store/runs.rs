@@ -330,7 +330,11 @@ impl Store {
     /// One run with its transitions, node records and outputs.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         let mut run = self.read(|conn| load_run(conn, run_id))?;
-        if let Some(run) = &mut run {
+        // Only an ended run's: a running guest may still be changing them
+        // (swapping a directory for a link while it is walked).
+        if let Some(run) = &mut run
+            && !matches!(run.status, RunStatus::Pending | RunStatus::Running)
+        {
             run.outputs = self.outputs(run_id);
         }
         Ok(run)

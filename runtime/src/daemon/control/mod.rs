@@ -184,10 +184,14 @@ fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Value, DaemonError> 
         }
         "runs.show" => {
             let RunId { run_id } = params(method, request.params)?;
+            // Asked before the record is read: a supervisor links a retry
+            // (`retried_as`) before it lets the run settle, so a settled
+            // answer always comes with a record that names any retry.
+            let settled = daemon.settled(&run_id);
             match daemon.store().run(&run_id)? {
                 Some(run) => {
                     let mut shown = value(&run)?;
-                    shown["settled"] = json!(daemon.settled(&run_id));
+                    shown["settled"] = json!(settled);
                     Ok(shown)
                 }
                 None => Err(DaemonError::RunNotFound { run_id }),
