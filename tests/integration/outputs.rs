@@ -70,7 +70,12 @@ fn an_exec_runs_outputs_are_kept_with_the_run_listed_and_copied() {
 fn a_run_over_its_outputs_cap_is_stopped_failed_and_its_outputs_removed() {
     let state = tempfile::tempdir().unwrap();
     let hostile = guest("hostile");
-    for (mode, cap) in [("outputs-flood", ["--max-outputs", "4MiB"]), ("outputs-files", ["--max-output-files", "50"])] {
+    for (mode, cap) in [
+        ("outputs-flood", ["--max-outputs", "4MiB"]),
+        // Deleted while open: in no directory, still counted.
+        ("outputs-unlinked", ["--max-outputs", "4MiB"]),
+        ("outputs-files", ["--max-output-files", "50"]),
+    ] {
         let mut command = wfrun(state.path());
         let input = json!({ "mode": mode }).to_string();
         command

@@ -143,6 +143,18 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
                 file.write_all(&chunk).map_err(|e| NodeError::new("write-failed", e.to_string()))?;
             }
         }
+        "outputs-unlinked" => {
+            // Opens /outputs/hidden.bin, deletes it, and writes to it until
+            // stopped: the file is in no directory.
+            use std::io::Write;
+            let mut file =
+                std::fs::File::create("/outputs/hidden.bin").map_err(|e| NodeError::new("no-outputs", e.to_string()))?;
+            std::fs::remove_file("/outputs/hidden.bin").map_err(|e| NodeError::new("unlink-failed", e.to_string()))?;
+            let chunk = vec![b'z'; 1 << 20];
+            loop {
+                file.write_all(&chunk).map_err(|e| NodeError::new("write-failed", e.to_string()))?;
+            }
+        }
         "outputs-files" => {
             // Makes empty files in /outputs until stopped.
             let mut i: u64 = 0;
