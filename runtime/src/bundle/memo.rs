@@ -13,7 +13,7 @@
 //! does not decode is ignored.
 
 use crate::files::Identity;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const MAGIC: &[u8] = b"wfrun-digest-v1\n";
 
@@ -60,10 +60,5 @@ impl DigestMemo {
         if let Err(e) = written {
             tracing::debug!("not remembering the digest of a bundle in {}: {e}", self.dir.display());
         }
-    }
-
-    /// Where the memo lives.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }

@@ -168,6 +168,15 @@ pub struct Bundle {
     signature: Option<(SignatureRecord, usize)>,
 }
 
+/// A bundle file's bytes, capped, with its identity if it did not change
+/// while it was read.
+fn read_file(path: &Path) -> Result<(Vec<u8>, Option<crate::files::Identity>), BundleError> {
+    crate::files::read_capped_identified(path, crate::files::caps::BUNDLE).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => BundleError::Missing { path: path.to_path_buf() },
+        _ => BundleError::Read { path: path.to_path_buf(), source },
+    })
+}
+
 /// The `\0asm` magic every Wasm binary starts with.
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 /// Bytes 6..8 of the header: 0 for a core module, 1 for a component.
@@ -177,11 +186,7 @@ impl Bundle {
     /// Reads the bundle at `path`.
     pub fn read(path: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let path = path.as_ref().to_path_buf();
-        let bytes =
-            crate::files::read_capped(&path, crate::files::caps::BUNDLE).map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => BundleError::Missing { path: path.clone() },
-                _ => BundleError::Read { path: path.clone(), source },
-            })?;
+        let (bytes, _) = read_file(&path)?;
         Bundle::from_bytes(path, bytes)
     }
 
@@ -190,13 +195,7 @@ impl Bundle {
     /// (and remembering it when it was not).
     pub fn read_remembering(path: impl AsRef<Path>, memo: &memo::DigestMemo) -> Result<Bundle, BundleError> {
         let path = path.as_ref().to_path_buf();
-        let (bytes, identity) =
-            crate::files::read_capped_identified(&path, crate::files::caps::BUNDLE).map_err(|source| {
-                match source.kind() {
-                    std::io::ErrorKind::NotFound => BundleError::Missing { path: path.clone() },
-                    _ => BundleError::Read { path: path.clone(), source },
-                }
-            })?;
+        let (bytes, identity) = read_file(&path)?;
         let remembered = identity.as_ref().and_then(|identity| memo.recall(identity));
         let bundle = Bundle::from_bytes_digested(path, bytes, remembered)?;
         if let (None, Some(identity)) = (remembered, identity) {

@@ -115,13 +115,17 @@ pub(super) fn send(
     json: bool,
     show: impl FnOnce(&Value),
 ) -> anyhow::Result<ExitStatus> {
-    let response: Response = match endpoint.call(method, params) {
-        Ok(response) => response,
+    match endpoint.call(method, params) {
+        Ok(response) => answer(response, json, show),
         Err(e) => {
             eprintln!("wfrun: {e}");
-            return Ok(client_failure(&e));
+            Ok(client_failure(&e))
         }
-    };
+    }
+}
+
+/// Prints the daemon's `response` as [`send`] does, and its exit status.
+fn answer(response: Response, json: bool, show: impl FnOnce(&Value)) -> anyhow::Result<ExitStatus> {
     if json {
         println!("{}", serde_json::to_string(&response)?);
     }
@@ -457,7 +461,6 @@ impl TriggerCommand {
                 Ok(endpoint) => endpoint,
                 Err(status) => return Ok(status),
             };
-            let mut run_id = None;
             // A refused trigger prints as without --wait (the response, with
             // --json); an accepted one is followed to its end.
             let response = match endpoint.call("trigger", params) {
@@ -467,19 +470,10 @@ impl TriggerCommand {
                     return Ok(client_failure(&e));
                 }
             };
-            if response.ok {
-                run_id = response.result.as_ref().and_then(|r| r["run_id"].as_str()).map(str::to_owned);
-            }
-            return match run_id {
+            let run_id = response.result.as_ref().filter(|_| response.ok).and_then(|r| r["run_id"].as_str());
+            return match run_id.map(str::to_owned) {
                 Some(run_id) => super::runs::wait(&endpoint, &run_id, self.json),
-                None => {
-                    if self.json {
-                        println!("{}", serde_json::to_string(&response)?);
-                    }
-                    let (code, message) = response.error.map(|e| (e.code, e.message)).unwrap_or_default();
-                    eprintln!("wfrun: {code}: {}", printable(&message));
-                    Ok(ExitStatus::Invalid)
-                }
+                None => answer(response, self.json, |_| {}),
             };
         }
         request(global, &self.target, "trigger", params, self.json, |result| match result["run_ids"].as_array() {

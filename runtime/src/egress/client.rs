@@ -311,22 +311,17 @@ async fn connect(addresses: &[SocketAddr], by: Instant) -> Result<TcpStream, Err
 /// webpki roots.
 pub fn tls_connector() -> tokio_rustls::TlsConnector {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
-    });
-    tokio_rustls::TlsConnector::from(config.clone())
+    tokio_rustls::TlsConnector::from(CONFIG.get_or_init(|| client_config(Vec::new())).clone())
 }
 
 /// A TLS connector that trusts the webpki roots and `extra` (a private
 /// CA's certificate, or a server's self-signed one).
 pub fn tls_connector_trusting(extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(client_config(extra))
+}
+
+/// rustls (ring) trusting the webpki roots and `extra`.
+fn client_config(extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
     roots.add_parsable_certificates(extra);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -335,7 +330,7 @@ pub fn tls_connector_trusting(extra: Vec<rustls::pki_types::CertificateDer<'stat
         .expect("ring supports the default TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    Arc::new(config)
 }
 
 /// A connection, plain or TLS.

@@ -169,9 +169,4 @@ impl Endpoint {
             Endpoint::Remote(remote) => remote.call(&Request { id: json!(1), method: method.to_owned(), params }),
         }
     }
-
-    /// Whether this is a remote daemon.
-    pub fn is_remote(&self) -> bool {
-        matches!(self, Endpoint::Remote(_))
-    }
 }
