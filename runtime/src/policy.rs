@@ -19,7 +19,7 @@
 pub use crate::workflow::{RetryError, RetryPolicy};
 
 use crate::bundle::signature::{KeyError, PublicKey, load_keys};
-use crate::bundle::{Bundle, BundleError};
+use crate::bundle::{Bundle, BundleError, Remembered};
 use crate::egress::EgressPolicy;
 use crate::limits::{LimitRequest, OverCeiling};
 use crate::manifest::StateQuota;
@@ -268,6 +268,12 @@ impl TrustPolicy {
     pub fn verify(&self, bundle: &Bundle) -> Result<Option<String>, BundleError> {
         let detached = if bundle.is_signed() { None } else { bundle.read_detached()? };
         bundle.verify(detached.as_ref(), &self.keys, self.requires_signature())
+    }
+
+    /// [`verify`](Self::verify) for a bundle known by its remembered
+    /// digest: its detached signature, if any, is checked against it.
+    pub fn verify_remembered(&self, bundle: &Remembered) -> Result<Option<String>, BundleError> {
+        bundle.verify(bundle.read_detached()?.as_ref(), &self.keys, self.requires_signature())
     }
 }
 

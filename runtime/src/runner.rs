@@ -14,7 +14,8 @@
 //! digest: a trigger of an unchanged bundle neither reads nor verifies nor
 //! loads it again, and a changed file is picked up at its next trigger.
 
-use crate::bundle::{Bundle, BundleError};
+use crate::bundle::memo::DigestMemo;
+use crate::bundle::{Bundle, BundleError, Remembered};
 use crate::outcome::{ErrorCode, GuestKind, RunReport, new_run_id};
 use crate::policy::{Policy, TrustPolicy};
 use crate::sandbox::Sandbox;
@@ -130,17 +131,40 @@ impl Runner {
 
     /// Reads the bundle at `path`, checks its signature against `trust`
     /// (before anything is compiled), and loads it.
+    ///
+    /// With an artifact cache, a plain component that is unchanged since it
+    /// was last read, and whose artifact is cached, is not read at all: its
+    /// remembered digest ([`crate::bundle::memo`]) is checked against its
+    /// detached signature, if any, and leads to the artifact.
     pub fn prepare(&self, path: &Path, trust: &TrustPolicy) -> Result<Prepared, Rejection> {
+        if let Some(remembered) = self.memo().and_then(|memo| Remembered::recall(path, &memo)) {
+            let signer =
+                trust.verify_remembered(&remembered).map_err(|e| Rejection::bundle(&e, Some(remembered.digest())))?;
+            match Workflow::load_remembered(&self.sandbox, &remembered) {
+                Some(Ok(workflow)) => {
+                    return Ok(Prepared { workflow: Arc::new(workflow), path: path.to_path_buf(), signer });
+                }
+                // A program that does not load from the cache is loaded
+                // again from the bundle, which says why it fails.
+                Some(Err(_)) | None => {}
+            }
+        }
         let bundle = self.read(path).map_err(|e| Rejection::bundle(&e, None))?;
         self.prepare_bundle(&bundle, trust)
+    }
+
+    /// The remembered bundle digests beside the artifact cache, if there is
+    /// one.
+    fn memo(&self) -> Option<DigestMemo> {
+        self.sandbox.cache_dir().map(|dir| DigestMemo::new(dir.join("digests")))
     }
 
     /// Reads the bundle at `path`; with an artifact cache, an unchanged
     /// file's digest is remembered beside it rather than computed again
     /// ([`crate::bundle::memo`]).
     pub fn read(&self, path: &Path) -> Result<Bundle, crate::bundle::BundleError> {
-        match self.sandbox.cache_dir() {
-            Some(dir) => Bundle::read_remembering(path, &crate::bundle::memo::DigestMemo::new(dir.join("digests"))),
+        match self.memo() {
+            Some(memo) => Bundle::read_remembering(path, &memo),
             None => Bundle::read(path),
         }
     }

@@ -232,3 +232,121 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) {
     file.write_all(bytes).unwrap();
     file.sync_all().unwrap();
 }
+
+/// Bytes this thread has read through `read` and friends so far
+/// (`/proc/thread-self/io`): what a call on this thread read, whatever
+/// other tests do meanwhile.
+fn bytes_read_by_this_thread() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse().unwrap()
+}
+
+/// `component` with a custom section of `size` bytes appended: the same
+/// program, another digest, a larger file.
+fn padded_to(component: &[u8], tag: u8, size: usize) -> Vec<u8> {
+    let mut bytes = component.to_vec();
+    // A custom section's id is 0; its encoding is its size and contents.
+    bytes.push(0);
+    wasm_encoder::Encode::encode(
+        &wasm_encoder::CustomSection { name: "pad".into(), data: vec![tag; size].into() },
+        &mut bytes,
+    );
+    bytes
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_unchanged_plain_bundle_whose_artifact_is_cached_is_not_read_again_and_a_rewritten_one_is() {
+    use wfrun_runtime::policy::{Policy, TrustPolicy};
+    use wfrun_runtime::runner::Runner;
+    use wfrun_runtime::workflow::Execution;
+    const SIZE: usize = 4 << 20;
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hello = std::fs::read(guest("hello")).unwrap();
+    let (first, second) = (padded_to(&hello, 1, SIZE), padded_to(&hello, 2, SIZE));
+    assert_eq!(first.len(), second.len());
+    let sha = |bytes: &[u8]| {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    };
+    let bundle = dir.path().join("hello.wasm");
+    std::fs::write(&bundle, &first).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let runner = Runner::new(std::sync::Arc::new(sandbox(&state.path().join("cache"), true)), None);
+    let trust = TrustPolicy::default();
+    let prepare = |expected: &str| {
+        let before = bytes_read_by_this_thread();
+        let prepared = runner.prepare(&bundle, &trust).unwrap();
+        assert_eq!(prepared.workflow().digest(), expected);
+        bytes_read_by_this_thread() - before
+    };
+    // Read, hashed, compiled; the digest remembered (the file is settled).
+    assert!(prepare(&sha(&first)) >= SIZE as u64);
+    // Unchanged, its artifact cached: not read. (The new artifact is
+    // hashed on its first load once settled, as the cache does.)
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let read = prepare(&sha(&first));
+    assert!(read < SIZE as u64, "read {read} bytes of a bundle it remembers");
+    // From then on, only the small memo and meta files.
+    let read = prepare(&sha(&first));
+    assert!(read < 16 * 1024, "read {read} bytes of a bundle it remembers");
+    let prepared = runner.prepare(&bundle, &trust).unwrap();
+    let report = runner
+        .run(&prepared, &Policy::default(), Execution { input: r#"{"name":"memo"}"#.into(), ..Execution::default() })
+        .await
+        .unwrap();
+    assert_eq!(report.output.unwrap().get(), r#"{"greeting":"Hello, memo!"}"#);
+
+    // The same inode and size, the old modification time put back: read
+    // and hashed again, and the new bytes are what runs.
+    let modified = std::fs::metadata(&bundle).unwrap().modified().unwrap();
+    rewrite_in_place(&bundle, &second);
+    std::fs::File::options().write(true).open(&bundle).unwrap().set_modified(modified).unwrap();
+    assert!(prepare(&sha(&second)) >= SIZE as u64);
+}
+
+#[test]
+fn a_remembered_bundles_detached_signature_is_checked_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let keys = |name: &str| {
+        let out = wfrun().args(["keygen", "--out"]).arg(dir.path().join(name)).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        (dir.path().join(name).join("wfrun.key"), dir.path().join(name).join("wfrun.pub"))
+    };
+    let ((ours, ours_pub), (theirs, _)) = (keys("ours"), keys("theirs"));
+    let bundle = dir.path().join("hello.wasm");
+    std::fs::copy(guest("hello"), &bundle).unwrap();
+    let sig = dir.path().join("hello.wasm.sig");
+    let sign = |key: &Path| {
+        let out = wfrun().arg("sign").arg(&bundle).arg("--detached").arg("--key").arg(key).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    sign(&ours);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let exec = || {
+        let out = wfrun()
+            .env("WFRUN_DIR", &state)
+            .args(["exec", "--json", "--require-signed", "--trust"])
+            .arg(&ours_pub)
+            .arg(&bundle)
+            .args(["--input", r#"{"name":"sig"}"#])
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code().unwrap(), report["error_detail"].as_str().map(str::to_owned))
+    };
+    // Run twice: the second run takes the bundle's digest from memory.
+    assert_eq!(exec(), (0, None));
+    assert_eq!(exec(), (0, None));
+    // The bundle is untouched; its signature file is what changes.
+    sign(&theirs);
+    assert_eq!(exec(), (6, Some("signature_untrusted".to_owned())));
+    std::fs::write(&sig, b"{\"not\": \"a record\"}").unwrap();
+    assert_eq!(exec(), (6, Some("signature_malformed".to_owned())));
+    std::fs::remove_file(&sig).unwrap();
+    assert_eq!(exec(), (6, Some("signature_missing".to_owned())));
+    sign(&ours);
+    assert_eq!(exec(), (0, None));
+}

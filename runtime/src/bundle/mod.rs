@@ -197,9 +197,13 @@ impl Bundle {
         let path = path.as_ref().to_path_buf();
         let (bytes, identity) = read_file(&path)?;
         let remembered = identity.as_ref().and_then(|identity| memo.recall(identity));
-        let bundle = Bundle::from_bytes_digested(path, bytes, remembered)?;
-        if let (None, Some(identity)) = (remembered, identity) {
-            memo.remember(&identity, &bundle.sha256);
+        let bundle = Bundle::from_bytes_digested(path, bytes, remembered.map(|entry| entry.sha256))?;
+        let entry =
+            memo::Entry { sha256: bundle.sha256, plain: bundle.workflow.is_none() && bundle.signature.is_none() };
+        if let Some(identity) = identity
+            && remembered != Some(entry)
+        {
+            memo.remember(&identity, &entry);
         }
         Ok(bundle)
     }
@@ -257,27 +261,19 @@ impl Bundle {
         trusted: &[PublicKey],
         required: bool,
     ) -> Result<Option<String>, BundleError> {
-        let error = |error| BundleError::Signature { path: self.path.clone(), error };
         let checked = match (&self.signature, detached) {
             (Some((record, signed_len)), _) => signature::verify(record, &self.bytes[..*signed_len], trusted),
-            (None, Some(record)) => signature::verify(record, &self.bytes, trusted),
+            (None, Some(record)) => signature::verify_digest(record, &self.sha256, trusted),
             (None, None) if required => Err(SignatureError::Missing),
             (None, None) => return Ok(None),
         };
-        checked.map(Some).map_err(error)
+        checked.map(Some).map_err(|error| BundleError::Signature { path: self.path.clone(), error })
     }
 
     /// Reads the detached signature `BUNDLE.sig` beside the bundle, if
     /// there is one.
     pub fn read_detached(&self) -> Result<Option<SignatureRecord>, BundleError> {
-        let path = signature::detached_path(&self.path);
-        match crate::files::read_capped(&path, crate::files::caps::SETTINGS) {
-            Ok(bytes) => signature::parse_record(&bytes)
-                .map(Some)
-                .map_err(|error| BundleError::Signature { path: path.clone(), error }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(BundleError::Read { path, source }),
-        }
+        read_detached(&self.path)
     }
 
     /// The path the bundle was read from.
@@ -301,6 +297,81 @@ impl Bundle {
     }
 }
 
+/// Reads the detached signature `BUNDLE.sig` beside the bundle at `bundle`,
+/// if there is one.
+fn read_detached(bundle: &Path) -> Result<Option<SignatureRecord>, BundleError> {
+    let path = signature::detached_path(bundle);
+    match crate::files::read_capped(&path, crate::files::caps::SETTINGS) {
+        Ok(bytes) => signature::parse_record(&bytes)
+            .map(Some)
+            .map_err(|error| BundleError::Signature { path: path.clone(), error }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(BundleError::Read { path, source }),
+    }
+}
+
+/// A plain component's bundle known by its file's identity, not read: its
+/// digest is remembered ([`memo`]) from when the very same file was last
+/// read and found to be a plain component without an embedded signature.
+/// That digest is all it takes to run it from a compiled artifact, so a
+/// cached `exec` of an 18 MB interpreter neither reads nor hashes it.
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    path: PathBuf,
+    sha256: [u8; 32],
+}
+
+impl Remembered {
+    /// The bundle at `path`, if `memo` remembers the file as it is now as
+    /// a plain component without an embedded signature.
+    pub fn recall(path: impl AsRef<Path>, memo: &memo::DigestMemo) -> Option<Remembered> {
+        let path = path.as_ref();
+        let metadata = std::fs::metadata(path).ok()?;
+        if !metadata.is_file() || metadata.len() > crate::files::caps::BUNDLE {
+            return None;
+        }
+        let entry = memo.recall(&crate::files::Identity::of(&metadata))?;
+        entry.plain.then(|| Remembered { path: path.to_path_buf(), sha256: entry.sha256 })
+    }
+
+    /// Checks the detached signature `BUNDLE.sig`, as [`Bundle::verify`]
+    /// does for a bundle without an embedded one.
+    pub fn verify(
+        &self,
+        detached: Option<&SignatureRecord>,
+        trusted: &[PublicKey],
+        required: bool,
+    ) -> Result<Option<String>, BundleError> {
+        let checked = match detached {
+            Some(record) => signature::verify_digest(record, &self.sha256, trusted),
+            None if required => Err(SignatureError::Missing),
+            None => return Ok(None),
+        };
+        checked.map(Some).map_err(|error| BundleError::Signature { path: self.path.clone(), error })
+    }
+
+    /// Reads the detached signature `BUNDLE.sig` beside the bundle, if
+    /// there is one.
+    pub fn read_detached(&self) -> Result<Option<SignatureRecord>, BundleError> {
+        read_detached(&self.path)
+    }
+
+    /// The path of the bundle.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The SHA-256 of the bundle's bytes.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+
+    /// `sha256:<hex>` of the bundle's bytes.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(self.sha256))
+    }
+}
+
 /// A component's top-level import and export names, read without compiling.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Interface {
@@ -311,20 +382,17 @@ pub struct Interface {
 }
 
 /// Reads `component`'s top-level imports and exports.
-pub fn interface(component: &[u8]) -> Result<Interface, wasmparser::BinaryReaderError> {
-    use wasmparser::{Parser, Payload};
+pub fn interface(component: &[u8]) -> Result<Interface, ParseError> {
+    use wasmparser::Payload;
     let mut interface = Interface::default();
-    let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(component) {
+    for payload in TopLevel::new(component) {
         match payload? {
-            Payload::ComponentSection { .. } | Payload::ModuleSection { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentImportSection(reader) if depth == 0 => {
+            Payload::ComponentImportSection(reader) => {
                 for import in reader {
                     interface.imports.push(import?.name.full_name().into_owned());
                 }
             }
-            Payload::ComponentExportSection(reader) if depth == 0 => {
+            Payload::ComponentExportSection(reader) => {
                 for export in reader {
                     interface.exports.push(export?.name.full_name().into_owned());
                 }
@@ -333,6 +401,86 @@ pub fn interface(component: &[u8]) -> Result<Interface, wasmparser::BinaryReader
         }
     }
     Ok(interface)
+}
+
+/// Why a component's top level does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// What the parser found.
+    #[error(transparent)]
+    Binary(#[from] wasmparser::BinaryReaderError),
+    /// A nested module or component claims more bytes than the file has.
+    #[error("a nested module or component at offset {offset} runs past the end of the file")]
+    Truncated {
+        /// Where the nested section starts.
+        offset: u64,
+    },
+}
+
+/// The payloads at a component's top level, in order. Nested modules and
+/// components are reported as their sections and stepped over, not parsed:
+/// their contents are the compiler's to check, and walking every function
+/// of an interpreter (18 MB for the Python hello node) to learn nothing
+/// cost a cached `exec` milliseconds.
+struct TopLevel<'a> {
+    parser: wasmparser::Parser,
+    rest: &'a [u8],
+    done: bool,
+}
+
+impl<'a> TopLevel<'a> {
+    fn new(bytes: &'a [u8]) -> TopLevel<'a> {
+        TopLevel { parser: wasmparser::Parser::new(0), rest: bytes, done: false }
+    }
+}
+
+impl<'a> Iterator for TopLevel<'a> {
+    type Item = Result<wasmparser::Payload<'a>, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use wasmparser::{Chunk, Payload};
+        if self.done {
+            return None;
+        }
+        let (consumed, payload) = match self.parser.parse(self.rest, true) {
+            Ok(Chunk::Parsed { consumed, payload }) => (consumed, payload),
+            // With `eof` set the parser never asks for more; an error
+            // ends the walk either way.
+            Ok(Chunk::NeedMoreData(_)) => {
+                self.done = true;
+                return Some(Err(ParseError::Truncated { offset: 0 }));
+            }
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e.into()));
+            }
+        };
+        // The parser has already stepped over a nested section's body; the
+        // bytes handed to it must skip it too.
+        let skip = match &payload {
+            Payload::ModuleSection { unchecked_range, .. } | Payload::ComponentSection { unchecked_range, .. } => {
+                consumed.checked_add((unchecked_range.end - unchecked_range.start) as usize)
+            }
+            Payload::End(_) => {
+                self.done = true;
+                Some(consumed)
+            }
+            _ => Some(consumed),
+        };
+        match skip.and_then(|skip| self.rest.get(skip..)) {
+            Some(rest) => self.rest = rest,
+            None => {
+                self.done = true;
+                let offset = match &payload {
+                    Payload::ModuleSection { unchecked_range, .. }
+                    | Payload::ComponentSection { unchecked_range, .. } => unchecked_range.start,
+                    _ => 0,
+                };
+                return Some(Err(ParseError::Truncated { offset }));
+            }
+        }
+        Some(Ok(payload))
+    }
 }
 
 /// What [`scan`] finds at a bundle's top level.
@@ -345,17 +493,16 @@ struct Scan {
 /// Finds the workflow section, the top-level nested components and the
 /// signature section (which must come last, once).
 fn scan(path: &Path, bytes: &[u8]) -> Result<Scan, BundleError> {
-    use wasmparser::{Parser, Payload};
+    use wasmparser::Payload;
     let invalid = |reason: String| BundleError::Invalid { path: path.to_path_buf(), reason };
     let signature_error = |error| BundleError::Signature { path: path.to_path_buf(), error };
     let mut workflow = None;
     let mut nested = Vec::new();
-    let mut depth = 0usize;
     let mut outer_interface = false;
     let mut signature: Option<(SignatureRecord, usize)> = None;
-    for payload in Parser::new(0).parse_all(bytes) {
+    for payload in TopLevel::new(bytes) {
         let payload = payload.map_err(|e| invalid(e.to_string()))?;
-        if depth == 0 && signature.is_some() && !matches!(payload, Payload::End(_)) {
+        if signature.is_some() && !matches!(payload, Payload::End(_)) {
             // Something follows the signature: a second one, or a section
             // the signature does not cover.
             let is_signature = matches!(&payload, Payload::CustomSection(s) if s.name() == SIGNATURE_SECTION);
@@ -366,7 +513,7 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<Scan, BundleError> {
             }));
         }
         match payload {
-            Payload::CustomSection(section) if depth == 0 && section.name() == SIGNATURE_SECTION => {
+            Payload::CustomSection(section) if section.name() == SIGNATURE_SECTION => {
                 let record = signature::parse_record(section.data()).map_err(signature_error)?;
                 let range = section.range();
                 // The section's header: its id byte and its LEB128 size.
@@ -374,17 +521,12 @@ fn scan(path: &Path, bytes: &[u8]) -> Result<Scan, BundleError> {
                 signature = Some((record, range.start as usize - 1 - size_len));
             }
             Payload::ComponentSection { unchecked_range, .. } => {
-                if depth == 0 {
-                    nested.push(unchecked_range.start as usize..unchecked_range.end as usize);
-                }
-                depth += 1;
+                nested.push(unchecked_range.start as usize..unchecked_range.end as usize);
             }
-            Payload::ModuleSection { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentImportSection(_) | Payload::ComponentExportSection(_) if depth == 0 => {
+            Payload::ComponentImportSection(_) | Payload::ComponentExportSection(_) => {
                 outer_interface = true;
             }
-            Payload::CustomSection(section) if depth == 0 && section.name() == WORKFLOW_SECTION => {
+            Payload::CustomSection(section) if section.name() == WORKFLOW_SECTION => {
                 if workflow.is_some() {
                     return Err(invalid(format!("more than one `{WORKFLOW_SECTION}` section")));
                 }

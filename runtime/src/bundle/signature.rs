@@ -202,8 +202,13 @@ impl SecretKey {
 
 /// The message actually signed: [`DOMAIN`] ‖ SHA-256(`signed_bytes`).
 pub fn message(signed_bytes: &[u8]) -> Vec<u8> {
+    message_of_digest(&Sha256::digest(signed_bytes).into())
+}
+
+/// [`message`] of bytes whose SHA-256 is `sha256`.
+fn message_of_digest(sha256: &[u8; 32]) -> Vec<u8> {
     let mut message = DOMAIN.to_vec();
-    message.extend_from_slice(&Sha256::digest(signed_bytes));
+    message.extend_from_slice(sha256);
     message
 }
 
@@ -239,6 +244,16 @@ pub fn parse_record(data: &[u8]) -> Result<SignatureRecord, SignatureError> {
 /// Checks `record` over `signed_bytes`, then that its key is among
 /// `trusted` (when any are given). Returns the signer's key id.
 pub fn verify(record: &SignatureRecord, signed_bytes: &[u8], trusted: &[PublicKey]) -> Result<String, SignatureError> {
+    verify_digest(record, &Sha256::digest(signed_bytes).into(), trusted)
+}
+
+/// [`verify`] given the SHA-256 of the signed bytes rather than the bytes
+/// (the signed message holds only that hash).
+pub fn verify_digest(
+    record: &SignatureRecord,
+    signed_sha256: &[u8; 32],
+    trusted: &[PublicKey],
+) -> Result<String, SignatureError> {
     let key = PublicKey::from_text(&format!("ed25519:{}", record.public_key))
         .map_err(|e| SignatureError::Malformed(format!("public_key: {e}")))?;
     if key.key_id() != record.key_id {
@@ -254,7 +269,7 @@ pub fn verify(record: &SignatureRecord, signed_bytes: &[u8], trusted: &[PublicKe
         .ok_or_else(|| SignatureError::Malformed("signature: must be 64 bytes (128 hex digits)".to_owned()))?;
     let signature = ed25519_dalek::Signature::from_bytes(&signature);
     key.0
-        .verify_strict(&message(signed_bytes), &signature)
+        .verify_strict(&message_of_digest(signed_sha256), &signature)
         .map_err(|_| SignatureError::Invalid { key_id: record.key_id.clone() })?;
     if !trusted.is_empty() && !trusted.contains(&key) {
         return Err(SignatureError::Untrusted { key_id: record.key_id.clone() });

@@ -83,7 +83,7 @@ impl InspectCommand {
     }
 }
 
-fn inspect(bundle: &Bundle) -> Result<Inspection, wasmparser::BinaryReaderError> {
+fn inspect(bundle: &Bundle) -> Result<Inspection, crate::bundle::ParseError> {
     let path = bundle.path().display().to_string();
     let stem = bundle.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let mut inspection = Inspection {

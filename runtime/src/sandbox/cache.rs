@@ -169,6 +169,15 @@ impl ArtifactCache {
         Ok((compiled, origin))
     }
 
+    /// The compiled form of the component whose SHA-256 is `digest`, if a
+    /// sound entry for it is here. An unusable entry is left for
+    /// [`load_or_compile`](Self::load_or_compile) to replace.
+    pub fn load(&self, engine: &Engine, digest: &[u8]) -> Option<Component> {
+        let (artifact, meta) = self.entry(digest);
+        self.checked(&artifact, &meta, digest)?;
+        deserialize(engine, &artifact).ok()
+    }
+
     /// Whether the entry at `artifact` and `meta` is sound for the component
     /// whose SHA-256 is `digest` and this engine: the meta file names them,
     /// and the artifact's hash holds (or its identity is the one recorded

@@ -180,6 +180,7 @@ pub struct Program {
     digest: String,
     name: String,
     origin: Origin,
+    imports: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -211,6 +212,12 @@ impl Program {
     /// Whether it was compiled now or loaded from the artifact cache.
     pub fn origin(&self) -> Origin {
         self.origin
+    }
+
+    /// The component's top-level import names, e.g.
+    /// `wasi:http/outgoing-handler@0.2.3`.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
     }
 }
 
@@ -351,8 +358,28 @@ impl Sandbox {
             Some(cache) => cache.load_or_compile(&self.engine, &digest, compile)?,
             None => (compile()?, Origin::Compiled),
         };
-        let exports: Vec<String> =
-            component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        self.program(component, origin, digest, name)
+    }
+
+    /// The program of the component whose SHA-256 is `digest`, if the
+    /// artifact cache holds it; `None` when there is no cache or no sound
+    /// entry, and the component's bytes are needed to compile it.
+    pub fn load_cached(&self, digest: [u8; 32], name: &str) -> Option<Result<Program, LoadError>> {
+        let component = self.cache.as_ref()?.load(&self.engine, &digest)?;
+        Some(self.program(component, Origin::Cached, digest, name))
+    }
+
+    /// A loaded `component` made ready to run: a node or a job, linked.
+    fn program(
+        &self,
+        component: Component,
+        origin: Origin,
+        digest: [u8; 32],
+        name: &str,
+    ) -> Result<Program, LoadError> {
+        let component_type = component.component_type();
+        let imports: Vec<String> = component_type.imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let exports: Vec<String> = component_type.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
         let is_node = exports.iter().any(|e| e == wfrun_host_api::HANDLER_EXPORT);
         let is_job = exports.iter().any(|e| e.starts_with(wfrun_host_api::COMMAND_EXPORT_PREFIX));
         if !is_node && !is_job {
@@ -369,7 +396,7 @@ impl Sandbox {
         // argv[0] of a job: the file name, as `wasmtime run` gives it.
         let file_name = name.rsplit('/').next().unwrap_or(name);
         let argv0 = if file_name.is_empty() { "guest" } else { file_name };
-        Ok(Program { pre, digest: format!("sha256:{}", hex::encode(digest)), name: argv0.to_owned(), origin })
+        Ok(Program { pre, digest: format!("sha256:{}", hex::encode(digest)), name: argv0.to_owned(), origin, imports })
     }
 
     /// Runs `program` once. Every failure the guest can cause, and every

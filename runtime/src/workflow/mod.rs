@@ -24,7 +24,7 @@ mod state;
 pub use pack::{PackError, pack};
 pub use plan::{MAIN_NODE, MAX_BACKOFF, Plan, Reference, RetryError, RetryPolicy};
 
-use crate::bundle::{Bundle, BundleError};
+use crate::bundle::{Bundle, BundleError, Remembered};
 use crate::egress::{EgressPolicy, PolicyViolation};
 use crate::limits::{Limits, OutputsLimit};
 use crate::manifest::{DefinitionError, NodeDef, StateQuota};
@@ -203,12 +203,7 @@ impl Workflow {
         let path = bundle.path().display().to_string();
         let Some(embedded) = bundle.workflow() else {
             let program = sandbox.load_digested(bundle.bytes(), bundle.sha256(), &path)?;
-            let name =
-                bundle.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "main".into());
-            let mut plan = Plan::single(name, program.kind(), program.digest().to_owned());
-            plan.imports.insert(MAIN_NODE.to_owned(), imports_of(bundle.bytes()));
-            let steps = BTreeMap::from([(MAIN_NODE.to_owned(), Step { program, def: None, config: Arc::default() })]);
-            return Ok(Workflow { bundle_path: path, digest: bundle.digest(), plan, steps });
+            return Ok(Workflow::single(bundle.path(), program));
         };
         let def = &embedded.definition;
         let mut plan = Plan::of(def).map_err(|source| LoadError::Definition {
@@ -232,8 +227,7 @@ impl Workflow {
                 }
             };
             plan.components.insert(id.clone(), program.digest().to_owned());
-            let bytes = bundle.nested_component(index).expect("checked when the bundle was read");
-            plan.imports.insert(id.clone(), imports_of(bytes));
+            plan.imports.insert(id.clone(), program.imports().to_vec());
             let step = Step {
                 program: program.clone(),
                 def: Some(node.clone()),
@@ -242,6 +236,24 @@ impl Workflow {
             steps.insert(id.clone(), step);
         }
         Ok(Workflow { bundle_path: path, digest: bundle.digest(), plan, steps })
+    }
+
+    /// Loads a plain component known by its remembered digest from the
+    /// artifact cache, without reading it; `None` if the cache does not
+    /// hold it (then the bundle must be read and loaded).
+    pub fn load_remembered(sandbox: &Sandbox, bundle: &Remembered) -> Option<Result<Workflow, LoadError>> {
+        let loaded = sandbox.load_cached(bundle.sha256(), &bundle.path().display().to_string())?;
+        Some(loaded.map(|program| Workflow::single(bundle.path(), program)).map_err(LoadError::from))
+    }
+
+    /// The one-node workflow of a plain component at `path`.
+    fn single(path: &std::path::Path, program: Program) -> Workflow {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "main".into());
+        let mut plan = Plan::single(name, program.kind(), program.digest().to_owned());
+        plan.imports.insert(MAIN_NODE.to_owned(), program.imports().to_vec());
+        let digest = program.digest().to_owned();
+        let steps = BTreeMap::from([(MAIN_NODE.to_owned(), Step { program, def: None, config: Arc::default() })]);
+        Workflow { bundle_path: path.display().to_string(), digest, plan, steps }
     }
 
     /// The workflow's name (a plain component's file stem).
@@ -805,10 +817,6 @@ fn node_record(
 }
 
 /// A component's top-level import names (it compiled, so it parses).
-fn imports_of(component: &[u8]) -> Vec<String> {
-    crate::bundle::interface(component).map(|i| i.imports).unwrap_or_default()
-}
-
 /// Whether a node run left anything for its log file.
 fn wrote_something(report: &RunReport) -> bool {
     !(report.logs.is_empty() && report.stdout.is_empty() && report.stderr.is_empty())
