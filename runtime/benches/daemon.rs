@@ -57,10 +57,15 @@ impl Daemon {
     /// Starts `wfrun daemon` on a fresh state directory `dir/name` with
     /// `jobs` (TOML tables) and `extra` config lines.
     fn start(dir: &Path, name: &str, jobs: &str, extra: &str) -> Daemon {
+        Daemon::start_binary(Path::new(env!("CARGO_BIN_EXE_wfrun")), dir, name, jobs, extra)
+    }
+
+    /// [`Daemon::start`] with another `wfrun` binary.
+    fn start_binary(wfrun: &Path, dir: &Path, name: &str, jobs: &str, extra: &str) -> Daemon {
         let state = dir.join(name);
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, format!("[daemon]\nmax_concurrent_runs = 4\n{extra}\n{jobs}")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wfrun"))
+        let child = Command::new(wfrun)
             .args(["daemon", "--config"])
             .arg(&config)
             .arg("--state-dir")
@@ -246,6 +251,27 @@ fn main() {
         percentile(&to_end, 0.5),
         percentile(&to_end, 0.99),
     );
+    // Another build of wfrun (`WFRUN_BENCH_BASELINE_BIN`, e.g. the last
+    // commit's), batches interleaved with this one's: what a change did.
+    if let Some(baseline) = std::env::var_os("WFRUN_BENCH_BASELINE_BIN") {
+        let mut other =
+            Daemon::start_binary(Path::new(&baseline), dir.path(), "baseline", &hello_job("hello", &hello), "");
+        other.batch("hello", 200);
+        let mut versus = Vec::new();
+        for _ in 0..ROUNDS {
+            let (ours, _) = daemon.batch("hello", BATCH);
+            let (theirs, _) = other.batch("hello", BATCH);
+            versus.push((ours, theirs));
+        }
+        let (ratio, min, max) = ratios(&versus);
+        println!(
+            "| this build vs {} (daemon batches as above, interleaved) | {:.0} runs/s | {:.0} runs/s | {ratio:.2}× (min {min:.2}×, max {max:.2}×) |",
+            Path::new(&baseline).display(),
+            median(&versus.iter().map(|p| p.0).collect::<Vec<_>>()),
+            median(&versus.iter().map(|p| p.1).collect::<Vec<_>>()),
+        );
+    }
+
     // One run at a time: the latency of a lone trigger.
     let mut lone = Vec::new();
     for _ in 0..200 {

@@ -204,6 +204,29 @@ async fn one_sandbox_survives_every_hostile_guest_in_turn() {
     assert_eq!(report.output.unwrap().get(), r#"{"greeting":"Hello, after the storm!"}"#);
 }
 
+/// A pooled slot is reused run after run (its pages kept resident and reset
+/// in place): no run may see what the one before it left in memory, in its
+/// data image or in pages it grew.
+#[tokio::test]
+async fn a_pooled_run_never_sees_what_the_run_before_it_left_in_memory() {
+    use wfrun_runtime::sandbox::PoolingOptions;
+    // One slot, so every run takes the memory the last one used.
+    let pooled = Sandbox::new(EngineOptions {
+        pooling: Some(PoolingOptions { concurrent_runs: 1, max_memory_bytes: 64 << 20 }),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let hostile = pooled.load(&std::fs::read(guest("hostile")).unwrap(), "hostile").unwrap();
+    // 4 MiB of grown pages: past what is kept resident, and within it.
+    for (run, pages) in [(1, 64), (2, 64), (3, 8), (4, 64)] {
+        let request = RunRequest { input: json!({"mode": "residue", "n": pages}).to_string(), ..RunRequest::default() };
+        let report = pooled.run(&hostile, &request).await;
+        assert_eq!(report.status, RunStatus::Succeeded, "run {run}: {report:?}");
+        let output: serde_json::Value = serde_json::from_str(report.output.unwrap().get()).unwrap();
+        assert_eq!(output, json!({"mark": 0, "dirty": 0}), "run {run} saw an earlier run's memory");
+    }
+}
+
 /// The pooling allocator (for long-lived hosts) changes where memories,
 /// tables and instances come from, not what a run may have: every hostile
 /// guest still ends with the limiter's own code, and the pool's slots come

@@ -340,6 +340,7 @@ impl ExecCommand {
                 max_bytes: self.max_outputs,
                 max_files: self.max_output_files,
             },
+            slot: None,
         })
     }
 

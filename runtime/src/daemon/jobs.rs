@@ -226,23 +226,23 @@ impl JobTable {
         Ok(changed)
     }
 
-    /// Records how a run of job `name` ended; returns its consecutive failures.
+    /// Notes how a run of job `name` ended; returns its consecutive
+    /// failures. The job's row took the same note in the write that
+    /// recorded the run's end.
     pub fn record_run(
         &self,
         name: &str,
         run_id: &str,
         status: RunStatus,
         code: Option<crate::outcome::ErrorCode>,
-    ) -> Result<u32, StoreError> {
+    ) -> u32 {
         let mut jobs = self.lock();
-        let failures = self.store.record_job_run(name, run_id, status, code)?;
-        if let Some(job) = jobs.get_mut(name) {
-            job.last_run_at = Some(crate::store::now());
-            job.last_run_id = Some(run_id.to_owned());
-            job.last_status = Some(status);
-            job.consecutive_failures = failures;
-        }
-        Ok(failures)
+        let Some(job) = jobs.get_mut(name) else { return 0 };
+        job.last_run_at = Some(crate::store::now());
+        job.last_run_id = Some(run_id.to_owned());
+        job.last_status = Some(status);
+        job.consecutive_failures = crate::store::jobs::failures_after(job.consecutive_failures, status, code);
+        job.consecutive_failures
     }
 }
 

@@ -18,7 +18,7 @@ use crate::manifest::JobSpec;
 use crate::outcome::{ErrorCode, RunReport, RunStatus, new_run_id};
 use crate::policy::Policy;
 use crate::runner::ProgramCache;
-use crate::workflow::Execution;
+use crate::workflow::{Execution, Slot};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -171,7 +171,7 @@ impl Daemon {
         let mut settling = Settling { daemon: self, run_id: run_id.clone() };
         for attempt in 1..=retry.max_attempts {
             let report = {
-                let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
+                let slot = Slot::acquire(&self.slots).await;
                 // A retry does not start once the daemon is stopping, nor
                 // for a job paused or removed while it waited.
                 // A release job replaced by another release is not retried.
@@ -189,7 +189,7 @@ impl Daemon {
                 }
                 // Boxed: a run waiting for its slot holds only this task's
                 // small state, not the whole run's future.
-                let tried = Box::pin(self.run_once(name, &spec, input.clone(), &run_id, cancel.clone())).await;
+                let tried = Box::pin(self.run_once(name, &spec, input.clone(), &run_id, cancel.clone(), slot)).await;
                 if tried.recorded {
                     unfinished.done();
                 }
@@ -200,13 +200,7 @@ impl Daemon {
             self.metrics.ended(name, &report);
             self.reports_written();
             let from_release = self.jobs.get(name).is_some_and(|job| job.source == crate::store::JobSource::Release);
-            let failures = match self.jobs.record_run(name, &run_id, report.status, report.error_code) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!("job {name}: recording run {run_id}: {e}");
-                    0
-                }
-            };
+            let failures = self.jobs.record_run(name, &run_id, report.status, report.error_code);
             // A failure in a release's trial rolls the release back; the job
             // now runs the last known good, with a clean slate.
             if from_release && self.after_release_run(name, &spec, report.status, report.error_code) {
@@ -303,8 +297,10 @@ impl Daemon {
         input: Option<String>,
         run_id: &str,
         cancel: Arc<Notify>,
+        slot: Slot,
     ) -> Attempt {
         let execution = Execution {
+            slot: Some(slot),
             input: input.unwrap_or_else(|| spec.input.clone()),
             args: spec.args.clone(),
             cancel: Some(cancel),

@@ -8,7 +8,7 @@
 use super::{Store, StoreError, now};
 use crate::manifest::JobSpec;
 use crate::outcome::RunStatus;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 /// Where a job came from.
@@ -96,34 +96,6 @@ impl Store {
         })
     }
 
-    /// Records how a job's run ended; returns its consecutive failures (a
-    /// success clears them, a failure adds one, anything else leaves them).
-    pub fn record_job_run(
-        &self,
-        name: &str,
-        run_id: &str,
-        status: RunStatus,
-        code: Option<crate::outcome::ErrorCode>,
-    ) -> Result<u32, StoreError> {
-        let at = now();
-        // A host error is not the job's failure: it never counts.
-        let counts = code != Some(crate::outcome::ErrorCode::HostError);
-        self.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE jobs SET last_run_at = ?2, last_run_id = ?3, last_status = ?4,
-                 consecutive_failures = CASE WHEN ?4 = 'succeeded' THEN 0
-                                             WHEN ?4 = 'failed' AND ?5 THEN consecutive_failures + 1
-                                             ELSE consecutive_failures END
-                 WHERE name = ?1",
-            )?
-            .execute(params![name, at, run_id, status.as_str(), counts])?;
-            tx.prepare_cached("SELECT consecutive_failures FROM jobs WHERE name = ?1")?
-                .query_row(params![name], |r| r.get(0))
-                .optional()
-                .map(|n| n.unwrap_or(0))
-        })
-    }
-
     /// Every job, by name. Rows that no longer parse are skipped (and logged).
     pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let rows = self.read(|conn| {
@@ -184,20 +156,87 @@ impl Store {
     }
 }
 
+/// A job's consecutive failures after one of its runs ended `status` with
+/// `code`: a success clears them, a failure adds one, anything else leaves
+/// them. A host error is not the job's failure: it never counts. (The
+/// daemon keeps the count in memory by this rule; [`note_run`] keeps the
+/// job's row by the same.)
+pub fn failures_after(failures: u32, status: RunStatus, code: Option<crate::outcome::ErrorCode>) -> u32 {
+    match status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Failed if code != Some(crate::outcome::ErrorCode::HostError) => failures.saturating_add(1),
+        _ => failures,
+    }
+}
+
+/// Notes, in the write that records run `run_id`'s end, how it ended on
+/// the row of the job it belongs to (none for a run of `wfrun exec`), as
+/// [`failures_after`] counts.
+pub(super) fn note_run(
+    tx: &rusqlite::Connection,
+    run_id: &str,
+    status: RunStatus,
+    code: Option<crate::outcome::ErrorCode>,
+    at: &str,
+) -> rusqlite::Result<()> {
+    let counts = code != Some(crate::outcome::ErrorCode::HostError);
+    tx.prepare_cached(
+        "UPDATE jobs SET last_run_at = ?2, last_run_id = ?1, last_status = ?3,
+         consecutive_failures = CASE WHEN ?3 = 'succeeded' THEN 0
+                                     WHEN ?3 = 'failed' AND ?4 THEN consecutive_failures + 1
+                                     ELSE consecutive_failures END
+         WHERE name = (SELECT job FROM runs WHERE id = ?1)",
+    )?
+    .execute(params![run_id, at, status.as_str(), counts])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::ErrorCode;
+    use crate::outcome::{ErrorCode, RunReport};
+    use crate::store::NewRun;
 
     #[test]
-    fn failures_count_toward_pausing_but_the_hosts_own_errors_never_do() {
+    fn a_runs_end_counts_toward_its_jobs_pausing_but_the_hosts_own_errors_never_do() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.put_job("tick", &JobSpec::manual("x.wasm"), JobSource::Config).unwrap();
-        let failed = |code| store.record_job_run("tick", "r", RunStatus::Failed, Some(code)).unwrap();
-        assert_eq!(failed(ErrorCode::Trap), 1);
-        assert_eq!(failed(ErrorCode::InvalidBundle), 2);
-        assert_eq!(failed(ErrorCode::HostError), 2, "out of descriptors is not the job's failure");
-        assert_eq!(store.record_job_run("tick", "r", RunStatus::Succeeded, None).unwrap(), 0);
+        let mut counted = 0;
+        let ends = [
+            (RunStatus::Failed, Some(ErrorCode::Trap), 1),
+            (RunStatus::Failed, Some(ErrorCode::InvalidBundle), 2),
+            (RunStatus::Failed, Some(ErrorCode::HostError), 2),
+            (RunStatus::Cancelled, None, 2),
+            (RunStatus::Succeeded, None, 0),
+        ];
+        let run = |id: &str, job: Option<&str>| NewRun {
+            id: id.to_owned(),
+            workflow: "tick".into(),
+            version: "-".into(),
+            bundle_path: "x.wasm".into(),
+            bundle_digest: String::new(),
+            kind: None,
+            job: job.map(str::to_owned),
+        };
+        for (i, (status, code, expected)) in ends.into_iter().enumerate() {
+            let run = run(&format!("run-{i}"), Some("tick"));
+            let report = RunReport {
+                run_id: run.id.clone(),
+                status,
+                error_code: code,
+                ..RunReport::rejected(ErrorCode::Trap, String::new())
+            };
+            store.record_rejected(&run, &report).unwrap();
+            counted = failures_after(counted, status, code);
+            let job = store.job("tick").unwrap().unwrap();
+            assert_eq!((job.consecutive_failures, counted), (expected, expected), "after {status:?} {code:?}");
+            assert_eq!((job.last_run_id.as_deref(), job.last_status), (Some(run.id.as_str()), Some(status)));
+        }
+        // A run of no job (`wfrun exec`) touches no job.
+        let run = run("exec", None);
+        let report = RunReport { run_id: run.id.clone(), ..RunReport::rejected(ErrorCode::Trap, String::new()) };
+        store.record_rejected(&run, &report).unwrap();
+        assert_eq!(store.job("tick").unwrap().unwrap().last_run_id.as_deref(), Some("run-4"));
     }
 }

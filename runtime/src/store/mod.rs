@@ -22,11 +22,13 @@
 //! # Group commit
 //!
 //! Every write is acknowledged only once committed, but writers of one
-//! process share commits: a write runs in its own savepoint inside the open
-//! transaction, and the writer commits unless others are already waiting
-//! for the connection, in which case the last of them commits for all (at
-//! most 256 writes a group). A write that fails undoes only itself; a
-//! commit that fails fails every write of its group. A group holding a
+//! process share commits: a write joins the open transaction (each one
+//! after the group's first in a savepoint of its own), and the writer
+//! commits unless others are already waiting for the connection, in which
+//! case the last of them commits for all (at most 256 writes a group). A
+//! write that fails undoes only itself (a failing first write rolls back
+//! its group, which holds nothing else); a commit that fails fails every
+//! write of its group. A group holding a
 //! durable write (release transitions, runs with their reports) commits
 //! with `synchronous = FULL`.
 
@@ -44,7 +46,7 @@ pub use outbox::{OutboxLimits, OutboxStatus, Queued, Report, Reporter};
 pub use outputs::OutputFile;
 pub use releases::{ReleaseEvent, ReleaseRecord, ReleaseState, TransitionError};
 pub use retention::{Pruned, Retention};
-pub use runs::{NewRun, RunRecord};
+pub use runs::{NewRun, RunEnd, RunRecord};
 pub use state::StateWrites;
 
 use rusqlite::Connection;
@@ -121,6 +123,8 @@ pub struct Store {
     /// Writers waiting for the connection.
     arriving: AtomicUsize,
     reporter: std::sync::OnceLock<outbox::Reporter>,
+    /// The run-end writer's queue, once started (`None`: it could not be).
+    end_writer: std::sync::OnceLock<Option<Mutex<std::sync::mpsc::Sender<runs::WaitingEnd>>>>,
 }
 
 /// The database's file name in the state directory.
@@ -155,9 +159,17 @@ impl Store {
         enable_wal(&conn).map_err(sqlite)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite)?;
+        // Each write of a group keeps, in its savepoint's journal, the pages
+        // it changes: in memory, not spilled to a temporary file once a
+        // group's journal passes 64 KiB.
+        conn.pragma_update(None, "temp_store", "MEMORY").map_err(sqlite)?;
         // The hot writes (a run's start and end, its transitions) reuse
-        // their prepared statements.
+        // their prepared statements, and keep their plans whatever values
+        // are bound: without the query planner stability guarantee, a
+        // statement whose plan might depend on a bound value is compiled
+        // again at every new binding (a tenth of the daemon's CPU).
         conn.set_prepared_statement_cache_capacity(64);
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(sqlite)?;
         match migrations::migrate(&conn).map_err(sqlite)? {
             migrations::Outcome::Current => {}
             migrations::Outcome::TooNew { found } => {
@@ -179,6 +191,7 @@ impl Store {
             ended: Condvar::new(),
             arriving: AtomicUsize::new(0),
             reporter: std::sync::OnceLock::new(),
+            end_writer: std::sync::OnceLock::new(),
         })
     }
 
@@ -220,6 +233,94 @@ impl Store {
         self.arriving.fetch_add(1, Ordering::SeqCst);
         let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.arriving.fetch_sub(1, Ordering::SeqCst);
+        let group = self.open_group(&mut writer, durable)?;
+        let value = match self.apply(&mut writer, f) {
+            Ok(value) => value,
+            Err(panic) => {
+                // The write undid itself; the group's others still commit.
+                if writer.open {
+                    let _ = writer.commit();
+                }
+                self.ended.notify_all();
+                drop(writer);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        if !writer.open {
+            // It failed as the group's first write: the group is over.
+            self.ended.notify_all();
+            return value;
+        }
+        if self.arriving.load(Ordering::SeqCst) > 0 && writer.writes < MAX_GROUP {
+            // A writer that is on its way commits this write with its own.
+            while writer.groups == group {
+                writer = self.ended.wait(writer).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if let Some(failure) = writer.failed.iter().find(|(g, _)| *g == group) {
+                return Err(self.commit_failed(failure.1.clone()));
+            }
+            return value;
+        }
+        let committed = writer.commit();
+        self.ended.notify_all();
+        committed.map_err(|e| self.sqlite(e))?;
+        value
+    }
+
+    /// Several writes as one or more groups (at most [`MAX_GROUP`] writes
+    /// each), committed by this thread before it returns: each write's
+    /// result, in order. As with [`Store::grouped`], a failing write undoes
+    /// only itself, and a commit that fails fails every write of its group.
+    /// For a caller that gathers writes from many tasks (the run-end writer
+    /// of a long-lived host), so that they share commits without as many
+    /// threads waiting for them.
+    fn grouped_batch<T, F>(&self, durable: bool, writes: Vec<F>) -> Vec<Result<T, StoreError>>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T>,
+    {
+        let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut results: Vec<(Option<u64>, Result<T, StoreError>)> = Vec::with_capacity(writes.len());
+        for f in writes {
+            if writer.open && writer.writes >= MAX_GROUP {
+                let _ = writer.commit();
+            }
+            let group = match self.open_group(&mut writer, durable) {
+                Ok(group) => group,
+                Err(e) => {
+                    results.push((None, Err(e)));
+                    continue;
+                }
+            };
+            let value = match self.apply(&mut writer, f) {
+                Ok(value) => value,
+                // The write undid itself (or its group, if it was the
+                // first); the others go on.
+                Err(_) => Err(self.sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                    Some("the write panicked".to_owned()),
+                ))),
+            };
+            let joined = (writer.open && value.is_ok()).then_some(group);
+            results.push((joined, value));
+        }
+        if writer.open {
+            let _ = writer.commit();
+        }
+        self.ended.notify_all();
+        let failed = writer.failed.clone();
+        drop(writer);
+        results
+            .into_iter()
+            .map(|(group, value)| match group.and_then(|g| failed.iter().find(|(f, _)| *f == g)) {
+                Some((_, failure)) => Err(self.commit_failed(failure.clone())),
+                None => value,
+            })
+            .collect()
+    }
+
+    /// Makes sure a group is open for a write (`durable`: one that must
+    /// survive power loss); its number.
+    fn open_group(&self, writer: &mut Writer, durable: bool) -> Result<u64, StoreError> {
         // SQLite fixes a commit's durability when its transaction begins: a
         // durable write does not join a group that began without it.
         if writer.open && durable && !writer.durable {
@@ -229,42 +330,42 @@ impl Store {
         if !writer.open {
             writer.begin(durable).map_err(|e| self.sqlite(e))?;
         }
-        let group = writer.groups;
+        Ok(writer.groups)
+    }
+
+    /// Runs `f` as a write of the open group: in a savepoint of its own,
+    /// except as the group's first write, which needs none (if it fails,
+    /// the group, which holds nothing else, is rolled back and ended). A
+    /// panic is handed back once the write is undone.
+    fn apply<T>(
+        &self,
+        writer: &mut Writer,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<Result<T, StoreError>, Box<dyn std::any::Any + Send>> {
+        let first = writer.writes == 0;
         let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if first {
+                return f(&writer.conn);
+            }
             let savepoint = writer.conn.savepoint()?;
             let value = f(&savepoint)?;
             savepoint.commit()?;
             Ok(value)
         }));
-        let value = match value {
-            Ok(value) => value.map_err(|e| self.sqlite(e)),
-            Err(panic) => {
-                // The write undid itself; the group's others still commit.
-                let _ = writer.commit();
-                self.ended.notify_all();
-                drop(writer);
-                std::panic::resume_unwind(panic);
-            }
-        };
-        writer.writes += 1;
-        if self.arriving.load(Ordering::SeqCst) > 0 && writer.writes < MAX_GROUP {
-            // A writer that is on its way commits this write with its own.
-            while writer.groups == group {
-                writer = self.ended.wait(writer).unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            if let Some(failure) = writer.failed.iter().find(|(g, _)| *g == group) {
-                let failure = failure.1.clone();
-                return Err(self.sqlite(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-                    Some(failure),
-                )));
-            }
-            return value;
+        if first && !matches!(value, Ok(Ok(_))) {
+            writer.rollback();
+        } else {
+            writer.writes += 1;
         }
-        let committed = writer.commit();
-        self.ended.notify_all();
-        committed.map_err(|e| self.sqlite(e))?;
-        value
+        value.map(|value| value.map_err(|e| self.sqlite(e)))
+    }
+
+    /// The error of a write whose group's commit failed with `failure`.
+    fn commit_failed(&self, failure: String) -> StoreError {
+        self.sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some(failure),
+        ))
     }
 
     /// Runs `f` on the connection, for reads.
@@ -310,6 +411,20 @@ impl Writer {
         self.durable = durable;
         self.writes = 0;
         Ok(())
+    }
+
+    /// Rolls the open group back and ends it.
+    fn rollback(&mut self) {
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            tracing::warn!("run database: rolling back a failed write: {e}");
+        }
+        if self.durable
+            && let Err(e) = self.conn.pragma_update(None, "synchronous", "NORMAL")
+        {
+            tracing::warn!("run database: restoring synchronous = NORMAL: {e}");
+        }
+        self.open = false;
+        self.groups += 1;
     }
 
     /// Commits the open group, or rolls it back if the commit fails, and
@@ -399,5 +514,71 @@ mod tests {
         // The failed writes are those whose key ends in 0.
         let failed: i64 = other.query_row("SELECT COUNT(*) FROM state WHERE key LIKE '%0'", [], |r| r.get(0)).unwrap();
         assert_eq!(failed, 0, "no failed write left a row");
+    }
+
+    #[test]
+    fn the_ends_of_many_runs_share_commits_through_the_run_end_writer_and_a_conflict_fails_only_its_run() {
+        use crate::outcome::{ErrorCode, RunReport, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        const RUNS: usize = 200;
+        let ids: Vec<String> = (0..RUNS).map(|i| format!("run-{i:03}")).collect();
+        store.accept_runs(&ids, "job", "x.wasm").unwrap();
+        // Run 7 read a state key that has changed since.
+        store.write(|tx| tx.execute("INSERT INTO state VALUES ('w', 'k', x'02')", []).map(|_| ())).unwrap();
+        let groups_before = store.writer.lock().unwrap().groups;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        let results: Vec<(String, Result<(), StoreError>)> = runtime.block_on(async {
+            let tasks: Vec<_> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let store = store.clone();
+                    let conflicted = i == 7;
+                    let end = RunEnd {
+                        workflow: "w".into(),
+                        report: RunReport {
+                            run_id: id.clone(),
+                            status: RunStatus::Succeeded,
+                            error_code: None,
+                            ..RunReport::rejected(ErrorCode::Trap, String::new())
+                        },
+                        state: if conflicted { [("k".to_owned(), Some(vec![3]))].into() } else { StateWrites::new() },
+                        reads: if conflicted { [("k".to_owned(), Some(vec![1]))].into() } else { StateWrites::new() },
+                        unbegun: None,
+                        logs: vec![("main".into(), format!("log of {id}"))],
+                    };
+                    tokio::spawn(async move {
+                        let (end, result) = store.finish_run_shared(end).await;
+                        (end.report.run_id, result)
+                    })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await.unwrap());
+            }
+            results
+        });
+        for (id, result) in &results {
+            if id == "run-007" {
+                assert!(matches!(result, Err(StoreError::StateConflict { key, .. }) if key == "k"), "{result:?}");
+            } else {
+                assert!(result.is_ok(), "{id}: {result:?}");
+            }
+        }
+        // Acknowledged means committed: another connection reads them all.
+        let other = Connection::open(dir.path().join(DB_NAME)).unwrap();
+        let count = |sql: &str| -> i64 { other.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT COUNT(*) FROM runs WHERE status = 'succeeded'"), RUNS as i64 - 1);
+        assert_eq!(count("SELECT COUNT(*) FROM run_logs"), RUNS as i64 - 1);
+        assert_eq!(count("SELECT COUNT(*) FROM runs WHERE id = 'run-007' AND status = 'pending'"), 1);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM state WHERE CAST(value AS BLOB) = x'02'"),
+            1,
+            "the conflict wrote nothing"
+        );
+        let groups = store.writer.lock().unwrap().groups - groups_before;
+        assert!(groups < RUNS as u64, "{RUNS} run ends took {groups} commits");
     }
 }

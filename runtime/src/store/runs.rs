@@ -16,10 +16,91 @@ use crate::outcome::{ErrorCode, GuestKind, NodeRecord, PolicyViolation, RunRepor
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The largest node log kept in the database with its run; a larger one is
 /// a file in the run's log directory.
 pub const INLINE_LOG_MAX: usize = 64 * 1024;
+
+/// How a run ended, for [`Store::finish_run`]: its report, and what is
+/// recorded with it.
+#[derive(Debug)]
+pub struct RunEnd {
+    /// The workflow's name (its state's scope).
+    pub workflow: String,
+    /// The run's report.
+    pub report: RunReport,
+    /// The state writes of a run that succeeded.
+    pub state: StateWrites,
+    /// Each state key the run read, with the value it saw.
+    pub reads: StateWrites,
+    /// The run and the time it started, if [`Store::begin_run`] has not
+    /// recorded its start.
+    pub unbegun: Option<(NewRun, String)>,
+    /// Node logs kept in the database, as (node, text).
+    pub logs: Vec<(String, String)>,
+}
+
+/// A run end waiting for the run-end writer, and where its answer goes.
+pub(super) type WaitingEnd = (RunEnd, tokio::sync::oneshot::Sender<(RunEnd, Result<(), StoreError>)>);
+
+/// The run-end writer's loop: every end waiting (up to a group's worth) is
+/// recorded together, and each answered. Ends when the store is dropped.
+fn end_writer(store: &std::sync::Weak<Store>, ends: &std::sync::mpsc::Receiver<WaitingEnd>) {
+    while let Ok(first) = ends.recv() {
+        let mut batch = vec![first];
+        while batch.len() < super::MAX_GROUP as usize
+            && let Ok(next) = ends.try_recv()
+        {
+            batch.push(next);
+        }
+        let Some(store) = store.upgrade() else { return };
+        let (ends_now, answers): (Vec<RunEnd>, Vec<_>) = batch.into_iter().unzip();
+        let results = store.finish_runs(&ends_now);
+        for ((end, answer), result) in ends_now.into_iter().zip(answers).zip(results) {
+            // A task that stopped waiting still has its run recorded.
+            let _ = answer.send((end, result));
+        }
+    }
+}
+
+/// Writes `end` in the open transaction at time `at`; a state key it read
+/// that changed since is put in `conflict` (and nothing is written).
+fn finish_in(
+    tx: &Connection,
+    end: &RunEnd,
+    at: &str,
+    conflict: &std::cell::RefCell<Option<String>>,
+) -> rusqlite::Result<()> {
+    let RunEnd { workflow, report, state, reads, unbegun, logs } = end;
+    if report.status == RunStatus::Succeeded && !state.is_empty() {
+        for (key, seen) in reads {
+            let now: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT CAST(value AS BLOB) FROM state WHERE workflow = ?1 AND key = ?2",
+                    params![workflow, key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if &now != seen {
+                *conflict.borrow_mut() = Some(key.clone());
+                return Err(rusqlite::Error::QueryReturnedNoRows);
+            }
+        }
+    }
+    if let Some((run, started)) = unbegun {
+        insert_run(tx, run, started)?;
+    }
+    update_finished(tx, report, at)?;
+    let mut log = tx.prepare_cached("INSERT OR REPLACE INTO run_logs VALUES (?1, ?2, ?3)")?;
+    for (node, text) in logs {
+        log.execute(params![report.run_id, node, text])?;
+    }
+    if report.status == RunStatus::Succeeded {
+        super::state::apply(tx, workflow, state)?;
+    }
+    Ok(())
+}
 
 /// What is known when a run starts.
 #[derive(Debug, Clone)]
@@ -189,53 +270,75 @@ impl Store {
     /// [`Store::begin_run`] has not recorded: its start is written with its
     /// end. `logs` are node logs small enough to keep in the database
     /// ([`INLINE_LOG_MAX`]), as (node, text).
-    pub fn finish_run(
-        &self,
-        workflow: &str,
-        report: &RunReport,
-        state: &StateWrites,
-        reads: &StateWrites,
-        unbegun: Option<(&NewRun, &str)>,
-        logs: &[(String, String)],
-    ) -> Result<(), StoreError> {
-        let at = now();
-        let conflict = std::cell::RefCell::new(None);
-        let result = self.write_run(|tx| {
-            if report.status == RunStatus::Succeeded && !state.is_empty() {
-                for (key, seen) in reads {
-                    let now: Option<Vec<u8>> = tx
-                        .query_row(
-                            "SELECT CAST(value AS BLOB) FROM state WHERE workflow = ?1 AND key = ?2",
-                            params![workflow, key],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    if &now != seen {
-                        *conflict.borrow_mut() = Some(key.clone());
-                        return Err(rusqlite::Error::QueryReturnedNoRows);
-                    }
-                }
-            }
-            if let Some((run, started)) = unbegun {
-                insert_run(tx, run, started)?;
-            }
-            update_finished(tx, report, &at)?;
-            let mut log = tx.prepare_cached("INSERT OR REPLACE INTO run_logs VALUES (?1, ?2, ?3)")?;
-            for (node, text) in logs {
-                log.execute(params![report.run_id, node, text])?;
-            }
-            if report.status == RunStatus::Succeeded {
-                super::state::apply(tx, workflow, state)?;
-            }
-            Ok(vec![report.run_id.clone()])
-        });
-        if let Some(key) = conflict.into_inner() {
-            return Err(StoreError::StateConflict { workflow: workflow.to_owned(), key });
-        }
-        result?;
-        Ok(())
+    pub fn finish_run(&self, end: &RunEnd) -> Result<(), StoreError> {
+        self.finish_runs(std::slice::from_ref(end)).remove(0)
     }
 
+    /// [`Store::finish_run`] for several runs at once, sharing commits:
+    /// each one's result, in order. One run's failure (a state conflict)
+    /// leaves the others' records whole.
+    pub fn finish_runs(&self, ends: &[RunEnd]) -> Vec<Result<(), StoreError>> {
+        let at = now();
+        let reporter = self.reporter();
+        let conflicts: Vec<std::cell::RefCell<Option<String>>> = ends.iter().map(|_| Default::default()).collect();
+        let writes: Vec<_> = ends
+            .iter()
+            .zip(&conflicts)
+            .map(|(end, conflict)| {
+                let at = at.as_str();
+                move |tx: &Connection| {
+                    finish_in(tx, end, at, conflict)?;
+                    // With reporting on, the run's report is queued in the
+                    // same write, and the write is durable.
+                    if let Some(reporter) = reporter {
+                        reporter.enqueue_run(tx, &end.report.run_id)?;
+                        reporter.enqueue_release_events(tx)?;
+                    }
+                    Ok(())
+                }
+            })
+            .collect();
+        let results = self.grouped_batch(reporter.is_some(), writes);
+        results
+            .into_iter()
+            .zip(ends.iter().zip(conflicts))
+            .map(|(result, (end, conflict))| match conflict.into_inner() {
+                Some(key) => Err(StoreError::StateConflict { workflow: end.workflow.clone(), key }),
+                None => result,
+            })
+            .collect()
+    }
+
+    /// [`Store::finish_run`] by this store's run-end writer, a thread of
+    /// its own (started with the first call) that takes every run end
+    /// waiting and records them together ([`Store::finish_runs`]): the
+    /// ends of many runs share a commit, and the tasks waiting for it hold
+    /// no thread. Gives `end` back with the result once it is committed.
+    pub async fn finish_run_shared(self: &Arc<Self>, end: RunEnd) -> (RunEnd, Result<(), StoreError>) {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let queue = self.end_writer.get_or_init(|| {
+            let (queue, ends) = std::sync::mpsc::channel();
+            let store = Arc::downgrade(self);
+            let started =
+                std::thread::Builder::new().name("wfrun-records".into()).spawn(move || end_writer(&store, &ends));
+            started.ok().map(|_| std::sync::Mutex::new(queue))
+        });
+        let sent = match queue {
+            Some(queue) => queue.lock().unwrap_or_else(|p| p.into_inner()).send((end, answer)).map_err(|e| e.0),
+            None => Err((end, answer)),
+        };
+        match sent {
+            Ok(()) => match answered.await {
+                Ok(done) => done,
+                Err(_) => unreachable!("the run-end writer answers every end it takes"),
+            },
+            // No writer thread: record it here.
+            Err((end, _)) => {
+                let result = self.finish_run(&end);
+                (end, result)
+            }
+        }
+    }
     /// Records a run that was refused before its guest started (a bundle
     /// that does not read, verify, load or pass the policy; unusable input):
     /// begun and finished in one transaction.
@@ -435,6 +538,7 @@ fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::R
         (!report.metrics.is_empty()).then(|| serde_json::to_string(&report.metrics).expect("metrics serialise")),
     ])?;
     add_transition(tx, run_id, report.status, at)?;
+    super::jobs::note_run(tx, run_id, report.status, report.error_code, at)?;
     for (seq, node) in report.nodes.iter().enumerate() {
         let record = serde_json::to_string(node).expect("node records serialise");
         tx.prepare_cached("INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)")?
@@ -526,13 +630,19 @@ fn boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned())
 }
 
-/// This process as a run's owner: `BOOT_ID/START_TIME`.
-fn owner_token() -> Option<String> {
-    let boot = boot_id()?;
-    Some(match process_start_time(std::process::id()) {
-        Some(started) => format!("{boot}/{started}"),
-        None => boot,
-    })
+/// This process as a run's owner: `BOOT_ID/START_TIME`. Read once: neither
+/// changes while the process lives, and every run's record carries it.
+fn owner_token() -> Option<&'static str> {
+    static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            let boot = boot_id()?;
+            Some(match process_start_time(std::process::id()) {
+                Some(started) => format!("{boot}/{started}"),
+                None => boot,
+            })
+        })
+        .as_deref()
 }
 
 /// When process `pid` started, in clock ticks since boot (field 22 of

@@ -32,7 +32,7 @@ use crate::outcome::{ErrorCode, GuestKind, NodeRecord, NodeStatus, RunReport, Ru
 use crate::sandbox::{
     Echo, Grants, LoadError as ProgramError, NodeServices, Program, RunRequest, Sandbox, StateAccess,
 };
-use crate::store::{NewRun, StateWrites, Store, StoreError, now};
+use crate::store::{NewRun, RunEnd, StateWrites, Store, StoreError, now};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -133,8 +133,39 @@ impl std::fmt::Debug for Workflow {
     }
 }
 
+/// A host's run slot (the daemon's `max_concurrent_runs`): held while a
+/// run's guests run, and given back before the run's end is recorded, so a
+/// run waiting for its commit keeps no other from starting and the ends of
+/// many runs share one commit. Taken again should the run be run again (a
+/// state conflict).
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<tokio::sync::Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// Waits for one of `slots`.
+    pub async fn acquire(slots: &Arc<tokio::sync::Semaphore>) -> Slot {
+        let held = slots.clone().acquire_owned().await.ok();
+        Slot { slots: slots.clone(), held }
+    }
+
+    /// Gives the slot back.
+    fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// Takes a slot again, if it was given back.
+    async fn reacquire(&mut self) {
+        if self.held.is_none() {
+            self.held = self.slots.clone().acquire_owned().await.ok();
+        }
+    }
+}
+
 /// Everything the caller decides about one run.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Execution {
     /// The workflow input (JSON text); for a plain node, its input.
     pub input: String,
@@ -163,6 +194,8 @@ pub struct Execution {
     /// What that directory may hold; past it, the run is stopped and fails
     /// with `output_limit` (detail `outputs`).
     pub outputs_limit: OutputsLimit,
+    /// The run slot it holds while its guests run, if its host has slots.
+    pub slot: Option<Slot>,
 }
 
 impl std::fmt::Debug for Execution {
@@ -319,10 +352,14 @@ impl Workflow {
             }
             _ => None,
         };
+        let mut slot = execution.slot.take();
         // A run whose state reads were changed by another run before it
         // could commit is run again, from a fresh overlay, a few times.
         let mut conflicts = 0;
         loop {
+            if let Some(slot) = &mut slot {
+                slot.reacquire().await;
+            }
             let overlay =
                 store.map(|store| Arc::new(RunOverlay::new(store.clone(), self.plan.name.clone(), grant.quota)));
             let scope = Scope { run_id: &run_id, overlay: overlay.clone(), outputs: outputs.as_ref() };
@@ -341,14 +378,24 @@ impl Workflow {
                 }
                 _ => once.await,
             };
+            if let Some(slot) = &mut slot {
+                slot.release();
+            }
             if let Some((dir, _)) = &outputs {
                 report.outputs = crate::store::outputs::list(dir);
             }
             let Some(store) = store else { return Ok(report) };
-            let unbegun = (!begun).then_some((&new, started_at.as_str()));
-            let writes: StateWrites = overlay.as_ref().map(|o| o.take_writes()).unwrap_or_default();
-            let reads: StateWrites = overlay.as_ref().map(|o| o.take_reads()).unwrap_or_default();
-            match store.finish_run(&self.plan.name, &report, &writes, &reads, unbegun, &logs) {
+            let end = RunEnd {
+                workflow: self.plan.name.clone(),
+                report,
+                state: overlay.as_ref().map(|o| o.take_writes()).unwrap_or_default(),
+                reads: overlay.as_ref().map(|o| o.take_reads()).unwrap_or_default(),
+                unbegun: (!begun).then(|| (new.clone(), started_at.clone())),
+                logs,
+            };
+            let (end, finished) = finish(store, end).await;
+            let RunEnd { mut report, unbegun, logs, .. } = end;
+            match finished {
                 Err(StoreError::StateConflict { key, .. }) if conflicts < MAX_STATE_CONFLICTS => {
                     conflicts += 1;
                     tracing::debug!("run {run_id}: state key {key:?} changed under it; running it again");
@@ -364,15 +411,17 @@ impl Workflow {
                         "state key {key:?} was changed by other runs {} times while this run used it",
                         conflicts + 1
                     ));
-                    store.finish_run(
-                        &self.plan.name,
-                        &report,
-                        &StateWrites::new(),
-                        &StateWrites::new(),
+                    let end = RunEnd {
+                        workflow: self.plan.name.clone(),
+                        report,
+                        state: StateWrites::new(),
+                        reads: StateWrites::new(),
                         unbegun,
-                        &logs,
-                    )?;
-                    return Ok(report);
+                        logs,
+                    };
+                    let (end, finished) = finish(store, end).await;
+                    finished?;
+                    return Ok(end.report);
                 }
                 result => return result.map(|()| report),
             }
@@ -817,6 +866,21 @@ fn node_record(
 }
 
 /// A component's top-level import names (it compiled, so it parses).
+/// Records `end` and waits for its commit without holding up other tasks:
+/// on a multi-threaded runtime (the daemon, a workflow) through the store's
+/// run-end writer, where the ends of runs finishing together share a
+/// commit; on a current-thread runtime (`wfrun exec` of one component),
+/// where nothing else waits, here.
+async fn finish(store: &Arc<Store>, end: RunEnd) -> (RunEnd, Result<(), StoreError>) {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => store.finish_run_shared(end).await,
+        _ => {
+            let finished = store.finish_run(&end);
+            (end, finished)
+        }
+    }
+}
+
 /// Whether a node run left anything for its log file.
 fn wrote_something(report: &RunReport) -> bool {
     !(report.logs.is_empty() && report.stdout.is_empty() && report.stderr.is_empty())

@@ -11,6 +11,42 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + frame[3]
 }
 
+/// What an earlier run left behind in this instance's memory, then leaves
+/// marks of its own for the next: a static's value (in the data image) and
+/// the count of non-zero words in `n` pages grown past the heap (fresh
+/// memory, which must read as zero). A host that reuses memory between runs
+/// (the pooling allocator) must hand every run a memory that shows neither.
+#[cfg(target_arch = "wasm32")]
+fn residue(n: u64) -> Value {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MARK: AtomicU64 = AtomicU64::new(0);
+    let seen = MARK.swap(0x5EC2_E7ED, Ordering::SeqCst);
+    let pages = n.max(1) as usize;
+    let base = core::arch::wasm32::memory_grow(0, pages);
+    if base == usize::MAX {
+        return json!({"mark": seen, "dirty": null});
+    }
+    // Pages no allocation owns: read and written only through volatile raw
+    // accesses, as a guest probing its memory would.
+    let words = base * 65536 / 8;
+    let mut dirty = 0u64;
+    for i in 0..pages * 65536 / 8 {
+        let word = (8 * (words + i)) as *mut u64;
+        unsafe {
+            if word.read_volatile() != 0 {
+                dirty += 1;
+            }
+            word.write_volatile(0x5EC2_E7ED_5EC2_E7ED);
+        }
+    }
+    json!({"mark": seen, "dirty": dirty})
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn residue(_: u64) -> Value {
+    json!({"mark": 0, "dirty": 0})
+}
+
 /// `"allowed"`, or `"denied: <io::ErrorKind>"` so tests can match the kind.
 fn attempt<T>(r: std::io::Result<T>) -> Value {
     match r {
@@ -95,6 +131,7 @@ fn hostile(input: Value) -> Result<Value, NodeError> {
             Ok(json!({"napped_ms": n}))
         }
         "secret" => Ok(json!({"secret": format!("{:?}", config::secret("TOKEN"))})),
+        "residue" => Ok(residue(n)),
         "metrics" => {
             // Records metrics, then tries each refusal and says what it got.
             use wfrun_sdk::metrics::{self, MetricError};
