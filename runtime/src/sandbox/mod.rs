@@ -501,10 +501,12 @@ impl Sandbox {
 /// table-element limit.
 /// How much of a pooled linear memory is reset in place rather than given
 /// back to the kernel: with the PAGEMAP_SCAN ioctl, only the pages a run
-/// dirtied are copied back, so up to 4 MiB of them; without it, the first
-/// 64 KiB are reset whether dirtied or not.
+/// dirtied are copied back from the memory image, so the first 16 MiB
+/// (an interpreter's heap image, e.g. the Python node's 13 MiB) stay
+/// resident, and a page the next run touches again costs a copy, not a
+/// fault; without it, the first 64 KiB are reset whether dirtied or not.
 fn keep_resident() -> usize {
-    if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() { 4 << 20 } else { 64 << 10 }
+    if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() { 16 << 20 } else { 64 << 10 }
 }
 
 fn pooling_config(options: PoolingOptions) -> wasmtime::InstanceAllocationStrategy {

@@ -32,6 +32,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { what: "run_logs: small node logs kept in the database", apply: run_logs },
     Migration { what: "runs.retried_as: the run a failed run was retried as", apply: retried_as },
     Migration { what: "runs.metrics: what the guest recorded through the metrics import", apply: metrics },
+    Migration { what: "outbox_totals: the outbox's count and bytes, kept by triggers", apply: outbox_totals },
 ];
 
 /// The schema version this wfrun writes.
@@ -208,6 +209,28 @@ fn run_logs(conn: &Connection) -> rusqlite::Result<()> {
              text TEXT NOT NULL,
              PRIMARY KEY (run_id, node)
          );",
+    )
+}
+
+/// The outbox's size, kept as rows come and go, so that bounding it on each
+/// report does not count every row (it may hold a million).
+fn outbox_totals(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE outbox_totals (
+             id INTEGER PRIMARY KEY CHECK (id = 0),
+             count INTEGER NOT NULL,
+             bytes INTEGER NOT NULL
+         );
+         INSERT INTO outbox_totals SELECT 0, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox;
+         CREATE TRIGGER outbox_counted AFTER INSERT ON outbox BEGIN
+             UPDATE outbox_totals SET count = count + 1, bytes = bytes + NEW.bytes WHERE id = 0;
+         END;
+         CREATE TRIGGER outbox_uncounted AFTER DELETE ON outbox BEGIN
+             UPDATE outbox_totals SET count = count - 1, bytes = bytes - OLD.bytes WHERE id = 0;
+         END;
+         CREATE TRIGGER outbox_recounted AFTER UPDATE OF bytes ON outbox BEGIN
+             UPDATE outbox_totals SET bytes = bytes - OLD.bytes + NEW.bytes WHERE id = 0;
+         END;",
     )
 }
 

@@ -170,6 +170,10 @@ impl Store {
         // again at every new binding (a tenth of the daemon's CPU).
         conn.set_prepared_statement_cache_capacity(64);
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(sqlite)?;
+        // A short-lived process (`wfrun exec`) does not copy the WAL into
+        // the database and fsync it as it closes: what it committed is in
+        // the WAL, which the next writer's automatic checkpoints fold in.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(sqlite)?;
         match migrations::migrate(&conn).map_err(sqlite)? {
             migrations::Outcome::Current => {}
             migrations::Outcome::TooNew { found } => {

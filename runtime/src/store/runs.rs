@@ -289,10 +289,10 @@ impl Store {
                 move |tx: &Connection| {
                     finish_in(tx, end, at, conflict)?;
                     // With reporting on, the run's report is queued in the
-                    // same write, and the write is durable.
+                    // same write, and the write is durable. (Release events
+                    // get theirs in the writes that record them.)
                     if let Some(reporter) = reporter {
                         reporter.enqueue_run(tx, &end.report.run_id)?;
-                        reporter.enqueue_release_events(tx)?;
                     }
                     Ok(())
                 }
