@@ -140,13 +140,10 @@ impl Runner {
         if let Some(remembered) = self.memo().and_then(|memo| Remembered::recall(path, &memo)) {
             let signer =
                 trust.verify_remembered(&remembered).map_err(|e| Rejection::bundle(&e, Some(remembered.digest())))?;
-            match Workflow::load_remembered(&self.sandbox, &remembered) {
-                Some(Ok(workflow)) => {
-                    return Ok(Prepared { workflow: Arc::new(workflow), path: path.to_path_buf(), signer });
-                }
-                // A program that does not load from the cache is loaded
-                // again from the bundle, which says why it fails.
-                Some(Err(_)) | None => {}
+            // A program that does not load from the cache is loaded again
+            // from the bundle below, which says why it fails.
+            if let Some(Ok(workflow)) = Workflow::load_remembered(&self.sandbox, &remembered) {
+                return Ok(Prepared { workflow: Arc::new(workflow), path: path.to_path_buf(), signer });
             }
         }
         let bundle = self.read(path).map_err(|e| Rejection::bundle(&e, None))?;

@@ -595,7 +595,7 @@ mod tests {
                 })
             })
             .unwrap();
-        assert_eq!(store.read(|c| totals(c)).unwrap(), counted);
+        assert_eq!(store.read(totals).unwrap(), counted);
         assert_eq!((status.depth, status.bytes), counted);
     }
 
