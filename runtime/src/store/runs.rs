@@ -44,12 +44,17 @@ pub struct RunEnd {
 /// A run end waiting for the run-end writer, and where its answer goes.
 pub(super) type WaitingEnd = (RunEnd, tokio::sync::oneshot::Sender<(RunEnd, Result<(), StoreError>)>);
 
-/// The run-end writer's loop: every end waiting (up to a group's worth) is
+/// The most run ends the run-end writer records in one group: enough to
+/// share a commit widely, few enough that a trigger's own write (which
+/// waits for the connection meanwhile) waits a millisecond, not ten.
+const END_BATCH: usize = 32;
+
+/// The run-end writer's loop: every end waiting (up to [`END_BATCH`]) is
 /// recorded together, and each answered. Ends when the store is dropped.
 fn end_writer(store: &std::sync::Weak<Store>, ends: &std::sync::mpsc::Receiver<WaitingEnd>) {
     while let Ok(first) = ends.recv() {
         let mut batch = vec![first];
-        while batch.len() < super::MAX_GROUP as usize
+        while batch.len() < END_BATCH
             && let Ok(next) = ends.try_recv()
         {
             batch.push(next);
@@ -310,7 +315,7 @@ impl Store {
     }
 
     /// [`Store::finish_run`] by this store's run-end writer, a thread of
-    /// its own (started with the first call) that takes every run end
+    /// its own (started with the first call) that takes the run ends
     /// waiting and records them together ([`Store::finish_runs`]): the
     /// ends of many runs share a commit, and the tasks waiting for it hold
     /// no thread. Gives `end` back with the result once it is committed.
