@@ -419,7 +419,11 @@ impl Sandbox {
         let stdout = Capture::new("stdout", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stdout));
         let stderr = Capture::new("stderr", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stderr));
         let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
-        let deadline = Instant::now() + timeout;
+        // The run's clock starts here, and its deadline counts from the
+        // same instant: a run stopped at its deadline reports at least its
+        // timeout.
+        let started = Instant::now();
+        let deadline = started + timeout;
         let policy = request.grants.egress.clone().unwrap_or_else(|| Arc::new(EgressPolicy::deny_all()));
         let egress = EgressRun::new(policy, deadline);
         let wasi = match build_wasi(program, request, &egress, &stdout, &stderr) {
@@ -459,7 +463,6 @@ impl Sandbox {
             store.set_epoch_deadline(1);
         }
 
-        let started = Instant::now();
         // The epoch deadline stops wasm code; this backstop also stops a
         // guest parked in a host call (a long sleep, a read that never ends).
         let backstop = timeout + EPOCH_TICK * 5;
