@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wfrun_runtime::store::Store;
@@ -120,10 +120,46 @@ fn pause_all(daemon: &DaemonProcess, jobs: &[&str]) {
     std::thread::sleep(Duration::from_millis(500));
 }
 
+/// A receiver that is away, holding its port meanwhile: every connection is
+/// closed before it gets an answer (the uploader's `unreachable`), and no
+/// other test's server can be handed the port while the outage lasts.
+struct Away {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Away {
+    fn hold() -> Away {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((connection, _)) => drop(connection),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Away { port, stop, thread }
+    }
+
+    /// Gives the port back, for the receiver's return.
+    fn release(self) -> u16 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        self.port
+    }
+}
+
 #[test]
 fn after_a_long_outage_every_report_not_dropped_arrives_once_and_drops_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let away = Away::hold();
+    let port = away.port;
     let jobs = ["a", "b", "c", "d", "e", "f", "g", "h"];
     let config =
         device_config(dir.path(), "d1", &format!("http://127.0.0.1:{port}"), &jobs, "outbox_max_reports = 300\n");
@@ -142,7 +178,7 @@ fn after_a_long_outage_every_report_not_dropped_arrives_once_and_drops_are_count
     assert_eq!(report["uploader"]["last_error"][0], "unreachable");
 
     // It comes back: everything that was not dropped arrives, once.
-    let fleet = Fleet::start(port, "d1", None);
+    let fleet = Fleet::start(away.release(), "d1", None);
     pause_all(&daemon, &jobs);
     let dropped_in = |reports: &[Value]| -> u64 {
         reports.iter().filter(|r| r["kind"] == "outbox_dropped").map(|r| r["dropped"]["count"].as_u64().unwrap()).sum()
