@@ -261,13 +261,12 @@ impl Bundle {
         trusted: &[PublicKey],
         required: bool,
     ) -> Result<Option<String>, BundleError> {
-        let checked = match (&self.signature, detached) {
-            (Some((record, signed_len)), _) => signature::verify(record, &self.bytes[..*signed_len], trusted),
-            (None, Some(record)) => signature::verify_digest(record, &self.sha256, trusted),
-            (None, None) if required => Err(SignatureError::Missing),
-            (None, None) => return Ok(None),
-        };
-        checked.map(Some).map_err(|error| BundleError::Signature { path: self.path.clone(), error })
+        match &self.signature {
+            Some((record, signed_len)) => signature::verify(record, &self.bytes[..*signed_len], trusted)
+                .map(Some)
+                .map_err(|error| BundleError::Signature { path: self.path.clone(), error }),
+            None => verify_detached(&self.path, &self.sha256, detached, trusted, required),
+        }
     }
 
     /// Reads the detached signature `BUNDLE.sig` beside the bundle, if
@@ -310,6 +309,23 @@ fn read_detached(bundle: &Path) -> Result<Option<SignatureRecord>, BundleError> 
     }
 }
 
+/// Checks the detached signature of the bundle at `path` whose SHA-256 is
+/// `sha256` (a bundle without an embedded one), as [`Bundle::verify`] says.
+fn verify_detached(
+    path: &Path,
+    sha256: &[u8; 32],
+    detached: Option<&SignatureRecord>,
+    trusted: &[PublicKey],
+    required: bool,
+) -> Result<Option<String>, BundleError> {
+    let checked = match detached {
+        Some(record) => signature::verify_digest(record, sha256, trusted),
+        None if required => Err(SignatureError::Missing),
+        None => return Ok(None),
+    };
+    checked.map(Some).map_err(|error| BundleError::Signature { path: path.to_path_buf(), error })
+}
+
 /// A plain component's bundle known by its file's identity, not read: its
 /// digest is remembered ([`memo`]) from when the very same file was last
 /// read and found to be a plain component without an embedded signature.
@@ -342,12 +358,7 @@ impl Remembered {
         trusted: &[PublicKey],
         required: bool,
     ) -> Result<Option<String>, BundleError> {
-        let checked = match detached {
-            Some(record) => signature::verify_digest(record, &self.sha256, trusted),
-            None if required => Err(SignatureError::Missing),
-            None => return Ok(None),
-        };
-        checked.map(Some).map_err(|error| BundleError::Signature { path: self.path.clone(), error })
+        verify_detached(&self.path, &self.sha256, detached, trusted, required)
     }
 
     /// Reads the detached signature `BUNDLE.sig` beside the bundle, if

@@ -498,10 +498,6 @@ impl Sandbox {
     }
 }
 
-/// The pools, sized so that they never refuse what [`Limits`] allow: the
-/// per-run counts of [`Limits::default`] times the concurrent runs, memory
-/// slots as large as the memory ceiling, one table slot as large as the
-/// table-element limit.
 /// How much of a pooled linear memory is reset in place rather than given
 /// back to the kernel: with the PAGEMAP_SCAN ioctl, only the pages a run
 /// dirtied are copied back from the memory image, so the first 16 MiB
@@ -512,6 +508,10 @@ fn keep_resident() -> usize {
     if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() { 16 << 20 } else { 64 << 10 }
 }
 
+/// The pools, sized so that they never refuse what [`Limits`] allow: the
+/// per-run counts of [`Limits::default`] times the concurrent runs, memory
+/// slots as large as the memory ceiling, one table slot as large as the
+/// table-element limit.
 fn pooling_config(options: PoolingOptions) -> wasmtime::InstanceAllocationStrategy {
     let limits = Limits::default();
     let runs = options.concurrent_runs.max(1);

@@ -335,7 +335,9 @@ impl Store {
         match sent {
             Ok(()) => match answered.await {
                 Ok(done) => done,
-                Err(_) => unreachable!("the run-end writer answers every end it takes"),
+                // Only a panic on the writer's thread drops an answer: the
+                // run's guard records it as a host error.
+                Err(_) => panic!("the run-end writer stopped before answering"),
             },
             // No writer thread: record it here.
             Err((end, _)) => {
@@ -344,6 +346,7 @@ impl Store {
             }
         }
     }
+
     /// Records a run that was refused before its guest started (a bundle
     /// that does not read, verify, load or pass the policy; unusable input):
     /// begun and finished in one transaction.
