@@ -184,7 +184,7 @@ impl ArtifactCache {
     /// when the hash last held). Records a settled identity.
     fn checked(&self, artifact: &Path, meta_path: &Path, digest: &[u8]) -> Option<()> {
         let (meta_file, _) = open_own(meta_path)?;
-        let mut meta = Meta::decode(&read_all(meta_file)?)?;
+        let mut meta = Meta::decode(&read_all(&meta_file)?)?;
         if meta.component_digest.as_slice() != digest || meta.engine_key != self.engine_key {
             return None;
         }
@@ -192,7 +192,11 @@ impl ArtifactCache {
         if meta.verified == Some(identity) {
             return Some(());
         }
-        if Sha256::digest(read_all(file)?).as_slice() != meta.artifact_digest {
+        let bytes = read_all(&file)?;
+        // The sequential read left the artifact's pages cached in large
+        // folios, which a mapping would count whole (files::drop_cached_pages).
+        crate::files::drop_cached_pages(&file);
+        if Sha256::digest(bytes).as_slice() != meta.artifact_digest {
             return None;
         }
         if identity.settled() {
@@ -217,6 +221,12 @@ impl ArtifactCache {
         };
         write_atomic(meta, &record.encode(), Mode::Private)?;
         write_atomic(artifact, &bytes, Mode::Private)?;
+        // The write left the artifact cached in large folios (fsynced, so
+        // clean): dropped, so that the runs that map it count only the
+        // pages they touch (files::drop_cached_pages).
+        if let Ok(file) = std::fs::File::open(artifact) {
+            crate::files::drop_cached_pages(&file);
+        }
         Ok(())
     }
 }
@@ -268,7 +278,7 @@ fn open_own(path: &Path) -> Option<(std::fs::File, Identity)> {
 }
 
 /// The rest of `file`'s bytes.
-fn read_all(mut file: std::fs::File) -> Option<Vec<u8>> {
+fn read_all(mut file: &std::fs::File) -> Option<Vec<u8>> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).ok()?;
     Some(bytes)
@@ -320,6 +330,83 @@ mod tests {
         assert_eq!(Meta::decode(b"something else entirely"), None);
     }
 
+    /// The share of `path`'s pages in the kernel's page cache (`mincore`
+    /// over a mapping of it that touches nothing).
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn share_cached(path: &Path) -> f64 {
+        use std::os::fd::AsRawFd;
+        unsafe extern "C" {
+            fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> *mut u8;
+            fn munmap(addr: *mut u8, len: usize) -> i32;
+            fn mincore(addr: *mut u8, len: usize, vec: *mut u8) -> i32;
+        }
+        const PROT_READ: i32 = 1;
+        const MAP_SHARED: i32 = 1;
+        let file = std::fs::File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let pages = len.div_ceil(4096);
+        let mut resident = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of a whole file, never
+        // dereferenced; `resident` holds a byte for each 4 KiB page of it;
+        // the mapping is removed before returning.
+        unsafe {
+            let at = mmap(std::ptr::null_mut(), len, PROT_READ, MAP_SHARED, file.as_raw_fd(), 0);
+            assert!(at as isize != -1, "mmap failed");
+            assert_eq!(mincore(at, len, resident.as_mut_ptr()), 0, "mincore failed");
+            munmap(at, len);
+        }
+        resident.iter().filter(|b| **b & 1 != 0).count() as f64 / pages as f64
+    }
+
+    /// An artifact just written, or just hashed, sits in the page cache in
+    /// the large folios a write or a sequential read leaves (Linux 6.x on
+    /// ext4 or XFS), which every run's mapping would count whole in its
+    /// resident memory: the cache drops them, so the runs fault in only
+    /// the pages they touch.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_artifact_just_written_or_hashed_is_not_left_in_the_page_cache() {
+        use wasm_encoder::{ConstExpr, DataSection, MemorySection, MemoryType, Module, ModuleSection};
+        // A component whose artifact holds a 2 MiB memory image.
+        let mut module = Module::new();
+        let mut memories = MemorySection::new();
+        memories.memory(MemoryType {
+            minimum: 64,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        module.section(&memories);
+        let mut data = DataSection::new();
+        data.active(0, &ConstExpr::i32_const(0), vec![0xa5u8; 2 << 20]);
+        module.section(&data);
+        let mut component = wasm_encoder::Component::new();
+        component.section(&ModuleSection(&module));
+        let bytes = component.finish();
+
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = ArtifactCache::new(dir.path(), &engine);
+        let digest = Sha256::digest(&bytes);
+        let (artifact, meta) = cache.entry(&digest);
+        let compiled = Component::new(&engine, &bytes).unwrap();
+        cache.store(&artifact, &meta, &digest, &compiled).unwrap();
+        assert!(std::fs::metadata(&artifact).unwrap().len() > 2 << 20);
+        let written = share_cached(&artifact);
+        assert!(written < 0.1, "{:.0}% of the artifact just written is in the page cache", written * 100.0);
+
+        // Read whole, as another process's hash would read it; this load
+        // (the identity is not settled) hashes it and drops it again.
+        std::fs::read(&artifact).unwrap();
+        assert!(share_cached(&artifact) > 0.9, "reading did not cache the artifact");
+        assert_eq!(cache.checked(&artifact, &meta, &digest), Some(()));
+        let hashed = share_cached(&artifact);
+        assert!(hashed < 0.1, "{:.0}% of the artifact just hashed is in the page cache", hashed * 100.0);
+        assert!(cache.load(&engine, &digest).is_some(), "the dropped pages load again");
+    }
+
     #[test]
     fn an_identity_stands_for_a_hash_only_once_its_change_is_settled() {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
@@ -338,7 +425,7 @@ mod tests {
         let path = dir.path().join("entry.cwasm");
         std::fs::write(&path, b"bytes").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(open_own(&path).and_then(|(file, _)| read_all(file)).as_deref(), Some(&b"bytes"[..]));
+        assert_eq!(open_own(&path).and_then(|(file, _)| read_all(&file)).as_deref(), Some(&b"bytes"[..]));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(open_own(&path).is_none());
     }

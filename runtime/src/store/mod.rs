@@ -125,6 +125,9 @@ pub struct Store {
     reporter: std::sync::OnceLock<outbox::Reporter>,
     /// The run-end writer's queue, once started (`None`: it could not be).
     end_writer: std::sync::OnceLock<Option<Mutex<std::sync::mpsc::Sender<runs::WaitingEnd>>>>,
+    /// How many times the run-end writer has found the host idle and
+    /// trimmed the heap.
+    heap_trims: AtomicUsize,
 }
 
 /// The database's file name in the state directory.
@@ -196,6 +199,7 @@ impl Store {
             arriving: AtomicUsize::new(0),
             reporter: std::sync::OnceLock::new(),
             end_writer: std::sync::OnceLock::new(),
+            heap_trims: AtomicUsize::new(0),
         })
     }
 
@@ -584,5 +588,46 @@ mod tests {
         );
         let groups = store.writer.lock().unwrap().groups - groups_before;
         assert!(groups < RUNS as u64, "{RUNS} run ends took {groups} commits");
+    }
+
+    #[test]
+    fn the_run_end_writer_trims_the_heap_once_when_the_runs_stop() {
+        use crate::outcome::{ErrorCode, RunReport};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let trims = || store.heap_trims.load(Ordering::SeqCst);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+        let end = |i: usize| RunEnd {
+            workflow: "w".into(),
+            report: RunReport { run_id: format!("run-{i}"), ..RunReport::rejected(ErrorCode::Trap, String::new()) },
+            state: StateWrites::new(),
+            reads: StateWrites::new(),
+            unbegun: None,
+            logs: Vec::new(),
+        };
+        let ids: Vec<String> = (0..100).map(|i| format!("run-{i}")).collect();
+        store.accept_runs(&ids, "job", "x.wasm").unwrap();
+        // Ends arriving closer together than the idle time: no trim
+        // while they come.
+        runtime.block_on(async {
+            for i in 0..20 {
+                let (_, result) = store.finish_run_shared(end(i)).await;
+                result.unwrap();
+                assert_eq!(trims(), 0, "trimmed while runs were still being recorded");
+                tokio::time::sleep(runs::IDLE / 4).await;
+            }
+        });
+        // Then one trim once they stop, and no more while idle.
+        let stopped = std::time::Instant::now();
+        while trims() == 0 {
+            assert!(stopped.elapsed() < std::time::Duration::from_secs(10), "no trim after the runs stopped");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(runs::IDLE * 4);
+        assert_eq!(trims(), 1);
+        // A later burst earns another.
+        runtime.block_on(async { store.finish_run_shared(end(99)).await.1.unwrap() });
+        std::thread::sleep(runs::IDLE * 4);
+        assert_eq!(trims(), 2);
     }
 }
