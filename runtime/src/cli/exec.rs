@@ -221,8 +221,9 @@ impl ExecCommand {
             cache_dir,
             ..EngineOptions::default()
         })?);
-        let store = Arc::new(Store::open(&state_dir)?);
-        let runner = Runner::new(sandbox, Some(store));
+        let store = Store::open(&state_dir)?;
+        store.keep_wal_short();
+        let runner = Runner::new(sandbox, Some(Arc::new(store)));
         // Signatures before anything is compiled: a tampered bundle never
         // reaches the compiler, let alone runs.
         let prepared = match runner.prepare(&self.bundle, &policy.trust) {

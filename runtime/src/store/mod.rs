@@ -128,7 +128,27 @@ pub struct Store {
     /// How many times the run-end writer has found the host idle and
     /// trimmed the heap.
     heap_trims: AtomicUsize,
+    /// Checkpoint a long WAL on close ([`Store::keep_wal_short`]).
+    short_lived: std::sync::atomic::AtomicBool,
 }
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if !self.short_lived.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut wal = self.db_path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() >= SHORT_LIVED_WAL_BYTES) {
+            let writer = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
+            let _ = writer.conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false);
+        }
+    }
+}
+
+/// The WAL size past which a short-lived process checkpoints as it closes
+/// ([`Store::keep_wal_short`]): 128 pages, about 14 `exec` runs.
+pub const SHORT_LIVED_WAL_BYTES: u64 = 128 * 4120;
 
 /// The database's file name in the state directory.
 pub const DB_NAME: &str = "wfrun.db";
@@ -138,6 +158,23 @@ impl Store {
     /// only read, so that they create nothing.
     pub fn open_existing(dir: &Path) -> Result<Option<Store>, StoreError> {
         if dir.join(DB_NAME).exists() { Store::open(dir).map(Some) } else { Ok(None) }
+    }
+
+    /// Keeps the WAL short, for a process that opens the database for one
+    /// run and exits (`wfrun exec`): when this store closes and the WAL
+    /// file has grown past [`SHORT_LIVED_WAL_BYTES`], its connection folds
+    /// the WAL into the database and removes it as it closes (if it is the
+    /// last connection; otherwise the process still open does it).
+    ///
+    /// The first connection a process opens to a database no other process
+    /// has open rebuilds the WAL's index by reading and checksumming every
+    /// frame of it, and closing without a checkpoint leaves the frames for
+    /// the next process: each `exec` read the WAL of all the runs since the
+    /// last checkpoint, megabytes, a quarter of its time (`perf`). With
+    /// this, at most half a MiB, and every fourteenth `exec` or so pays for
+    /// the checkpoint (its page copies and two fsyncs).
+    pub fn keep_wal_short(&self) {
+        self.short_lived.store(true, Ordering::Relaxed);
     }
 
     /// Opens (creating if needed) the store in `dir` and migrates it. A
@@ -175,7 +212,9 @@ impl Store {
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(sqlite)?;
         // A short-lived process (`wfrun exec`) does not copy the WAL into
         // the database and fsync it as it closes: what it committed is in
-        // the WAL, which the next writer's automatic checkpoints fold in.
+        // the WAL, which the next writer's automatic checkpoints fold in, or
+        // a short-lived process's close once the WAL is long
+        // (`keep_wal_short`).
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(sqlite)?;
         match migrations::migrate(&conn).map_err(sqlite)? {
             migrations::Outcome::Current => {}
@@ -200,6 +239,7 @@ impl Store {
             reporter: std::sync::OnceLock::new(),
             end_writer: std::sync::OnceLock::new(),
             heap_trims: AtomicUsize::new(0),
+            short_lived: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -588,6 +628,43 @@ mod tests {
         );
         let groups = store.writer.lock().unwrap().groups - groups_before;
         assert!(groups < RUNS as u64, "{RUNS} run ends took {groups} commits");
+    }
+
+    #[test]
+    fn a_short_lived_store_folds_a_long_wal_into_the_database_as_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join(format!("{DB_NAME}-wal"));
+        let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let write = |store: &Store, from: usize, rows: usize| {
+            for i in from..from + rows {
+                store
+                    .write(|tx| {
+                        tx.execute("INSERT INTO state VALUES ('w', ?1, zeroblob(3000))", [format!("k{i}")]).map(|_| ())
+                    })
+                    .unwrap();
+            }
+        };
+        // A long-lived store leaves its WAL as it closes, however long.
+        let store = Store::open(dir.path()).unwrap();
+        write(&store, 0, 200);
+        drop(store);
+        assert!(wal_len() >= SHORT_LIVED_WAL_BYTES, "{} bytes of WAL", wal_len());
+        // A short-lived one finding it long folds it into the database and
+        // removes it as it closes.
+        let store = Store::open(dir.path()).unwrap();
+        store.keep_wal_short();
+        drop(store);
+        assert_eq!(wal_len(), 0, "the WAL is still there");
+        // One whose WAL stays short leaves it for the next.
+        let store = Store::open(dir.path()).unwrap();
+        store.keep_wal_short();
+        write(&store, 200, 5);
+        drop(store);
+        assert!(wal_len() > 0 && wal_len() < SHORT_LIVED_WAL_BYTES, "{} bytes of WAL", wal_len());
+        // Nothing was lost on the way.
+        let db = Connection::open(dir.path().join(DB_NAME)).unwrap();
+        let rows: i64 = db.query_row("SELECT COUNT(*) FROM state", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 205);
     }
 
     #[test]
