@@ -25,11 +25,10 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-/// This process's real user id, from `/proc/self/status` (no `unsafe`).
+/// This process's real user id.
 #[cfg(unix)]
 pub fn current_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+    Some(rustix::process::getuid().as_raw())
 }
 
 /// Why a state directory is refused.
