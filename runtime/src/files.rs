@@ -9,6 +9,8 @@
 //! the call returns. [`read_capped`] is the one way wfrun reads a file a
 //! user names (a bundle, an input, a config, a key): regular files only,
 //! and a size cap checked before the first byte is read.
+//! [`drop_cached_pages`] asks the kernel to forget a file's cached pages,
+//! so that the next mapping of it faults in only what it touches.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;

@@ -10,7 +10,11 @@
 //! The artifact is loaded by mapping the file (`deserialize_file`): nothing
 //! is copied, and wasmtime maps the guests' initial memory images from it
 //! copy-on-write, so a large component (an interpreter with its heap
-//! snapshot) starts without copying its heap.
+//! snapshot) starts without copying its heap. An artifact the cache has
+//! just written or hashed is dropped from the page cache
+//! ([`crate::files::drop_cached_pages`]): the large folios a write or a
+//! sequential read leaves would each be counted whole, up to a couple of
+//! MiB, in the resident memory of every run that maps the file.
 //!
 //! Loading an artifact is `unsafe` in wasmtime: it is machine code, trusted
 //! as is. The cache is safe by construction:
