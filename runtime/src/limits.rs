@@ -7,7 +7,7 @@
 //! an operator's ceilings (`--memory`, a job's `memory`, `[daemon]
 //! max_memory`). [`LimitRequest::grant`] combines the two. [`LimitKey`] is
 //! the single parser for every limit value, whatever file or flag it comes
-//! from, with its range. Imports only [`units`](crate::units).
+//! from, with its range. Imports only [`crate::units`].
 
 use crate::units::{self, UnitError};
 use std::ops::RangeInclusive;
@@ -178,7 +178,7 @@ impl LimitRequest {
         over
     }
 
-    /// Sets `key` from `text`, parsed and range-checked by [`LimitKey::parse`].
+    /// Sets `key` from `text`, parsed and range-checked by the key's parser ([`LimitKey::parse_timeout`], [`LimitKey::parse_memory`], …).
     pub fn set(&mut self, key: LimitKey, text: &str) -> Result<(), UnitError> {
         match key {
             LimitKey::Fuel => self.fuel = Some(LimitKey::parse_fuel(text)?),

@@ -9,7 +9,7 @@
 //! the [`supervisor`] (slots, no overlap unless allowed, retries with
 //! backoff, pausing after repeated failure, cancellation, and the
 //! prepared-program cache that runs go through, via the one
-//! [`Runner`](crate::runner::Runner)). On a stop, triggers end, running runs
+//! [`Runner`]). On a stop, triggers end, running runs
 //! get the grace period, and the rest are cancelled and recorded
 //! `cancelled`. [`status`] is what `wfrun status` shows. Errors a request
 //! can meet are a [`DaemonError`], each with a stable code.

@@ -20,7 +20,7 @@
 //!
 //! Every step is persisted before the next begins (`downloading`, `staged`,
 //! `trial`, the job table, `committed`), and a daemon that starts again
-//! resumes from what it finds ([`Daemon::resume_release`]): the active
+//! resumes from what it finds (`Daemon::resume_release`): the active
 //! release's jobs are put back from its staged files (checked against the
 //! document's digests), a download left half done is finished at the next
 //! poll, and an active release whose files are gone or damaged leaves the

@@ -3,7 +3,7 @@
 //! [`run`] keeps one keeper task per service that is not paused: started
 //! with the daemon, when a service is added or resumed, and when a release
 //! brings one. A keeper starts the service's run through
-//! [`Daemon::start_runs`] (so it is recorded, limited and cancelled like any
+//! `Daemon::start_runs` (so it is recorded, limited and cancelled like any
 //! run), waits for it to end, and starts it again after a backoff from the
 //! `[service]` table: the initial wait after a success or a cancel, doubled
 //! for each failure in a row up to the maximum. `max_failures` failures in

@@ -159,7 +159,7 @@ impl Store {
 /// A job's consecutive failures after one of its runs ended `status` with
 /// `code`: a success clears them, a failure adds one, anything else leaves
 /// them. A host error is not the job's failure: it never counts. (The
-/// daemon keeps the count in memory by this rule; [`note_run`] keeps the
+/// daemon keeps the count in memory by this rule; `note_run` keeps the
 /// job's row by the same.)
 pub fn failures_after(failures: u32, status: RunStatus, code: Option<crate::outcome::ErrorCode>) -> u32 {
     match status {

@@ -1,6 +1,6 @@
 //! The database schema, one numbered migration at a time.
 //!
-//! `PRAGMA user_version` records how many of [`MIGRATIONS`] a database has
+//! `PRAGMA user_version` records how many of `MIGRATIONS` a database has
 //! had. [`migrate`] applies the missing ones, each in the same immediate
 //! transaction as the version bump, so a crash leaves a database at one
 //! version or the next, and several processes opening it at once apply each

@@ -31,6 +31,15 @@
 //! write of its group. A group holding a
 //! durable write (release transitions, runs with their reports) commits
 //! with `synchronous = FULL`.
+//!
+//! # The WAL
+//!
+//! No connection checkpoints as it closes (a short-lived `exec` would fsync
+//! at every exit); the automatic checkpoints of later commits fold the WAL
+//! in. A short-lived process ([`Store::keep_wal_short`]) does checkpoint as
+//! it closes once the WAL has passed [`SHORT_LIVED_WAL_BYTES`]: the next
+//! process to open the database alone reads every frame of the WAL to
+//! rebuild its index.
 
 pub mod jobs;
 pub mod migrations;

@@ -103,11 +103,10 @@ pub(super) const IDLE: std::time::Duration = std::time::Duration::from_millis(10
 /// per-thread arenas, scattered between live allocations where no arena
 /// ever shrinks; without this, a daemon's resident memory after a burst
 /// stays at its busiest (44.5 MiB after 1,000 `hello` runs, 34.7 MiB once
-/// trimmed; docs/performance.md). The run-end writer
-/// calls it once no run has ended for [`IDLE`]: it walks every arena (3 ms
-/// for a daemon of 45 MiB, measured with a uprobe), so a run that ends
-/// meanwhile waits that long for its record at most. Does nothing on
-/// other C libraries.
+/// trimmed; docs/performance.md). The run-end writer calls it once no run
+/// has ended for [`IDLE`]: it walks every arena (3 ms for a daemon of 45
+/// MiB, measured with a uprobe), so a run that ends meanwhile waits that
+/// long for its record at most. Does nothing on other C libraries.
 fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]

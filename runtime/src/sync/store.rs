@@ -5,7 +5,7 @@
 //! `sigstore-tuf` also asks to keep versioned copies (`root_history/N.root.json`,
 //! `N.snapshot.json`) and target bytes; this store declines those, which
 //! costs nothing: a client made from the stored `root.json` starts where
-//! the last refresh ended. Writes are atomic ([`write_atomic`]); the client
+//! the last refresh ended. Writes are atomic ([`write_atomic`](crate::files::write_atomic)); the client
 //! verifies whatever it reads back.
 
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@
 //! every node not yet started marked `skipped`. [`pack`] makes a workflow
 //! bundle from a `workflow.toml`.
 //!
-//! Durable state goes through a two-level overlay ([`state`]): a node
+//! Durable state goes through a two-level overlay (`workflow::state`): a node
 //! attempt's writes are kept only if the attempt succeeds, and the run's
 //! writes reach SQLite only if the whole run succeeds, in the same
 //! transaction that records the run.
