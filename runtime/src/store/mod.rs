@@ -60,7 +60,7 @@ pub use state::StateWrites;
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -138,7 +138,7 @@ pub struct Store {
     /// trimmed the heap.
     heap_trims: AtomicUsize,
     /// Checkpoint a long WAL on close ([`Store::keep_wal_short`]).
-    short_lived: std::sync::atomic::AtomicBool,
+    short_lived: AtomicBool,
 }
 
 impl Drop for Store {
@@ -156,8 +156,9 @@ impl Drop for Store {
 }
 
 /// The WAL size past which a short-lived process checkpoints as it closes
-/// ([`Store::keep_wal_short`]): 128 pages, about 14 `exec` runs.
-pub const SHORT_LIVED_WAL_BYTES: u64 = 128 * 4120;
+/// ([`Store::keep_wal_short`]): 128 frames (a 4,096-byte page and its
+/// 24-byte header each), about 14 `exec` runs.
+pub const SHORT_LIVED_WAL_BYTES: u64 = 128 * (4096 + 24);
 
 /// The database's file name in the state directory.
 pub const DB_NAME: &str = "wfrun.db";
@@ -248,7 +249,7 @@ impl Store {
             reporter: std::sync::OnceLock::new(),
             end_writer: std::sync::OnceLock::new(),
             heap_trims: AtomicUsize::new(0),
-            short_lived: std::sync::atomic::AtomicBool::new(false),
+            short_lived: AtomicBool::new(false),
         })
     }
 

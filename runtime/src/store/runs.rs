@@ -58,24 +58,21 @@ fn end_writer(store: &std::sync::Weak<Store>, ends: &std::sync::mpsc::Receiver<W
     // Whether ends were recorded since the heap was last trimmed.
     let mut worked = false;
     loop {
-        let first = if worked {
-            match ends.recv_timeout(IDLE) {
-                Ok(first) => first,
-                Err(RecvTimeoutError::Timeout) => {
-                    release_free_heap();
-                    if let Some(store) = store.upgrade() {
-                        store.heap_trims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    worked = false;
-                    continue;
+        let next = match worked {
+            true => ends.recv_timeout(IDLE),
+            false => ends.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let first = match next {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                release_free_heap();
+                if let Some(store) = store.upgrade() {
+                    store.heap_trims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+                worked = false;
+                continue;
             }
-        } else {
-            match ends.recv() {
-                Ok(first) => first,
-                Err(_) => return,
-            }
+            Err(RecvTimeoutError::Disconnected) => return,
         };
         worked = true;
         let mut batch = vec![first];
