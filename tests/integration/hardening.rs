@@ -320,6 +320,35 @@ fn a_state_directory_owned_by_another_user_is_refused() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0), "a state directory another user owns is not used");
     assert!(!foreign.join("wfrun.db").exists());
+    // Nor is its artifact cache read or written: the check comes before the
+    // database opens beside the engine's start.
+    assert!(!foreign.join("cache").exists());
+}
+
+#[test]
+fn exec_refuses_to_run_a_job_it_could_not_record() {
+    // A database from a newer wfrun: the job must not run (its effects would
+    // go unrecorded), and the exit status says wfrun failed.
+    let dir = tempfile::tempdir().unwrap();
+    let job = crate::guests::guest("hello-job");
+    let exec = || {
+        crate::exec::wfrun()
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(["exec", job.to_str().unwrap(), "--", "bench"])
+            .output()
+            .unwrap()
+    };
+    let first = exec();
+    assert_eq!(first.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("Hello, bench!"));
+    let db = rusqlite::Connection::open(dir.path().join("wfrun.db")).unwrap();
+    let version: u32 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    db.pragma_update(None, "user_version", version + 1).unwrap();
+    drop(db);
+    let refused = exec();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&refused.stdout).contains("Hello"), "the job ran");
 }
 
 #[test]

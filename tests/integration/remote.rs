@@ -320,6 +320,8 @@ fn completions_and_the_manual_cover_every_command() {
         }
         // fish spells a long flag `-l remote`.
         assert!(script.contains("--remote") || script.contains("-l remote"), "{shell} completions lack --remote");
+        // A subcommand's own flags, built only when asked for (`defer`).
+        assert!(script.contains("max-parallel"), "{shell} completions lack exec's --max-parallel");
     }
     assert_eq!(client(&["completions", "tcsh"], &[]).status.code(), Some(2));
     let page = client(&["man"], &[]);
@@ -330,6 +332,8 @@ fn completions_and_the_manual_cover_every_command() {
     for command in ["wfrun.1", "wfrun-trigger.1", "wfrun-runs.1"] {
         assert!(dir.path().join(command).exists(), "no {command}");
     }
+    let exec_page = std::fs::read_to_string(dir.path().join("wfrun-exec.1")).unwrap();
+    assert!(exec_page.contains(r"max\-parallel"), "wfrun-exec.1 lacks --max-parallel");
 }
 
 /// `GET path` on 127.0.0.1:`port` with `token`: (status, body).

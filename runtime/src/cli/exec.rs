@@ -212,21 +212,34 @@ impl ExecCommand {
         };
         let max_wasm_stack = usize::try_from(self.max_stack).context("--max-stack is too large")?;
         let state_dir = global.state_dir();
+        // The state directory is checked before anything in it is read (the
+        // artifact cache); then the database opens on a thread of its own
+        // while the engine starts and the bundle is prepared. SQLite reading
+        // the schema, and the engine with its cached program, each take a
+        // tenth of a warm `exec` (docs/performance.md).
+        Store::secure_dir(&state_dir)?;
         let cache_dir = (!self.no_cache).then(|| state_dir.join("cache"));
-        // On-demand allocation, not the pooling allocator: reserving pools
-        // costs more at startup than one run saves (docs/performance.md).
-        let sandbox = Arc::new(Sandbox::new(EngineOptions {
-            fuel_metering: !self.no_fuel,
-            max_wasm_stack,
-            cache_dir,
-            ..EngineOptions::default()
-        })?);
-        let store = Store::open(&state_dir)?;
-        store.keep_wal_short();
-        let runner = Runner::new(sandbox, Some(Arc::new(store)));
-        // Signatures before anything is compiled: a tampered bundle never
-        // reaches the compiler, let alone runs.
-        let prepared = match runner.prepare(&self.bundle, &policy.trust) {
+        let (runner, prepared) = std::thread::scope(|scope| -> anyhow::Result<_> {
+            let opening = std::thread::Builder::new()
+                .name("store-open".to_owned())
+                .spawn_scoped(scope, || Store::open(&state_dir))
+                .context("starting a thread")?;
+            // On-demand allocation, not the pooling allocator: reserving
+            // pools costs more at startup than one run saves.
+            let sandbox = Arc::new(Sandbox::new(EngineOptions {
+                fuel_metering: !self.no_fuel,
+                max_wasm_stack,
+                cache_dir,
+                ..EngineOptions::default()
+            })?);
+            // Signatures before anything is compiled: a tampered bundle
+            // never reaches the compiler, let alone runs.
+            let prepared = Runner::new(sandbox.clone(), None).prepare(&self.bundle, &policy.trust);
+            let store = opening.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            store.keep_wal_short();
+            Ok((Runner::new(sandbox, Some(Arc::new(store))), prepared))
+        })?;
+        let prepared = match prepared {
             Ok(prepared) => prepared,
             Err(rejection) => return Ok(runner.reject(&self.bundle, &rejection, &Execution::default())?),
         };
@@ -258,6 +271,13 @@ impl ExecCommand {
         // A guest stopped by the deadline may leave a blocking file operation
         // behind (a read from a FIFO it was granted); do not wait for it.
         runtime.shutdown_timeout(Duration::from_millis(100));
+        // The process exits next: the program's code and the engine with its
+        // epoch thread are left for the OS to take back (unmapping them and
+        // joining the thread took a fiftieth of a warm `exec`). The store
+        // still closes here, since closing may fold its WAL in.
+        std::mem::forget(prepared);
+        std::mem::forget(Arc::clone(runner.sandbox()));
+        drop(runner);
         Ok(report)
     }
 

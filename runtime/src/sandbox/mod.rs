@@ -319,13 +319,13 @@ impl Sandbox {
             config.allocation_strategy(pooling_config(pooling));
         }
         let engine = Engine::new(&config).map_err(|e| SandboxError(format!("{e:#}")))?;
+        let ticker = options.epoch_interruption.then(|| EpochTicker::start(engine.clone()));
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
         Node::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
-        let ticker = options.epoch_interruption.then(|| EpochTicker::start(engine.clone()));
         let cache = options.cache_dir.as_deref().map(|dir| cache::ArtifactCache::new(dir, &engine));
         Ok(Sandbox { engine, linker, options, cache, _ticker: ticker })
     }

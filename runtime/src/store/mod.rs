@@ -187,16 +187,25 @@ impl Store {
         self.short_lived.store(true, Ordering::Relaxed);
     }
 
-    /// Opens (creating if needed) the store in `dir` and migrates it. A
-    /// directory it creates is private to the user (0700): it holds
-    /// outputs, logs and state.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Makes `dir` fit to hold a store, as [`Store::open`] does first:
+    /// created private (0700) if missing, refused if another user owns it
+    /// ([`crate::files::secure_state_dir`]). For a caller that reads other
+    /// things from the directory (the artifact cache) while the database
+    /// opens.
+    pub fn secure_dir(dir: &Path) -> Result<(), StoreError> {
         crate::files::secure_state_dir(dir).map_err(|e| match e {
             crate::files::StateDirError::Io { path, source } => StoreError::Dir { path, source },
             not_owned => {
                 StoreError::Dir { path: dir.to_path_buf(), source: std::io::Error::other(not_owned.to_string()) }
             }
-        })?;
+        })
+    }
+
+    /// Opens (creating if needed) the store in `dir` and migrates it. A
+    /// directory it creates is private to the user (0700): it holds
+    /// outputs, logs and state.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::secure_dir(dir)?;
         let db_path = dir.join(DB_NAME);
         // 0600 whatever the umask; SQLite gives -wal and -shm the same mode.
         crate::files::ensure_private_file(&db_path)
