@@ -7,7 +7,7 @@ use crate::outcome::{ErrorCode, ExitStatus, GuestKind, RunReport, RunStatus};
 use crate::policy::{Policy, TrustPolicy};
 use crate::runner::{Rejection, Runner};
 use crate::sandbox::{DirGrant, Echo, EngineOptions, Grants, Sandbox, Tee};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::workflow::Execution;
 use anyhow::Context;
 use clap::Args;
@@ -214,31 +214,26 @@ impl ExecCommand {
         let state_dir = global.state_dir();
         // The state directory is checked before anything in it is read (the
         // artifact cache); then the database opens on a thread of its own
-        // while the engine starts and the bundle is prepared. SQLite reading
-        // the schema, and the engine with its cached program, each take a
-        // tenth of a warm `exec` (docs/performance.md).
+        // while the engine starts and the bundle is prepared, and that
+        // thread goes on to compile the statements of the run's record while
+        // the run goes on. SQLite reading the schema, and the engine with its
+        // cached program, each take a tenth of a warm `exec`
+        // (docs/performance.md).
         Store::secure_dir(&state_dir)?;
         let cache_dir = (!self.no_cache).then(|| state_dir.join("cache"));
-        let (runner, prepared) = std::thread::scope(|scope| -> anyhow::Result<_> {
-            let opening = std::thread::Builder::new()
-                .name("store-open".to_owned())
-                .spawn_scoped(scope, || Store::open(&state_dir))
-                .context("starting a thread")?;
-            // On-demand allocation, not the pooling allocator: reserving
-            // pools costs more at startup than one run saves.
-            let sandbox = Arc::new(Sandbox::new(EngineOptions {
-                fuel_metering: !self.no_fuel,
-                max_wasm_stack,
-                cache_dir,
-                ..EngineOptions::default()
-            })?);
-            // Signatures before anything is compiled: a tampered bundle
-            // never reaches the compiler, let alone runs.
-            let prepared = Runner::new(sandbox.clone(), None).prepare(&self.bundle, &policy.trust);
-            let store = opening.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            store.keep_wal_short();
-            Ok((Runner::new(sandbox, Some(Arc::new(store))), prepared))
-        })?;
+        let mut opener = StoreOpener::start(state_dir)?;
+        // On-demand allocation, not the pooling allocator: reserving pools
+        // costs more at startup than one run saves.
+        let sandbox = Arc::new(Sandbox::new(EngineOptions {
+            fuel_metering: !self.no_fuel,
+            max_wasm_stack,
+            cache_dir,
+            ..EngineOptions::default()
+        })?);
+        // Signatures before anything is compiled: a tampered bundle never
+        // reaches the compiler, let alone runs.
+        let prepared = Runner::new(sandbox.clone(), None).prepare(&self.bundle, &policy.trust);
+        let runner = Runner::new(sandbox, Some(opener.store()?));
         let prepared = match prepared {
             Ok(prepared) => prepared,
             Err(rejection) => return Ok(runner.reject(&self.bundle, &rejection, &Execution::default())?),
@@ -450,6 +445,58 @@ impl ExecCommand {
 }
 
 /// Reads `NAME=VALUE` lines; blank lines and `#` comments are skipped.
+/// The run database, opened on a thread of its own (`store-open`), which
+/// then compiles the statements of the run's record
+/// ([`Store::prepare_run_end`]).
+struct StoreOpener {
+    opened: std::sync::mpsc::Receiver<Result<Arc<Store>, StoreError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreOpener {
+    fn start(dir: PathBuf) -> anyhow::Result<StoreOpener> {
+        let (send, opened) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("store-open".to_owned())
+            .spawn(move || {
+                let store = Store::open(&dir).map(Arc::new);
+                let warm = store.as_ref().ok().map(Arc::clone);
+                let _ = send.send(store);
+                if let Some(store) = warm {
+                    store.prepare_run_end();
+                }
+            })
+            .context("starting a thread")?;
+        Ok(StoreOpener { opened, thread: Some(thread) })
+    }
+
+    /// Waits for the store, or the reason it could not open.
+    fn store(&mut self) -> Result<Arc<Store>, StoreError> {
+        match self.opened.recv() {
+            Ok(store) => {
+                let store = store?;
+                store.keep_wal_short();
+                Ok(store)
+            }
+            // The thread ended without a word: it panicked.
+            Err(_) => {
+                let panic = self.thread.take().and_then(|thread| thread.join().err());
+                std::panic::resume_unwind(panic.unwrap_or_else(|| Box::new("the store-open thread stopped")))
+            }
+        }
+    }
+}
+
+impl Drop for StoreOpener {
+    /// Waits for the thread, so that the store it holds has closed (which
+    /// may fold its WAL in) before the process exits.
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn read_secrets(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
     let text = crate::files::read_capped_text(path, crate::files::caps::SETTINGS)
         .map_err(|e| format!("secrets file {}: {e}", path.display()))?;

@@ -147,7 +147,7 @@ fn finish_in(
         insert_run(tx, run, started)?;
     }
     update_finished(tx, report, at)?;
-    let mut log = tx.prepare_cached("INSERT OR REPLACE INTO run_logs VALUES (?1, ?2, ?3)")?;
+    let mut log = tx.prepare_cached(INSERT_LOG)?;
     for (node, text) in logs {
         log.execute(params![report.run_id, node, text])?;
     }
@@ -327,6 +327,22 @@ impl Store {
     /// ([`INLINE_LOG_MAX`]), as (node, text).
     pub fn finish_run(&self, end: &RunEnd) -> Result<(), StoreError> {
         self.finish_runs(std::slice::from_ref(end)).remove(0)
+    }
+
+    /// Compiles the statements that record a run's end, and reads this
+    /// process's owner token, ahead of the first end: for a process that
+    /// records one run (`wfrun exec`), on another thread while its run goes
+    /// on (two tenths of a millisecond of SQL parsing and a
+    /// `/proc/self/stat` read taken off the end of the run). Holds the
+    /// connection meanwhile; a failure here is met again at the real write.
+    pub fn prepare_run_end(&self) {
+        let _ = owner_token();
+        let writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for sql in
+            [INSERT_RUN, INSERT_PENDING_TRANSITION, ADD_TRANSITION, UPDATE_FINISHED, INSERT_NODE_RECORD, INSERT_LOG]
+        {
+            let _ = writer.conn.prepare_cached(sql);
+        }
     }
 
     /// [`Store::finish_run`] for several runs at once, sharing commits:
@@ -535,50 +551,53 @@ impl Store {
     }
 }
 
+// The statements that record a run's end ([`finish_in`]), by name so that
+// [`Store::prepare_run_end`] can compile them ahead.
+const INSERT_RUN: &str =
+    "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at,
+                          owner_pid, job, owner_boot)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)
+     ON CONFLICT (id) DO UPDATE SET workflow = excluded.workflow, version = excluded.version,
+         kind = excluded.kind, bundle_path = excluded.bundle_path, bundle_digest = excluded.bundle_digest,
+         status = 'running', owner_pid = excluded.owner_pid, job = excluded.job,
+         owner_boot = excluded.owner_boot
+     WHERE runs.status = 'pending'";
+const INSERT_PENDING_TRANSITION: &str = "INSERT OR IGNORE INTO run_transitions VALUES (?1, 0, 'pending', ?2)";
+const ADD_TRANSITION: &str = "INSERT INTO run_transitions
+     SELECT ?1, COALESCE(MAX(seq), -1) + 1, ?2, ?3 FROM run_transitions WHERE run_id = ?1";
+const UPDATE_FINISHED: &str = "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5,
+     output = ?6, exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11,
+     policy_violations = ?12, error_detail = ?13, metrics = ?14
+     WHERE id = ?1";
+const INSERT_NODE_RECORD: &str = "INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)";
+const INSERT_LOG: &str = "INSERT OR REPLACE INTO run_logs VALUES (?1, ?2, ?3)";
+
 /// Inserts run `run` as `running`, or completes the `pending` row
 /// [`Store::accept_runs`] made for it (keeping its creation time and its
 /// `pending` transition). A row in any other state is an error.
 fn insert_run(tx: &Connection, run: &NewRun, at: &str) -> rusqlite::Result<()> {
-    let written = tx
-        .prepare_cached(
-            "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at, owner_pid,
-                               job, owner_boot)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?10)
-             ON CONFLICT (id) DO UPDATE SET workflow = excluded.workflow, version = excluded.version,
-                 kind = excluded.kind, bundle_path = excluded.bundle_path, bundle_digest = excluded.bundle_digest,
-                 status = 'running', owner_pid = excluded.owner_pid, job = excluded.job,
-                 owner_boot = excluded.owner_boot
-             WHERE runs.status = 'pending'",
-        )?
-        .execute(params![
-            run.id,
-            run.workflow,
-            run.version,
-            run.kind.map_or("-", GuestKind::as_str),
-            run.bundle_path,
-            run.bundle_digest,
-            at,
-            std::process::id(),
-            run.job,
-            owner_token()
-        ])?;
+    let written = tx.prepare_cached(INSERT_RUN)?.execute(params![
+        run.id,
+        run.workflow,
+        run.version,
+        run.kind.map_or("-", GuestKind::as_str),
+        run.bundle_path,
+        run.bundle_digest,
+        at,
+        std::process::id(),
+        run.job,
+        owner_token()
+    ])?;
     if written == 0 {
         return Err(rusqlite::Error::StatementChangedRows(0));
     }
-    tx.prepare_cached("INSERT OR IGNORE INTO run_transitions VALUES (?1, 0, 'pending', ?2)")?
-        .execute(params![run.id, at])?;
+    tx.prepare_cached(INSERT_PENDING_TRANSITION)?.execute(params![run.id, at])?;
     add_transition(tx, &run.id, RunStatus::Running, at)
 }
 
 fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::Result<()> {
     let run_id = &report.run_id;
-    tx.prepare_cached(
-        "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5, output = ?6,
-         exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11,
-         policy_violations = ?12, error_detail = ?13, metrics = ?14
-         WHERE id = ?1",
-    )?
-    .execute(params![
+    tx.prepare_cached(UPDATE_FINISHED)?.execute(params![
         run_id,
         report.status.as_str(),
         report.error_code.map(|c| c.as_str()),
@@ -599,18 +618,13 @@ fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::R
     super::jobs::note_run(tx, run_id, report.status, report.error_code, at)?;
     for (seq, node) in report.nodes.iter().enumerate() {
         let record = serde_json::to_string(node).expect("node records serialise");
-        tx.prepare_cached("INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![run_id, seq as i64, node.node, record])?;
+        tx.prepare_cached(INSERT_NODE_RECORD)?.execute(params![run_id, seq as i64, node.node, record])?;
     }
     Ok(())
 }
 
 fn add_transition(tx: &Connection, run_id: &str, status: RunStatus, at: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO run_transitions
-         SELECT ?1, COALESCE(MAX(seq), -1) + 1, ?2, ?3 FROM run_transitions WHERE run_id = ?1",
-    )?
-    .execute(params![run_id, status.as_str(), at])?;
+    tx.prepare_cached(ADD_TRANSITION)?.execute(params![run_id, status.as_str(), at])?;
     Ok(())
 }
 
