@@ -245,3 +245,24 @@ fn help_documents_defaults_and_exit_statuses() {
         assert!(help.contains(expected), "--help lacks {expected:?}");
     }
 }
+
+#[test]
+fn runs_of_exec_keep_the_write_ahead_log_short() {
+    // Each `exec` opens the database on a thread of its own, which then
+    // keeps a hold on it; the store must still close (folding a long WAL
+    // into the database) before the process exits, or every later `exec`
+    // reads an ever longer WAL.
+    let dir = tempfile::tempdir().unwrap();
+    let job = guest("hello-job");
+    let wal = dir.path().join("wfrun.db-wal");
+    let mut longest = 0;
+    for _ in 0..24 {
+        let output = wfrun().env("WFRUN_DIR", dir.path()).args(["exec", path(&job), "--", "Ada"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        longest = longest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    assert!(longest < wfrun_runtime::store::SHORT_LIVED_WAL_BYTES, "the WAL reached {longest} bytes after an exec");
+    let db = rusqlite::Connection::open(dir.path().join("wfrun.db")).unwrap();
+    let runs: i64 = db.query_row("SELECT COUNT(*) FROM runs WHERE status = 'succeeded'", [], |r| r.get(0)).unwrap();
+    assert_eq!(runs, 24, "every run recorded");
+}
