@@ -248,10 +248,10 @@ fn help_documents_defaults_and_exit_statuses() {
 
 #[test]
 fn runs_of_exec_keep_the_write_ahead_log_short() {
-    // Each `exec` opens the database on a thread of its own, which then
-    // keeps a hold on it; the store must still close (folding a long WAL
-    // into the database) before the process exits, or every later `exec`
-    // reads an ever longer WAL.
+    // Each `exec` opens the database on a thread of its own, which keeps a
+    // handle on it for a while; the store must still close (folding a long
+    // WAL into the database) before the process exits, or every later
+    // `exec` reads an ever longer WAL.
     let dir = tempfile::tempdir().unwrap();
     let job = guest("hello-job");
     let wal = dir.path().join("wfrun.db-wal");

@@ -324,6 +324,18 @@ fn completions_and_the_manual_cover_every_command() {
         assert!(script.contains("max-parallel"), "{shell} completions lack exec's --max-parallel");
     }
     assert_eq!(client(&["completions", "tcsh"], &[]).status.code(), Some(2));
+    // `wfrun --help` describes every subcommand, though their arguments
+    // are built only when asked for.
+    let help = client(&["--help"], &[]);
+    assert_eq!(help.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let listed: Vec<&str> =
+        help.lines().skip_while(|l| !l.starts_with("Commands:")).skip(1).take_while(|l| !l.trim().is_empty()).collect();
+    for command in commands {
+        let line = listed.iter().find(|l| l.split_whitespace().next() == Some(command));
+        let words = line.map_or(0, |l| l.split_whitespace().count());
+        assert!(words > 1, "`wfrun --help` lists {command} without a description");
+    }
     let page = client(&["man"], &[]);
     assert_eq!(page.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&page.stdout).starts_with(".ie"), "not roff");

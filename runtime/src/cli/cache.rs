@@ -5,7 +5,6 @@ use crate::outcome::ExitStatus;
 use crate::sandbox::cache;
 use clap::{Args, Subcommand};
 
-/// List or clear compiled components kept in <state-dir>/cache.
 #[derive(Debug, Args)]
 pub struct CacheCommand {
     #[command(subcommand)]

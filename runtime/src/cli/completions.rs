@@ -12,7 +12,6 @@ Install, for example:
   zsh:   wfrun completions zsh > ~/.zfunc/_wfrun   (with fpath+=~/.zfunc before compinit)
   fish:  wfrun completions fish > ~/.config/fish/completions/wfrun.fish";
 
-/// Print a shell completion script for wfrun.
 #[derive(Debug, Args)]
 #[command(after_help = COMPLETIONS_HELP)]
 pub struct CompletionsCommand {
@@ -30,7 +29,6 @@ impl CompletionsCommand {
     }
 }
 
-/// Print wfrun's manual page (roff), or write one page per command.
 #[derive(Debug, Args)]
 pub struct ManCommand {
     /// Write `wfrun.1` and a `wfrun-COMMAND.1` per subcommand into DIR

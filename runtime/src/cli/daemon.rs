@@ -39,7 +39,6 @@ Examples:
   wfrun jobs add hello --bundle hello.wasm --every 30s --input '{\"name\":\"cron\"}'
   wfrun status";
 
-/// Run jobs: schedules, webhooks, a control socket, retries, clean stops.
 #[derive(Debug, Args)]
 #[command(after_help = DAEMON_HELP)]
 pub struct DaemonCommand {
@@ -144,7 +143,6 @@ fn answer(response: Response, json: bool, show: impl FnOnce(&Value)) -> anyhow::
     }
 }
 
-/// Show the daemon's jobs, their schedules and the runs in flight.
 #[derive(Debug, Args)]
 pub struct StatusCommand {
     /// Print the daemon's answer as JSON.
@@ -274,7 +272,6 @@ fn print_jobs(jobs: &Value) {
     }
 }
 
-/// Add, list, remove, pause and resume the daemon's jobs.
 #[derive(Debug, Args)]
 pub struct JobsCommand {
     #[command(subcommand)]
@@ -424,7 +421,6 @@ impl JobsCommand {
     }
 }
 
-/// Run a daemon job now.
 #[derive(Debug, Args)]
 pub struct TriggerCommand {
     /// The job.
@@ -483,7 +479,6 @@ impl TriggerCommand {
     }
 }
 
-/// Cancel a run the daemon is running; it is recorded `cancelled`.
 #[derive(Debug, Args)]
 pub struct CancelCommand {
     /// The run id (from `wfrun status` or `wfrun trigger`).
@@ -505,8 +500,6 @@ impl CancelCommand {
     }
 }
 
-/// Roll back the daemon's release by hand: the one in trial, or else the
-/// committed one (the release before it comes back). Needs a `[sync]` table.
 #[derive(Debug, Args)]
 pub struct RollbackCommand {
     /// Print the daemon's answer as JSON.
@@ -525,8 +518,6 @@ impl RollbackCommand {
     }
 }
 
-/// The daemon's releases: what is active, in trial, and how the last check
-/// of the release origin went.
 #[derive(Debug, Args)]
 pub struct SyncCommand {
     #[command(subcommand)]

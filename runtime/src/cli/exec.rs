@@ -59,8 +59,6 @@ Examples:
   wfrun exec fetch.wasm --allow-host https://api.github.com --input '{\"url\":\"https://api.github.com/zen\"}'
   wfrun exec report.wasm --policy policy.toml";
 
-/// Run a bundle once (a node, a job or a workflow) under limits, record it,
-/// and report what happened.
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct ExecCommand {
@@ -218,7 +216,9 @@ impl ExecCommand {
         // thread goes on to compile the statements of the run's record while
         // the run goes on. SQLite reading the schema, and the engine with its
         // cached program, each take a tenth of a warm `exec`
-        // (docs/performance.md).
+        // (docs/performance.md). The store is awaited before anything is
+        // recorded or run: an unusable database (one from a newer wfrun)
+        // stops the run, and its error comes before the bundle's own.
         Store::secure_dir(&state_dir)?;
         let cache_dir = (!self.no_cache).then(|| state_dir.join("cache"));
         let mut opener = StoreOpener::start(state_dir)?;
@@ -444,7 +444,6 @@ impl ExecCommand {
     }
 }
 
-/// Reads `NAME=VALUE` lines; blank lines and `#` comments are skipped.
 /// The run database, opened on a thread of its own (`store-open`), which
 /// then compiles the statements of the run's record
 /// ([`Store::prepare_run_end`]).
@@ -497,6 +496,7 @@ impl Drop for StoreOpener {
     }
 }
 
+/// Reads `NAME=VALUE` lines; blank lines and `#` comments are skipped.
 fn read_secrets(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
     let text = crate::files::read_capped_text(path, crate::files::caps::SETTINGS)
         .map_err(|e| format!("secrets file {}: {e}", path.display()))?;

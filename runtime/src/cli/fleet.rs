@@ -22,7 +22,6 @@ Examples:
   wfrun fleet devices --state-dir fleet
   wfrun fleet reports --state-dir fleet --device d1 --json";
 
-/// A fleet on one machine: serve releases and receive reports.
 #[derive(Debug, Args)]
 #[command(after_help = FLEET_HELP)]
 pub struct FleetCommand {

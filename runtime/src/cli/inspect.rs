@@ -9,8 +9,6 @@ use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// Show a bundle's name, version, digest, size, nodes with their imports and
-/// exports, requested capabilities and signature status.
 #[derive(Debug, Args)]
 pub struct InspectCommand {
     /// The bundle to inspect.

@@ -39,7 +39,6 @@ with only the exec flags given after `--`: the agent cannot ask for more (no
 directories, hosts, environment or larger limits than those). Give --no-exec
 to offer no exec tool at all.";
 
-/// Serve the control plane (and exec) to an agent over MCP on stdio.
 #[derive(Debug, Args)]
 #[command(after_help = MCP_HELP)]
 pub struct McpCommand {

@@ -58,30 +58,60 @@ impl GlobalArgs {
 }
 
 /// Each subcommand's arguments are built only when it is the one being
-/// parsed (or for help, completions and man pages): building all of them
-/// was a tenth of a warm `exec`.
+/// parsed (or for its help, completions and man pages): building all of
+/// them was a tenth of a warm `exec`. Its description therefore lives here,
+/// on the variant, which is built at once: `wfrun --help` lists it.
 #[derive(Debug, Subcommand)]
 #[command(defer = true)]
 enum Command {
+    /// Run a bundle once (a node, a job or a workflow) under limits, record it,
+    /// and report what happened.
     Exec(Box<exec::ExecCommand>),
+    /// Pack a workflow (workflow.toml and its node components) into one bundle,
+    /// itself a valid component.
     Pack(pack::PackCommand),
+    /// Show a bundle's name, version, digest, size, nodes with their imports and
+    /// exports, requested capabilities and signature status.
     Inspect(inspect::InspectCommand),
+    /// Inspect recorded runs: what ran, in which order, how long each node took,
+    /// what it cost, and why a run failed.
     Runs(runs::RunsCommand),
+    /// Make a signing key pair: DIR/wfrun.key (private, mode 0600) and
+    /// DIR/wfrun.pub (give this to whoever runs your bundles).
     Keygen(sign::KeygenCommand),
+    /// Sign a bundle: embed the signature as its last section (default), or write
+    /// BUNDLE.sig beside it with --detached.
     Sign(sign::SignCommand),
+    /// Verify a bundle's signature against trusted keys. Exits 0 only for a
+    /// valid signature by a trusted key.
     Verify(sign::VerifyCommand),
+    /// List or clear compiled components kept in <state-dir>/cache.
     Cache(cache::CacheCommand),
+    /// Run jobs: schedules, webhooks, a control socket, retries, clean stops.
     Daemon(daemon::DaemonCommand),
+    /// Show the daemon's jobs, their schedules and the runs in flight.
     Status(daemon::StatusCommand),
+    /// Add, list, remove, pause and resume the daemon's jobs.
     Jobs(daemon::JobsCommand),
+    /// Run a daemon job now.
     Trigger(daemon::TriggerCommand),
+    /// Cancel a run the daemon is running; it is recorded `cancelled`.
     Cancel(daemon::CancelCommand),
+    /// Publish releases for devices: a signed TUF repository.
     Release(release::ReleaseCommand),
+    /// The daemon's releases: what is active, in trial, and how the last check
+    /// of the release origin went.
     Sync(daemon::SyncCommand),
+    /// Roll back the daemon's release by hand: the one in trial, or else the
+    /// committed one (the release before it comes back). Needs a `[sync]` table.
     Rollback(daemon::RollbackCommand),
+    /// A fleet on one machine: serve releases and receive reports.
     Fleet(fleet::FleetCommand),
+    /// Print a shell completion script for wfrun.
     Completions(completions::CompletionsCommand),
+    /// Print wfrun's manual page (roff), or write one page per command.
     Man(completions::ManCommand),
+    /// Serve the control plane (and exec) to an agent over MCP on stdio.
     Mcp(mcp::McpCommand),
 }
 

@@ -8,8 +8,6 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 
-/// Pack a workflow (workflow.toml and its node components) into one bundle,
-/// itself a valid component.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  wfrun pack examples/workflows/report/workflow.toml -o report.wasm")]
 pub struct PackCommand {

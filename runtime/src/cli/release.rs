@@ -28,7 +28,6 @@ Examples:
   wfrun release rotate repo root --revoke 3f2a9c1e --signing-key /media/usb/root-1.key
   wfrun release status repo";
 
-/// Publish releases for devices: a signed TUF repository.
 #[derive(Debug, Args)]
 #[command(after_help = RELEASE_HELP)]
 pub struct ReleaseCommand {

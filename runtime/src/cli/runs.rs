@@ -11,8 +11,6 @@ use crate::store::{RunRecord, Store};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-/// Inspect recorded runs: what ran, in which order, how long each node took,
-/// what it cost, and why a run failed.
 #[derive(Debug, Args)]
 pub struct RunsCommand {
     #[command(subcommand)]

@@ -10,8 +10,6 @@ use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Make a signing key pair: DIR/wfrun.key (private, mode 0600) and
-/// DIR/wfrun.pub (give this to whoever runs your bundles).
 #[derive(Debug, Args)]
 pub struct KeygenCommand {
     /// Directory to write the key pair into (created if missing).
@@ -60,8 +58,6 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sign a bundle: embed the signature as its last section (default), or write
-/// BUNDLE.sig beside it with --detached.
 #[derive(Debug, Args)]
 pub struct SignCommand {
     /// The bundle to sign (rewritten in place unless --detached).
@@ -122,8 +118,6 @@ impl SignCommand {
     }
 }
 
-/// Verify a bundle's signature against trusted keys. Exits 0 only for a
-/// valid signature by a trusted key.
 #[derive(Debug, Args)]
 #[command(after_help = "Failure codes: signature_missing, signature_malformed, signature_duplicated,\n\
 signature_misplaced, signature_invalid, signature_untrusted (exit status 6).")]

@@ -81,9 +81,12 @@ fn end_writer(store: &std::sync::Weak<Store>, ends: &std::sync::mpsc::Receiver<W
         {
             batch.push(next);
         }
-        let Some(store) = store.upgrade() else { return };
         let (ends_now, answers): (Vec<RunEnd>, Vec<_>) = batch.into_iter().unzip();
-        let results = store.finish_runs(&ends_now);
+        // The store is let go before the answers go out: the task that
+        // drops the last other handle then closes the store itself (a
+        // short-lived `exec` folds its WAL in as it closes), rather than
+        // this thread, perhaps as the process exits.
+        let Some(results) = store.upgrade().map(|store| store.finish_runs(&ends_now)) else { return };
         for ((end, answer), result) in ends_now.into_iter().zip(answers).zip(results) {
             // A task that stopped waiting still has its run recorded.
             let _ = answer.send((end, result));
