@@ -187,9 +187,10 @@ fn main() {
             .args(["--quiet"])
             .args(args)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
             .unwrap();
-        assert!(status.success());
+        assert!(status.success(), "wfrun exec {} failed; run it by hand to see why", path.display());
     };
     let hello_input = ["--input", r#"{"name":"bench"}"#];
     let (compiling, _) = sample(3, 30, || exec(&["--no-cache"], &hello_path, &hello_input));
@@ -283,20 +284,9 @@ fn main() {
                     .unwrap();
                 assert!(status.success());
             };
-            // Ours with the same stdio as theirs: stdout and stderr to
-            // /dev/null (the job writes to both).
-            let wfrun_exec = || {
-                let status = Command::new(wfrun)
-                    .env("WFRUN_DIR", state.path())
-                    .args(["exec", "--quiet"])
-                    .arg(&job_path)
-                    .args(["--", "bench"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .unwrap();
-                assert!(status.success(), "wfrun exec {} failed; run it by hand to see why", job_path.display());
-            };
+            // Ours with the same stdio as theirs: `exec` sends stdout and
+            // stderr to /dev/null (the job writes to both).
+            let wfrun_exec = || exec(&[], &job_path, &["--", "bench"]);
             // Both warm (their caches filled, our bundle settled), then
             // interleaved: ours, theirs, ours, theirs …
             for _ in 0..3 {

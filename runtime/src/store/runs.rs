@@ -554,8 +554,8 @@ impl Store {
     }
 }
 
-// The statements that record a run's end ([`finish_in`]), by name so that
-// [`Store::prepare_run_end`] can compile them ahead.
+// The statements that record a run's end (`finish_in`), by name so that
+// `Store::prepare_run_end` can compile them ahead.
 const INSERT_RUN: &str =
     "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at,
                           owner_pid, job, owner_boot)
