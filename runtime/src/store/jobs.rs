@@ -180,16 +180,16 @@ pub(super) fn note_run(
     at: &str,
 ) -> rusqlite::Result<()> {
     let counts = code != Some(crate::outcome::ErrorCode::HostError);
-    tx.prepare_cached(
-        "UPDATE jobs SET last_run_at = ?2, last_run_id = ?1, last_status = ?3,
-         consecutive_failures = CASE WHEN ?3 = 'succeeded' THEN 0
-                                     WHEN ?3 = 'failed' AND ?4 THEN consecutive_failures + 1
-                                     ELSE consecutive_failures END
-         WHERE name = (SELECT job FROM runs WHERE id = ?1)",
-    )?
-    .execute(params![run_id, at, status.as_str(), counts])?;
+    tx.prepare_cached(NOTE_RUN)?.execute(params![run_id, at, status.as_str(), counts])?;
     Ok(())
 }
+
+/// [`note_run`]'s statement.
+pub(super) const NOTE_RUN: &str = "UPDATE jobs SET last_run_at = ?2, last_run_id = ?1, last_status = ?3,
+     consecutive_failures = CASE WHEN ?3 = 'succeeded' THEN 0
+                                 WHEN ?3 = 'failed' AND ?4 THEN consecutive_failures + 1
+                                 ELSE consecutive_failures END
+     WHERE name = (SELECT job FROM runs WHERE id = ?1)";
 
 #[cfg(test)]
 mod tests {

@@ -146,10 +146,10 @@ fn finish_in(
             }
         }
     }
-    if let Some((run, started)) = unbegun {
-        insert_run(tx, run, started)?;
+    match unbegun {
+        Some((run, started)) => insert_finished(tx, run, started, report, at)?,
+        None => update_finished(tx, report, at)?,
     }
-    update_finished(tx, report, at)?;
     let mut log = tx.prepare_cached(INSERT_LOG)?;
     for (node, text) in logs {
         log.execute(params![report.run_id, node, text])?;
@@ -341,8 +341,7 @@ impl Store {
     pub fn prepare_run_end(&self) {
         let _ = owner_token();
         let writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for sql in
-            [INSERT_RUN, INSERT_PENDING_TRANSITION, ADD_TRANSITION, UPDATE_FINISHED, INSERT_NODE_RECORD, INSERT_LOG]
+        for sql in [INSERT_FINISHED, INSERT_FINISHED_TRANSITIONS, super::jobs::NOTE_RUN, INSERT_NODE_RECORD, INSERT_LOG]
         {
             let _ = writer.conn.prepare_cached(sql);
         }
@@ -422,8 +421,7 @@ impl Store {
     pub fn record_rejected(&self, run: &NewRun, report: &RunReport) -> Result<(), StoreError> {
         let at = now();
         self.write_run(|tx| {
-            insert_run(tx, run, &at)?;
-            update_finished(tx, report, &at)?;
+            insert_finished(tx, run, &at, report, &at)?;
             Ok(vec![run.id.clone()])
         })?;
         Ok(())
@@ -572,6 +570,27 @@ const UPDATE_FINISHED: &str = "UPDATE runs SET status = ?2, error_code = ?3, err
      output = ?6, exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11,
      policy_violations = ?12, error_detail = ?13, metrics = ?14
      WHERE id = ?1";
+/// A run's start and end in one statement: a new row, or the `pending`
+/// row [`Store::accept_runs`] made (keeping its creation time). A row in
+/// any other state is left alone.
+const INSERT_FINISHED: &str = "INSERT INTO runs (id, status, error_code, error_message, failed_node, output, exit_code,
+         finished_at, duration_ms, fuel_consumed, peak_memory_bytes, policy_violations, error_detail, metrics,
+         workflow, version, kind, bundle_path, bundle_digest, owner_pid, job, owner_boot, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)
+     ON CONFLICT (id) DO UPDATE SET status = excluded.status, error_code = excluded.error_code,
+         error_message = excluded.error_message, failed_node = excluded.failed_node, output = excluded.output,
+         exit_code = excluded.exit_code, finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+         fuel_consumed = excluded.fuel_consumed, peak_memory_bytes = excluded.peak_memory_bytes,
+         policy_violations = excluded.policy_violations, error_detail = excluded.error_detail,
+         metrics = excluded.metrics, workflow = excluded.workflow, version = excluded.version, kind = excluded.kind,
+         bundle_path = excluded.bundle_path, bundle_digest = excluded.bundle_digest, owner_pid = excluded.owner_pid,
+         job = excluded.job, owner_boot = excluded.owner_boot
+     WHERE runs.status = 'pending'";
+/// The transitions of a run recorded start and end at once: `pending` (kept
+/// if the row had it), `running` and its end. A `pending` row has only its
+/// first.
+const INSERT_FINISHED_TRANSITIONS: &str =
+    "INSERT OR IGNORE INTO run_transitions VALUES (?1, 0, 'pending', ?2), (?1, 1, 'running', ?2), (?1, 2, ?3, ?4)";
 const INSERT_NODE_RECORD: &str = "INSERT INTO node_runs VALUES (?1, ?2, ?3, ?4)";
 const INSERT_LOG: &str = "INSERT OR REPLACE INTO run_logs VALUES (?1, ?2, ?3)";
 
@@ -598,26 +617,88 @@ fn insert_run(tx: &Connection, run: &NewRun, at: &str) -> rusqlite::Result<()> {
     add_transition(tx, &run.id, RunStatus::Running, at)
 }
 
+/// The values of a run's end, `?1` to `?14` of [`UPDATE_FINISHED`] and
+/// [`INSERT_FINISHED`].
+struct EndValues<'a> {
+    report: &'a RunReport,
+    at: &'a str,
+    status: &'static str,
+    error_code: Option<&'static str>,
+    output: Option<&'a str>,
+    fuel_consumed: i64,
+    peak_memory_bytes: i64,
+    policy_violations: Option<String>,
+    metrics: Option<String>,
+}
+
+impl<'a> EndValues<'a> {
+    fn of(report: &'a RunReport, at: &'a str) -> Self {
+        EndValues {
+            report,
+            at,
+            status: report.status.as_str(),
+            error_code: report.error_code.map(|c| c.as_str()),
+            output: report.output.as_ref().map(|o| o.get()),
+            fuel_consumed: report.fuel_consumed as i64,
+            peak_memory_bytes: report.peak_memory_bytes as i64,
+            policy_violations: (!report.policy_violations.is_empty())
+                .then(|| serde_json::to_string(&report.policy_violations).expect("violations serialise")),
+            metrics: (!report.metrics.is_empty())
+                .then(|| serde_json::to_string(&report.metrics).expect("metrics serialise")),
+        }
+    }
+
+    fn params(&self) -> [&dyn rusqlite::ToSql; 14] {
+        let report = self.report;
+        [
+            &report.run_id,
+            &self.status,
+            &self.error_code,
+            &report.error_message,
+            &report.failed_node,
+            &self.output,
+            &report.exit_code,
+            &self.at,
+            &report.duration_ms,
+            &self.fuel_consumed,
+            &self.peak_memory_bytes,
+            &self.policy_violations,
+            &report.error_detail,
+            &self.metrics,
+        ]
+    }
+}
+
+/// Records the end of a run whose start is recorded (`running`).
 fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::Result<()> {
+    let values = EndValues::of(report, at);
+    tx.prepare_cached(UPDATE_FINISHED)?.execute(&values.params()[..])?;
+    add_transition(tx, &report.run_id, report.status, at)?;
+    after_finished(tx, report, at)
+}
+
+/// Records run `run`, started at `started`, and its end at `at` at once:
+/// as a new row, or completing its `pending` row. A row in any other state
+/// is an error.
+fn insert_finished(tx: &Connection, run: &NewRun, started: &str, report: &RunReport, at: &str) -> rusqlite::Result<()> {
+    let values = EndValues::of(report, at);
+    let end = values.params();
+    let kind = run.kind.map_or("-", GuestKind::as_str);
+    let (pid, owner) = (std::process::id(), owner_token());
+    let start: [&dyn rusqlite::ToSql; 9] =
+        [&run.workflow, &run.version, &kind, &run.bundle_path, &run.bundle_digest, &pid, &run.job, &owner, &started];
+    let all: Vec<&dyn rusqlite::ToSql> = end.iter().chain(start.iter()).copied().collect();
+    if tx.prepare_cached(INSERT_FINISHED)?.execute(&all[..])? == 0 {
+        return Err(rusqlite::Error::StatementChangedRows(0));
+    }
+    tx.prepare_cached(INSERT_FINISHED_TRANSITIONS)?.execute(params![report.run_id, started, values.status, at])?;
+    after_finished(tx, report, at)
+}
+
+/// What every run's end writes besides its row: its job's last run, and
+/// its node records.
+fn after_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::Result<()> {
     let run_id = &report.run_id;
-    tx.prepare_cached(UPDATE_FINISHED)?.execute(params![
-        run_id,
-        report.status.as_str(),
-        report.error_code.map(|c| c.as_str()),
-        report.error_message,
-        report.failed_node,
-        report.output.as_ref().map(|o| o.get()),
-        report.exit_code,
-        at,
-        report.duration_ms,
-        report.fuel_consumed as i64,
-        report.peak_memory_bytes as i64,
-        (!report.policy_violations.is_empty())
-            .then(|| serde_json::to_string(&report.policy_violations).expect("violations serialise")),
-        report.error_detail,
-        (!report.metrics.is_empty()).then(|| serde_json::to_string(&report.metrics).expect("metrics serialise")),
-    ])?;
-    add_transition(tx, run_id, report.status, at)?;
     super::jobs::note_run(tx, run_id, report.status, report.error_code, at)?;
     for (seq, node) in report.nodes.iter().enumerate() {
         let record = serde_json::to_string(node).expect("node records serialise");
@@ -733,4 +814,91 @@ fn process_start_time(pid: u32) -> Option<u64> {
 /// process counts as gone, which at worst marks a live `exec` run interrupted.
 fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::JobSpec;
+    use crate::store::{JobSource, StateWrites};
+
+    fn end(id: &str, status: RunStatus, unbegun: Option<(NewRun, String)>) -> RunEnd {
+        RunEnd {
+            workflow: "tick".into(),
+            report: RunReport {
+                run_id: id.into(),
+                status,
+                error_code: (status == RunStatus::Failed).then_some(ErrorCode::Trap),
+                exit_code: Some(3),
+                fuel_consumed: 42,
+                ..RunReport::rejected(ErrorCode::Trap, "trapped")
+            },
+            state: StateWrites::new(),
+            reads: StateWrites::new(),
+            unbegun,
+            logs: Vec::new(),
+        }
+    }
+
+    fn new_run(id: &str, job: Option<&str>) -> NewRun {
+        NewRun {
+            id: id.into(),
+            workflow: "tick".into(),
+            version: "-".into(),
+            bundle_path: "tick.wasm".into(),
+            bundle_digest: "sha256:ab".into(),
+            kind: Some(GuestKind::Job),
+            job: job.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_short_run_is_recorded_start_and_end_in_one_write_without_overwriting_a_run_that_already_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_job("tick", &JobSpec::manual("tick.wasm"), JobSource::Config).unwrap();
+        let ids = ["accepted".to_owned(), "abandoned".to_owned()];
+        store.accept_runs(&ids, "tick", "tick.wasm").unwrap();
+        let accepted_at = store.run("accepted").unwrap().unwrap().created_at;
+        let started = "2999-01-01T00:00:00.000Z".to_owned();
+
+        // A run the daemon accepted: its `pending` row is completed.
+        let run = new_run("accepted", Some("tick"));
+        store.finish_run(&end("accepted", RunStatus::Failed, Some((run, started.clone())))).unwrap();
+        let record = store.run("accepted").unwrap().unwrap();
+        assert_eq!(record.status, RunStatus::Failed);
+        assert_eq!(
+            (record.error_code, record.exit_code, record.fuel_consumed),
+            (Some(ErrorCode::Trap), Some(3), Some(42))
+        );
+        assert_eq!((record.kind, record.bundle_digest.as_str()), (Some(GuestKind::Job), "sha256:ab"));
+        assert_eq!(record.created_at, accepted_at, "the row keeps the time it was accepted");
+        let finished = record.finished_at.clone().unwrap();
+        assert_eq!(
+            record.transitions,
+            [(RunStatus::Pending, accepted_at), (RunStatus::Running, started.clone()), (RunStatus::Failed, finished)]
+        );
+        let job = store.job("tick").unwrap().unwrap();
+        assert_eq!((job.last_run_id.as_deref(), job.last_status), (Some("accepted"), Some(RunStatus::Failed)));
+        assert_eq!(job.consecutive_failures, 1);
+
+        // A run that was never accepted (`wfrun exec`): a new row.
+        store.finish_run(&end("new", RunStatus::Succeeded, Some((new_run("new", None), started.clone())))).unwrap();
+        let record = store.run("new").unwrap().unwrap();
+        assert_eq!((record.status, record.created_at.as_str()), (RunStatus::Succeeded, started.as_str()));
+        let states: Vec<RunStatus> = record.transitions.iter().map(|t| t.0).collect();
+        assert_eq!(states, [RunStatus::Pending, RunStatus::Running, RunStatus::Succeeded]);
+
+        // A run ended meanwhile (cancelled while it waited) keeps its end:
+        // the late record fails and writes nothing.
+        assert!(store.abandon_run("abandoned", RunStatus::Cancelled, None, "cancelled").unwrap());
+        let late = end("abandoned", RunStatus::Succeeded, Some((new_run("abandoned", Some("tick")), started)));
+        assert!(store.finish_run(&late).is_err());
+        let record = store.run("abandoned").unwrap().unwrap();
+        assert_eq!(record.status, RunStatus::Cancelled);
+        let states: Vec<RunStatus> = record.transitions.iter().map(|t| t.0).collect();
+        assert_eq!(states, [RunStatus::Pending, RunStatus::Cancelled]);
+        let job = store.job("tick").unwrap().unwrap();
+        assert_eq!(job.last_run_id.as_deref(), Some("accepted"), "the failed record did not count");
+    }
 }
