@@ -1070,6 +1070,10 @@ fn trigger_count_starts_that_many_runs_each_on_record_and_is_refused_for_a_job_w
     assert!(wait_for(Duration::from_secs(60), || ids
         .iter()
         .all(|id| daemon.run(id).is_some_and(|r| r.status == RunStatus::Succeeded))));
+    // The runs of one trigger looked their program up once between them.
+    let status: Value = serde_json::from_slice(&daemon.wfrun(&["status", "--json"]).stdout).unwrap();
+    let programs = &status["result"]["programs"];
+    assert_eq!((programs["loads"].as_u64(), programs["hits"].as_u64()), (Some(1), Some(0)), "{programs}");
 
     let json: Value =
         serde_json::from_slice(&daemon.wfrun(&["trigger", "many", "--count", "2", "--json"]).stdout).unwrap();

@@ -125,6 +125,10 @@ impl Daemon {
         // The ids are acknowledged only once they name durable records.
         self.store.accept_runs(&ids, name, &job.spec.bundle.display().to_string())?;
         self.unsettled.lock().unwrap().extend(ids.iter().cloned());
+        // The runs of one trigger look their program up once, as the first
+        // of them starts: one check that the bundle is unchanged, not one
+        // per run.
+        let program: SharedProgram = Arc::default();
         let mut started = Vec::with_capacity(count);
         for (run_id, busy) in ids.into_iter().zip(busy) {
             let run_id = run_id.as_str();
@@ -136,9 +140,10 @@ impl Daemon {
             let name = name.to_owned();
             let spec = job.spec.clone();
             let input = input.clone();
+            let program = program.clone();
             let supervisor = tokio::spawn(async move {
                 let _busy = busy;
-                daemon.supervise(&name, spec, input, unfinished, cancel).await
+                daemon.supervise(&name, spec, input, unfinished, cancel, program).await
             });
             started.push((run_id.to_owned(), supervisor));
         }
@@ -162,6 +167,7 @@ impl Daemon {
         input: Option<String>,
         first: Unfinished,
         cancel: Arc<Notify>,
+        program: SharedProgram,
     ) -> RunStatus {
         let retry = self.policy.retry;
         let service = spec.trigger == crate::manifest::Trigger::Always;
@@ -189,7 +195,11 @@ impl Daemon {
                 }
                 // Boxed: a run waiting for its slot holds only this task's
                 // small state, not the whole run's future.
-                let tried = Box::pin(self.run_once(name, &spec, input.clone(), &run_id, cancel.clone(), slot)).await;
+                // A retry looks its program up afresh: the bundle may have
+                // been fixed.
+                let program = if attempt == 1 { program.clone() } else { SharedProgram::default() };
+                let tried =
+                    Box::pin(self.run_once(name, &spec, input.clone(), &run_id, cancel.clone(), slot, &program)).await;
                 if tried.recorded {
                     unfinished.done();
                 }
@@ -298,6 +308,7 @@ impl Daemon {
         run_id: &str,
         cancel: Arc<Notify>,
         slot: Slot,
+        program: &SharedProgram,
     ) -> Attempt {
         let execution = Execution {
             slot: Some(slot),
@@ -310,11 +321,14 @@ impl Daemon {
             outputs_limit: self.config.outputs,
             ..Execution::default()
         };
-        let recorded = match self.programs.prepare(&self.runner, &spec.bundle, &self.policy.trust) {
+        let prepared = program
+            .get_or_init(|| async { self.programs.prepare(&self.runner, &spec.bundle, &self.policy.trust) })
+            .await;
+        let recorded = match prepared {
             Ok(prepared) => self.runner.run(&prepared, &self.job_policy(spec), execution).await,
             Err(rejection) => {
                 tracing::warn!("job {name}: run {run_id} refused: {}", rejection.message);
-                self.runner.reject(&spec.bundle, &rejection, &execution)
+                self.runner.reject(&spec.bundle, rejection, &execution)
             }
         };
         match recorded {
@@ -387,6 +401,10 @@ impl Daemon {
         &self.programs
     }
 }
+
+/// The prepared program (or why there is none) that the runs of one
+/// trigger share: looked up by the first of them to start.
+type SharedProgram = Arc<tokio::sync::OnceCell<Result<Arc<crate::runner::Prepared>, crate::runner::Rejection>>>;
 
 /// What [`Daemon::run_once`] did.
 struct Attempt {
