@@ -103,6 +103,18 @@ fn jobs_run_like_wasmtime_run() {
 }
 
 #[test]
+fn a_jobs_output_is_echoed_whole_and_in_order_however_much_it_writes() {
+    // 20,000 writes: far more than the echo queue holds, so the guest
+    // waits for the echo thread many times over.
+    let job = guest("hostile-job");
+    let output = run(&["exec", path(&job), "--", "count"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let expected: String = (1..=20_000).map(|i| format!("line {i}\n")).collect();
+    assert!(stdout(&output) == expected, "stdout differs from the 20,000 lines written");
+    assert!(stderr(&output).ends_with("counted\n"), "{}", stderr(&output));
+}
+
+#[test]
 fn each_failure_class_has_its_documented_exit_status() {
     let hostile = guest("hostile");
     let cases = [

@@ -75,30 +75,27 @@ impl Echoer {
 #[derive(Debug)]
 pub struct EchoThread {
     sender: mpsc::Sender<(Tee, Bytes)>,
+    /// The chunks queued; the thread holds the lock from its first chunk on.
+    chunks: Arc<Mutex<mpsc::Receiver<(Tee, Bytes)>>>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl EchoThread {
     /// Starts the thread.
     pub fn start() -> EchoThread {
-        let (sender, mut receiver) = mpsc::channel::<(Tee, Bytes)>(ECHO_CHUNKS);
+        let (sender, receiver) = mpsc::channel::<(Tee, Bytes)>(ECHO_CHUNKS);
+        let chunks = Arc::new(Mutex::new(receiver));
+        let queued = chunks.clone();
         let thread = std::thread::Builder::new()
             .name("wfrun-echo".to_owned())
             .spawn(move || {
-                while let Some((target, bytes)) = receiver.blocking_recv() {
-                    // A closed terminal or pipe must not fail the guest: the
-                    // bytes are captured regardless.
-                    let _ = match target {
-                        Tee::None => Ok(()),
-                        Tee::Stdout => {
-                            std::io::stdout().lock().write_all(&bytes).and_then(|()| std::io::stdout().flush())
-                        }
-                        Tee::Stderr => std::io::stderr().lock().write_all(&bytes),
-                    };
+                let mut chunks = queued.lock().unwrap_or_else(|p| p.into_inner());
+                while let Some((target, bytes)) = chunks.blocking_recv() {
+                    echo(target, &bytes);
                 }
             })
             .expect("spawning the echo thread");
-        EchoThread { sender, thread }
+        EchoThread { sender, chunks, thread }
     }
 
     /// An echoer to `target`, or none when `target` is [`Tee::None`].
@@ -111,10 +108,33 @@ impl EchoThread {
 
     /// Waits until everything queued has been written. Every [`Echoer`] must
     /// be dropped first.
+    ///
+    /// A thread that has not started yet (a new thread can wait a while for
+    /// a CPU, longer than a short run lasts) is not waited for: the chunks
+    /// are written here, in order, and the thread then finds none.
     pub fn finish(self) {
         drop(self.sender);
-        let _ = self.thread.join();
+        match self.chunks.try_lock() {
+            Ok(mut chunks) => {
+                while let Ok((target, bytes)) = chunks.try_recv() {
+                    echo(target, &bytes);
+                }
+            }
+            Err(_) => {
+                let _ = self.thread.join();
+            }
+        }
     }
+}
+
+/// Writes an echoed chunk. A closed terminal or pipe must not fail the
+/// guest: the bytes are captured regardless.
+fn echo(target: Tee, bytes: &[u8]) {
+    let _ = match target {
+        Tee::None => Ok(()),
+        Tee::Stdout => std::io::stdout().lock().write_all(bytes).and_then(|()| std::io::stdout().flush()),
+        Tee::Stderr => std::io::stderr().lock().write_all(bytes),
+    };
 }
 
 /// A capped, shareable capture of one guest stream.

@@ -14,6 +14,13 @@ fn main() {
         "stderr" => loop {
             eprintln!("{}", "flood ".repeat(100));
         },
+        // Many small writes: more than the host queues for its echo.
+        "count" => {
+            for i in 1..=20_000 {
+                println!("line {i}");
+            }
+            eprintln!("counted");
+        }
         "args" => println!("{}", std::env::args().collect::<Vec<_>>().join("|")),
         "exit" => std::process::exit(1),
         "panic" => panic!("job panics on purpose"),
