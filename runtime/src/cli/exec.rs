@@ -446,8 +446,14 @@ impl ExecCommand {
 
 /// The run database, opened on a thread of its own (`store-open`), which
 /// then compiles the statements of the run's record
-/// ([`Store::prepare_run_end`]).
+/// ([`Store::prepare_run_end`]). If the thread has not started by the time
+/// the store is needed (a new thread can wait a while for a CPU, on a busy
+/// machine longer than the open takes), the store is opened where it is
+/// needed instead.
 struct StoreOpener {
+    dir: PathBuf,
+    /// Set by whichever opens the store: the thread or [`StoreOpener::store`].
+    claimed: Arc<std::sync::atomic::AtomicBool>,
     opened: std::sync::mpsc::Receiver<Result<Arc<Store>, StoreError>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -455,10 +461,15 @@ struct StoreOpener {
 impl StoreOpener {
     fn start(dir: PathBuf) -> anyhow::Result<StoreOpener> {
         let (send, opened) = std::sync::mpsc::sync_channel(1);
+        let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ours, at) = (claimed.clone(), dir.clone());
         let thread = std::thread::Builder::new()
             .name("store-open".to_owned())
             .spawn(move || {
-                let store = Store::open(&dir).map(Arc::new);
+                if ours.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    return;
+                }
+                let store = Store::open(&at).map(Arc::new);
                 let warm = store.as_ref().ok().map(Arc::clone);
                 let _ = send.send(store);
                 if let Some(store) = warm {
@@ -466,23 +477,28 @@ impl StoreOpener {
                 }
             })
             .context("starting a thread")?;
-        Ok(StoreOpener { opened, thread: Some(thread) })
+        Ok(StoreOpener { dir, claimed, opened, thread: Some(thread) })
     }
 
     /// Waits for the store, or the reason it could not open.
     fn store(&mut self) -> Result<Arc<Store>, StoreError> {
-        match self.opened.recv() {
-            Ok(store) => {
-                let store = store?;
-                store.keep_wal_short();
-                Ok(store)
+        let store = if self.claimed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            match self.opened.recv() {
+                Ok(store) => store?,
+                // The thread ended without a word: it panicked.
+                Err(_) => {
+                    let panic = self.thread.take().and_then(|thread| thread.join().err());
+                    std::panic::resume_unwind(panic.unwrap_or_else(|| Box::new("the store-open thread stopped")))
+                }
             }
-            // The thread ended without a word: it panicked.
-            Err(_) => {
-                let panic = self.thread.take().and_then(|thread| thread.join().err());
-                std::panic::resume_unwind(panic.unwrap_or_else(|| Box::new("the store-open thread stopped")))
-            }
-        }
+        } else {
+            // The thread has not started: it will find the store taken and
+            // end holding nothing, so it is not waited for.
+            self.thread = None;
+            Arc::new(Store::open(&self.dir)?)
+        };
+        store.keep_wal_short();
+        Ok(store)
     }
 }
 
@@ -572,6 +588,48 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An opener whose thread never started: only the caller can open.
+    fn unstarted(dir: PathBuf) -> StoreOpener {
+        let (_, opened) = std::sync::mpsc::sync_channel(1);
+        StoreOpener { dir, claimed: Arc::default(), opened, thread: None }
+    }
+
+    /// Makes the database at `dir` one from a newer wfrun.
+    fn from_a_newer_wfrun(dir: &std::path::Path) {
+        drop(Store::open(dir).unwrap());
+        let db = rusqlite::Connection::open(dir.join("wfrun.db")).unwrap();
+        let version: u32 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        db.pragma_update(None, "user_version", version + 1).unwrap();
+    }
+
+    #[test]
+    fn the_store_is_opened_by_its_thread_or_where_it_is_needed_if_the_thread_has_not_started() {
+        // The thread got there first.
+        let dir = tempfile::tempdir().unwrap();
+        let mut opener = StoreOpener::start(dir.path().to_path_buf()).unwrap();
+        while !opener.claimed.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        let store = opener.store().unwrap();
+        assert!(opener.thread.is_some(), "the thread that opened the store is waited for");
+        assert!(store.list_runs(None, 10).unwrap().is_empty());
+        // The thread had not started: opened here.
+        let mut opener = unstarted(dir.path().to_path_buf());
+        let store = opener.store().unwrap();
+        assert!(opener.claimed.load(std::sync::atomic::Ordering::Acquire));
+        assert!(store.list_runs(None, 10).unwrap().is_empty());
+
+        // Either way, a database that cannot be used is refused.
+        let newer = tempfile::tempdir().unwrap();
+        from_a_newer_wfrun(newer.path());
+        assert!(unstarted(newer.path().to_path_buf()).store().is_err());
+        let mut opener = StoreOpener::start(newer.path().to_path_buf()).unwrap();
+        while !opener.claimed.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        assert!(opener.store().is_err());
+    }
 
     #[test]
     fn dir_grants_are_read_only_unless_rw() {
