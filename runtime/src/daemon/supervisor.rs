@@ -198,8 +198,18 @@ impl Daemon {
                 // A retry looks its program up afresh: the bundle may have
                 // been fixed.
                 let program = if attempt == 1 { program.clone() } else { SharedProgram::default() };
-                let tried =
-                    Box::pin(self.run_once(name, &spec, input.clone(), &run_id, cancel.clone(), slot, &program)).await;
+                let execution = Execution {
+                    slot: Some(slot),
+                    input: input.clone().unwrap_or_else(|| spec.input.clone()),
+                    args: spec.args.clone(),
+                    cancel: Some(cancel.clone()),
+                    run_id: Some(run_id.clone()),
+                    job: Some(name.to_owned()),
+                    outputs: spec.outputs,
+                    outputs_limit: self.config.outputs,
+                    ..Execution::default()
+                };
+                let tried = Box::pin(self.run_once(name, &spec, &run_id, execution, &program)).await;
                 if tried.recorded {
                     unfinished.done();
                 }
@@ -298,34 +308,21 @@ impl Daemon {
         Policy { ceilings: crate::settings::ceilings(&job, &self.policy.ceilings), ..self.policy.clone() }
     }
 
-    /// One run of `spec`, recorded under `run_id`, whatever happens (if
-    /// recording fails, `recorded` says so).
+    /// One run of `spec` as `execution`, recorded under `run_id`, whatever
+    /// happens (if recording fails, `recorded` says so).
     async fn run_once(
         &self,
         name: &str,
         spec: &JobSpec,
-        input: Option<String>,
         run_id: &str,
-        cancel: Arc<Notify>,
-        slot: Slot,
+        execution: Execution,
         program: &SharedProgram,
     ) -> Attempt {
-        let execution = Execution {
-            slot: Some(slot),
-            input: input.unwrap_or_else(|| spec.input.clone()),
-            args: spec.args.clone(),
-            cancel: Some(cancel),
-            run_id: Some(run_id.to_owned()),
-            job: Some(name.to_owned()),
-            outputs: spec.outputs,
-            outputs_limit: self.config.outputs,
-            ..Execution::default()
-        };
         let prepared = program
             .get_or_init(|| async { self.programs.prepare(&self.runner, &spec.bundle, &self.policy.trust) })
             .await;
         let recorded = match prepared {
-            Ok(prepared) => self.runner.run(&prepared, &self.job_policy(spec), execution).await,
+            Ok(prepared) => self.runner.run(prepared, &self.job_policy(spec), execution).await,
             Err(rejection) => {
                 tracing::warn!("job {name}: run {run_id} refused: {}", rejection.message);
                 self.runner.reject(&spec.bundle, rejection, &execution)
