@@ -287,6 +287,18 @@ fn main() {
             // Ours with the same stdio as theirs: `exec` sends stdout and
             // stderr to /dev/null (the job writes to both).
             let wfrun_exec = || exec(&[], &job_path, &["--", "bench"]);
+            // Both binaries in the same state: written out and dropped from
+            // the page cache, then read back by their first starts below, as
+            // after a reboot. How a binary's file got into the page cache
+            // moves its start by a millisecond: a fresh copy starts fastest,
+            // one the linker has just written or one installed long ago
+            // slower, so our just-built binary against an installed
+            // `wasmtime` would compare two different things.
+            for binary in [std::path::Path::new(wfrun), std::path::Path::new(&wasmtime)] {
+                let file = std::fs::File::open(binary).unwrap();
+                file.sync_all().unwrap();
+                rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            }
             // Both warm (their caches filled, our bundle settled), then
             // interleaved: ours, theirs, ours, theirs …
             for _ in 0..3 {
