@@ -5,7 +5,8 @@
 //! allows overlap) and any trigger once the daemon is stopping, then starts
 //! the job's first attempt, recorded `pending` before its id is handed
 //! back. Each attempt waits for one of the daemon's run slots, takes the job's prepared program from the [`ProgramCache`] (read,
-//! verified and loaded only when the bundle file changed), and runs it
+//! verified and loaded only when the bundle file changed; the runs of one
+//! trigger look it up once between them), and runs it
 //! through the [`Runner`](crate::runner::Runner) under the daemon's policy
 //! with the job's ceilings. A failed attempt is retried with backoff; a job
 //! whose runs keep failing is paused; a cancelled run is recorded
@@ -193,8 +194,6 @@ impl Daemon {
                     );
                     return last;
                 }
-                // Boxed: a run waiting for its slot holds only this task's
-                // small state, not the whole run's future.
                 // A retry looks its program up afresh: the bundle may have
                 // been fixed.
                 let program = if attempt == 1 { program.clone() } else { SharedProgram::default() };
@@ -209,6 +208,8 @@ impl Daemon {
                     outputs_limit: self.config.outputs,
                     ..Execution::default()
                 };
+                // Boxed: a run waiting for its slot holds only this task's
+                // small state, not the whole run's future.
                 let tried = Box::pin(self.run_once(name, &spec, &run_id, execution, &program)).await;
                 if tried.recorded {
                     unfinished.done();
