@@ -9,8 +9,10 @@
 //! bytes go through a bounded channel to an [`EchoThread`] that does the
 //! blocking writes. A slow reader on the other end of a pipe fills the
 //! channel; the stream then reports no room and the guest waits in an async
-//! host call, where the run's deadline can still stop it. The host thread
-//! running guests never blocks on a terminal or a pipe.
+//! host call, where the run's deadline can still stop it. While the guest
+//! runs, the host thread running it never blocks on a terminal or a pipe;
+//! once it has ended, [`EchoThread::finish`] makes sure what was queued is
+//! written (by the thread, or there if the thread has not started).
 
 use super::limits::LimitExceeded;
 use bytes::Bytes;
@@ -75,7 +77,8 @@ impl Echoer {
 #[derive(Debug)]
 pub struct EchoThread {
     sender: mpsc::Sender<(Tee, Bytes)>,
-    /// The chunks queued; the thread holds the lock from its first chunk on.
+    /// The chunks queued; the thread holds the lock from its start until it
+    /// ends.
     chunks: Arc<Mutex<mpsc::Receiver<(Tee, Bytes)>>>,
     thread: std::thread::JoinHandle<()>,
 }
