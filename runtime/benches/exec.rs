@@ -306,14 +306,20 @@ fn main() {
                 wasmtime_run();
             }
             std::thread::sleep(Duration::from_millis(2100));
+            // A pause after each run: work a process leaves behind as it
+            // exits (our `exec` leaves its memory's unmapping to a helper,
+            // runtime::cli::exit) does not overlap the other side's run.
+            let settle = || std::thread::sleep(Duration::from_millis(5));
             let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..PAIRS {
                 let t = Instant::now();
                 wfrun_exec();
                 let a = t.elapsed();
+                settle();
                 let t = Instant::now();
                 wasmtime_run();
                 let b = t.elapsed();
+                settle();
                 ours.push(a);
                 theirs.push(b);
                 ratios.push(a.as_secs_f64() / b.as_secs_f64());

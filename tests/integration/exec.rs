@@ -114,6 +114,68 @@ fn a_jobs_output_is_echoed_whole_and_in_order_however_much_it_writes() {
     assert!(stderr(&output).ends_with("counted\n"), "{}", stderr(&output));
 }
 
+/// The processes of process group `group`, as (pid, state), from `/proc`.
+#[cfg(target_os = "linux")]
+fn group_members(group: u32) -> Vec<(u32, char)> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // After the command name's closing parenthesis: state, ppid, pgrp.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
+        if fields[2].parse::<u32>() == Ok(group) {
+            members.push((pid, fields[0].chars().next().unwrap()));
+        }
+    }
+    members
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_exec_leaves_no_process_behind_and_its_output_ends_with_its_exit() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    // `exec` hands the unmapping of its memory to a helper that outlives
+    // it by a moment (runtime::cli::exit). Its output must still end when
+    // it exits, its status must be its own, and the helper must go.
+    let hello = guest("hello");
+    for (input, status) in [(r#"{"name":"Ada"}"#, 0), (r#"{"name": oops"#, 6)] {
+        let mut child = wfrun()
+            .args(["exec", path(&hello), "--input", input])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = child.id();
+        // Read to the end on another thread: a descriptor kept open past
+        // the exit would hold it up, and the wait below would see that.
+        let mut out = child.stdout.take().unwrap();
+        let (sent, read) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            out.read_to_string(&mut text).unwrap();
+            sent.send(text).unwrap();
+        });
+        assert_eq!(child.wait().unwrap().code(), Some(status), "{input}");
+        let text = read.recv_timeout(std::time::Duration::from_secs(5)).expect("stdout still open after the exit");
+        if status == 0 {
+            assert_eq!(text, "{\"greeting\":\"Hello, Ada!\"}\n");
+        }
+        // Nothing of the group runs on (an exited helper waiting to be
+        // reaped by init holds no memory).
+        let started = std::time::Instant::now();
+        loop {
+            let running: Vec<_> = group_members(group).into_iter().filter(|(_, state)| *state != 'Z').collect();
+            if running.is_empty() {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 10, "{input}: left running: {running:?}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
 #[test]
 fn each_failure_class_has_its_documented_exit_status() {
     let hostile = guest("hostile");

@@ -10,6 +10,7 @@ mod cache;
 mod completions;
 mod daemon;
 mod exec;
+mod exit;
 mod fleet;
 mod inspect;
 mod mcp;
@@ -142,6 +143,9 @@ pub fn main() -> ExitCode {
     quiet_on_broken_pipe();
     init_tracing();
     let cli = Cli::parse();
+    // `exec` is often one of many short processes, each waited for: it
+    // leaves without making its caller wait for its memory to be unmapped.
+    let leave_at_once = matches!(cli.command, Command::Exec(_));
     let result = match cli.command {
         Command::Exec(command) => command.execute(&cli.global),
         Command::Pack(command) => command.execute(&cli.global),
@@ -165,6 +169,7 @@ pub fn main() -> ExitCode {
         Command::Mcp(command) => command.execute(&cli.global),
     };
     match result {
+        Ok(status) if leave_at_once => exit::exit(status.code()),
         Ok(status) => ExitCode::from(status.code()),
         Err(error) => {
             eprintln!("wfrun: error: {error:#}");
