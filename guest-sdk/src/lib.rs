@@ -130,7 +130,7 @@ pub mod log {
 /// Durable key-value state scoped to the workflow, bounded by a quota.
 ///
 /// A plain `wfrun exec` of a single component offers no state, and every call
-/// returns [`StateError::Unavailable`]; a node that needs state should turn
+/// returns [`StateError::Unavailable`](state::StateError::Unavailable); a node that needs state should turn
 /// that into a [`NodeError`].
 pub mod state {
     use crate::wit::wfrun::node::state as raw;
