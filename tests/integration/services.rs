@@ -55,8 +55,11 @@ fn a_service_is_restarted_when_it_ends_with_a_backoff_that_doubles_on_failures_a
     let worker = runs_of(&daemon, "worker");
     assert!(worker.iter().take(4).all(|r| r.status == RunStatus::Succeeded));
     for gap in gaps(&worker[..4]) {
-        // A success resets the backoff: each restart waits the initial 200 ms.
-        assert!(gap >= Duration::from_millis(190) && gap < Duration::from_millis(200) + slack, "{gap:?}");
+        // A success resets the backoff: each restart waits the initial 200
+        // ms (the status below shows the count of failures it starts from
+        // is nil). The upper bound is only that it restarts at all: on a
+        // loaded machine a restart due after 200 ms has come 1.7 s late.
+        assert!(gap >= Duration::from_millis(190) && gap < Duration::from_secs(5), "{gap:?}");
     }
     let crashing = runs_of(&daemon, "crashing");
     assert!(crashing.iter().take(6).all(|r| r.status == RunStatus::Failed));
@@ -66,6 +69,7 @@ fn a_service_is_restarted_when_it_ends_with_a_backoff_that_doubles_on_failures_a
     }
     let status = status(&daemon);
     assert!(service(&status, "worker")["restarts"].as_u64().unwrap() >= 3, "{status}");
+    assert_eq!(service(&status, "worker")["consecutive_failures"], 0, "{status}");
     assert!(service(&status, "crashing")["consecutive_failures"].as_u64().unwrap() >= 5, "{status}");
 }
 
