@@ -12,37 +12,60 @@
 //! own exit then drops only its share of the memory and is reported at
 //! once; the helper, the last holder, does the teardown on its own time.
 //!
-//! Before it exits the process closes every file descriptor, so that a
-//! reader of its output sees the end of it as soon as its exit is
-//! reported. Everything else is as after `std::process::exit`: the status,
-//! and Rust's buffered standard output written out. Where a step is not
-//! available (another OS, a kernel before 5.9), the process exits as
-//! usual.
+//! Before it starts the helper the process closes every file descriptor,
+//! so that a reader of its output sees the end of it as soon as its exit
+//! is reported. Everything else is as after `std::process::exit`: the
+//! status, and Rust's buffered standard output written out. What changes
+//! is that the memory (and the helper, a process of the same cgroup) may
+//! outlive the reported exit by a moment.
+//!
+//! The hand-off is made only where an exited helper is sure to be reaped:
+//! in the system's first PID namespace, whose PID 1 is the system's init,
+//! and not by a process that is itself PID 1. Inside a container the reaper
+//! may be an application that never reaps a child it did not start, and
+//! each `exec` would leave a zombie. Where a step is not available (another
+//! OS, a kernel before 5.9, a system call a seccomp filter refuses with an
+//! error), the process exits as usual.
 
 use std::io::Write;
 
 /// Ends the process with status `code`, leaving the release of its memory
-/// to a helper process (see the module docs). Buffered standard output and
-/// error are written out first.
+/// to a helper process where that is safe (see the module docs). Buffered
+/// standard output and error are written out first.
 pub fn exit(code: u8) -> ! {
     let _ = std::io::stdout().lock().flush();
     let _ = std::io::stderr().lock().flush();
     #[cfg(target_os = "linux")]
-    linux::hand_off_teardown();
+    if linux::helper_is_reaped() {
+        linux::hand_off_teardown();
+    }
     std::process::exit(i32::from(code))
 }
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod linux {
-    use std::ffi::{c_int, c_long, c_void};
+    use std::ffi::{c_int, c_void};
 
-    /// The helper's stack: it makes three system calls.
+    /// The helper's stack: it makes one system call.
     const STACK_BYTES: usize = 16 * 1024;
 
-    /// Starts the helper and closes every descriptor but the one it
-    /// watches; then the caller's exit. Returns without doing anything if a
-    /// step fails, so that the process exits as usual.
+    /// The system's first PID namespace, as `/proc/self/ns/pid` names it
+    /// (its inode number is fixed: `PROC_PID_INIT_INO`).
+    const FIRST_PID_NAMESPACE: &str = "pid:[4026531836]";
+
+    /// Whether a helper left behind is reaped: this process is in the
+    /// first PID namespace (whose PID 1, the system's init, reaps every
+    /// orphan) and is not PID 1 itself.
+    pub(super) fn helper_is_reaped() -> bool {
+        std::process::id() != 1
+            && std::fs::read_link("/proc/self/ns/pid").is_ok_and(|ns| ns.as_os_str() == FIRST_PID_NAMESPACE)
+    }
+
+    /// Closes every descriptor but a pidfd of this process, then starts the
+    /// helper; then the caller's exit. Returns early if a step fails, and
+    /// the process exits as usual (having closed its descriptors, which
+    /// its exit would do anyway).
     pub(super) fn hand_off_teardown() {
         // A descriptor that becomes readable once this process (every
         // thread of it) has exited.
@@ -52,60 +75,66 @@ mod linux {
         if pidfd < 0 {
             return;
         }
+        // Every descriptor but `pidfd`, before the helper exists: it gets
+        // a copy of the table holding `pidfd` alone, and the process's
+        // output is complete before its exit is reported. A kernel without
+        // `close_range` (or a filter refusing it) means no hand-off.
+        let fd = pidfd as libc::c_uint;
+        // SAFETY: closing descriptors; nothing runs after this but the exit.
+        let closed = unsafe {
+            (fd == 0 || libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, fd - 1, 0 as libc::c_uint) == 0)
+                && libc::syscall(libc::SYS_close_range, fd + 1, libc::c_uint::MAX, 0 as libc::c_uint) == 0
+        };
+        if !closed {
+            return;
+        }
         // Never freed: the helper runs on it until the address space goes.
         let stack = Box::leak(vec![0u8; STACK_BYTES].into_boxed_slice());
         // The stack grows down; its top, 16-byte aligned.
         let top = (stack.as_mut_ptr() as usize + STACK_BYTES) & !15;
+        // SAFETY: `sigset_t`s filled and read by libc on this frame. Every
+        // signal is blocked across the `clone`, so that the helper starts
+        // with them all blocked (it inherits the mask) and no handler of
+        // the process ever runs on it; the mask is restored after.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut before: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+        }
         // SAFETY: `helper` runs on its own stack (`top`, leaked above, so
         // valid for as long as the address space) and touches no memory but
-        // that stack and a copy of `pidfd` passed by value in the argument
-        // pointer: no lock, allocation or thread-local, so it does not
-        // matter what the process's threads are doing meanwhile. Sharing
-        // the descriptor table (`CLONE_FILES`) means the closing below
-        // leaves the helper with nothing but `pidfd`. If `clone` fails,
-        // nothing was started and the process exits as usual.
-        let child = unsafe {
-            libc::clone(
-                helper,
-                top as *mut c_void,
-                libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
-                pidfd as usize as *mut c_void,
-            )
-        };
-        if child < 0 {
-            return;
-        }
-        // Every descriptor but `pidfd`: the process's output is complete
-        // before its exit is reported. (A kernel without `close_range` leaves
-        // them open until the helper leaves, a moment after.)
-        let fd = pidfd as libc::c_uint;
-        // SAFETY: closing descriptors; nothing runs after this but the exit,
-        // and the helper uses only `pidfd`.
+        // that stack and `pidfd`, passed by value in the argument pointer:
+        // no lock, allocation or thread-local (a failing call would set the
+        // starting thread's `errno`, which nothing reads any more), so it
+        // does not matter what the process's threads are doing meanwhile.
+        // If `clone` fails, nothing was started.
         unsafe {
-            if fd > 0 {
-                libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, fd - 1, 0 as libc::c_uint);
-            }
-            libc::syscall(libc::SYS_close_range, fd + 1, libc::c_uint::MAX, 0 as libc::c_uint);
+            libc::clone(helper, top as *mut c_void, libc::CLONE_VM | libc::SIGCHLD, pidfd as usize as *mut c_void);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
         }
     }
 
     /// The helper: with every signal blocked (SIGKILL still ends it), waits
     /// until the process it shares memory with has exited, then exits
-    /// itself, the last holder of that memory. Raw system calls only: it
-    /// runs on a bare stack, with the thread-local storage of the thread
-    /// that started it (a failing call sets that thread's `errno`, which
-    /// nothing reads any more).
+    /// itself, the last holder of that memory. One raw system call: it runs
+    /// on a bare stack, with the thread-local storage of the thread that
+    /// started it.
     extern "C" fn helper(arg: *mut c_void) -> c_int {
-        let pidfd = arg as usize as c_long;
-        // SAFETY: system calls on memory of this frame only.
+        let mut watched = libc::pollfd { fd: arg as usize as c_int, events: libc::POLLIN, revents: 0 };
+        // SAFETY: a system call on memory of this frame only. With every
+        // signal blocked the wait ends only when the process has exited,
+        // or at once if the descriptor is unusable (then the process's last
+        // thread takes its memory back itself). No timeout, no signal mask.
         unsafe {
-            let all: u64 = !0;
-            libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all as *const u64, 0usize, 8usize);
-            let mut watched = libc::pollfd { fd: pidfd as c_int, events: libc::POLLIN, revents: 0 };
-            // With every signal blocked the wait ends only when the
-            // process has exited, or at once if the descriptor is unusable
-            // (then the process's last thread takes its memory back itself).
-            libc::syscall(libc::SYS_poll, &mut watched as *mut libc::pollfd, 1usize, -1 as c_int);
+            libc::syscall(
+                libc::SYS_ppoll,
+                &mut watched as *mut libc::pollfd,
+                1 as libc::c_ulong,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            );
         }
         // Returning makes the helper exit (glibc's `clone` calls `exit`
         // with this value).
