@@ -595,6 +595,15 @@ mod tests {
         StoreOpener { dir, claimed: Arc::default(), opened, thread: None }
     }
 
+    /// An opener whose thread has claimed the store (and so opens it).
+    fn claimed_by_its_thread(dir: PathBuf) -> StoreOpener {
+        let opener = StoreOpener::start(dir).unwrap();
+        while !opener.claimed.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        opener
+    }
+
     /// Makes the database at `dir` one from a newer wfrun.
     fn from_a_newer_wfrun(dir: &std::path::Path) {
         drop(Store::open(dir).unwrap());
@@ -607,10 +616,7 @@ mod tests {
     fn the_store_is_opened_by_its_thread_or_where_it_is_needed_if_the_thread_has_not_started() {
         // The thread got there first.
         let dir = tempfile::tempdir().unwrap();
-        let mut opener = StoreOpener::start(dir.path().to_path_buf()).unwrap();
-        while !opener.claimed.load(std::sync::atomic::Ordering::Acquire) {
-            std::thread::yield_now();
-        }
+        let mut opener = claimed_by_its_thread(dir.path().to_path_buf());
         let store = opener.store().unwrap();
         assert!(opener.thread.is_some(), "the thread that opened the store is waited for");
         assert!(store.list_runs(None, 10).unwrap().is_empty());
@@ -624,11 +630,7 @@ mod tests {
         let newer = tempfile::tempdir().unwrap();
         from_a_newer_wfrun(newer.path());
         assert!(unstarted(newer.path().to_path_buf()).store().is_err());
-        let mut opener = StoreOpener::start(newer.path().to_path_buf()).unwrap();
-        while !opener.claimed.load(std::sync::atomic::Ordering::Acquire) {
-            std::thread::yield_now();
-        }
-        assert!(opener.store().is_err());
+        assert!(claimed_by_its_thread(newer.path().to_path_buf()).store().is_err());
     }
 
     #[test]
