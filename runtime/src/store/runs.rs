@@ -360,6 +360,8 @@ impl Store {
             .map(|(end, conflict)| {
                 let at = at.as_str();
                 move |tx: &Connection| {
+                    // Set anew each time: the write may be tried twice.
+                    conflict.replace(None);
                     finish_in(tx, end, at, conflict)?;
                     // With reporting on, the run's report is queued in the
                     // same write, and the write is durable. (Release events
