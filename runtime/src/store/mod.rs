@@ -33,7 +33,10 @@
 //! with `synchronous = FULL`. The run-end writer's batches (many runs'
 //! ends at once) are applied together without a savepoint each, and
 //! undone and applied again one savepoint each only when one of them
-//! fails: the same outcome, without the savepoints' page copies.
+//! fails: the same outcome, without the savepoints' page copies. A writer
+//! that arrives meanwhile (a trigger's `pending` records) is handed the
+//! open group at the next run end and commits it, rather than waiting for
+//! the whole batch.
 //!
 //! # The WAL
 //!
@@ -338,11 +341,11 @@ impl Store {
     }
 
     /// Several writes as one or more groups (at most [`MAX_GROUP`] writes
-    /// each), committed by this thread before it returns: each write's
-    /// result, in order. As with [`Store::grouped`], a failing write undoes
-    /// only itself, and a commit that fails fails every write of its group.
-    /// For a caller that gathers writes from many tasks (the run-end writer
-    /// of a long-lived host), so that they share commits without as many
+    /// each), committed before this returns: each write's result, in
+    /// order. As with [`Store::grouped`], a failing write undoes only
+    /// itself, and a commit that fails fails every write of its group. For
+    /// a caller that gathers writes from many tasks (the run-end writer of
+    /// a long-lived host), so that they share commits without as many
     /// threads waiting for them.
     ///
     /// The writes are first tried together, without a savepoint each
@@ -350,16 +353,24 @@ impl Store {
     /// and applied again one savepoint each, so the failure undoes only its
     /// own write. Each savepoint copied every page its write touched into
     /// the savepoint's journal: a sixth of the run-end writer's time.
+    ///
+    /// A writer that arrives while the batch is being applied (a trigger
+    /// recording its runs `pending`) does not wait for the whole batch: at
+    /// the next write's end, the open group is handed to it, it joins and
+    /// commits the group, and the batch goes on in a new one. Otherwise a
+    /// trigger waited behind a whole batch of run ends, and the run slots
+    /// stood empty for want of accepted runs (a sixth of the time, at
+    /// 19,000 runs a second).
     fn grouped_batch<T, F>(&self, durable: bool, writes: Vec<F>) -> Vec<Result<T, StoreError>>
     where
         F: Fn(&Connection) -> rusqlite::Result<T>,
     {
         let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let results: Vec<(Option<u64>, Result<T, StoreError>)> = match self.apply_all(&mut writer, durable, &writes) {
-            Some((group, values)) => values.into_iter().map(|value| (Some(group), Ok(value))).collect(),
-            None => {
-                let mut results = Vec::with_capacity(writes.len());
-                for f in writes {
+        let mut results: Vec<(Option<u64>, Result<T, StoreError>)> = Vec::with_capacity(writes.len());
+        let mut rest = &writes[..];
+        while !rest.is_empty() {
+            let Some((group, values)) = self.apply_all(&mut writer, durable, rest) else {
+                for f in rest {
                     if writer.open && writer.writes >= MAX_GROUP {
                         let _ = writer.commit();
                     }
@@ -382,9 +393,18 @@ impl Store {
                     let joined = (writer.open && value.is_ok()).then_some(group);
                     results.push((joined, value));
                 }
-                results
+                break;
+            };
+            rest = &rest[values.len()..];
+            results.extend(values.into_iter().map(|value| (Some(group), Ok(value))));
+            if !rest.is_empty() && writer.open && self.arriving.load(Ordering::SeqCst) > 0 {
+                // Writers are waiting for the connection: the last of them
+                // commits the group.
+                while writer.groups == group {
+                    writer = self.ended.wait(writer).unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
             }
-        };
+        }
         if writer.open {
             let _ = writer.commit();
         }
@@ -400,21 +420,21 @@ impl Store {
             .collect()
     }
 
-    /// Applies all of `writes` to one group, as a whole: their values and
-    /// the group's number if every one succeeded, else `None` with none of
-    /// them applied (and any earlier writes of the group kept). A new group
-    /// needs no savepoint (it is rolled back whole); a group other writers
-    /// already hold gets one savepoint for all of `writes`.
+    /// Applies `writes`, from the first, to one group as a whole, up to the
+    /// first write's end at which another writer is waiting for the
+    /// connection: the values of those applied and the group's number if
+    /// every one succeeded, else `None` with none of them applied (and any
+    /// earlier writes of the group kept). A new group needs no savepoint
+    /// (it is rolled back whole); a group that holds earlier writes gets
+    /// one savepoint for all of these.
     fn apply_all<T, F>(&self, writer: &mut Writer, durable: bool, writes: &[F]) -> Option<(u64, Vec<T>)>
     where
         F: Fn(&Connection) -> rusqlite::Result<T>,
     {
-        if writes.is_empty() || writes.len() > MAX_GROUP as usize {
-            return None;
-        }
-        if writer.open && writer.writes as usize + writes.len() > MAX_GROUP as usize {
+        if writer.open && writer.writes >= MAX_GROUP {
             let _ = writer.commit();
         }
+        let room = (MAX_GROUP - if writer.open { writer.writes } else { 0 }) as usize;
         let group = self.open_group(writer, durable).ok()?;
         let whole = writer.writes == 0;
         if !whole && writer.conn.execute_batch("SAVEPOINT wfrun_batch").is_err() {
@@ -422,11 +442,18 @@ impl Store {
         }
         let conn = &writer.conn;
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            writes.iter().map(|f| f(conn)).collect::<rusqlite::Result<Vec<T>>>()
+            let mut values = Vec::with_capacity(writes.len().min(room));
+            for f in writes.iter().take(room) {
+                values.push(f(conn)?);
+                if self.arriving.load(Ordering::SeqCst) > 0 {
+                    break;
+                }
+            }
+            Ok::<_, rusqlite::Error>(values)
         }));
         match applied {
             Ok(Ok(values)) if whole || writer.conn.execute_batch("RELEASE wfrun_batch").is_ok() => {
-                writer.writes += writes.len() as u32;
+                writer.writes += values.len() as u32;
                 Some((group, values))
             }
             _ if whole => {
@@ -814,6 +841,67 @@ mod tests {
             assert_eq!(keys, expected, "joined: {joined}");
         }
         assert_eq!(count(&store, "SELECT COUNT(*) FROM state"), 13);
+    }
+
+    #[test]
+    fn a_writer_arriving_during_a_batch_commits_at_the_next_write_not_after_the_whole_batch() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::Instant;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let db = dir.path().join(DB_NAME);
+        let committed = Arc::new(move |key: &str| -> bool {
+            let other = Connection::open(&db).unwrap();
+            other.query_row("SELECT COUNT(*) FROM state WHERE key = ?1", [key], |r| r.get::<_, i64>(0)).unwrap() == 1
+        });
+        let arrived = Arc::new(AtomicBool::new(false));
+        let seen_during_batch = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let batch = {
+            let (store, arrived, seen, committed) =
+                (store.clone(), arrived.clone(), seen_during_batch.clone(), committed.clone());
+            std::thread::spawn(move || {
+                type Write<'a> = Box<dyn Fn(&Connection) -> rusqlite::Result<()> + 'a>;
+                let writes: Vec<Write> = vec![
+                    // The first write brings another writer (a trigger) to
+                    // the connection, and ends once it waits there.
+                    Box::new(|tx: &Connection| {
+                        tx.execute("INSERT INTO state VALUES ('w', 'end-0', x'00')", [])?;
+                        let (writer, arrived) = (store.clone(), arrived.clone());
+                        std::thread::spawn(move || {
+                            writer
+                                .write(|tx| tx.execute("INSERT INTO state VALUES ('w', 'trigger', x'00')", []))
+                                .unwrap();
+                            arrived.store(true, Ordering::SeqCst);
+                        });
+                        let waiting = Instant::now();
+                        while store.arriving.load(Ordering::SeqCst) == 0 {
+                            assert!(waiting.elapsed() < Duration::from_secs(10), "the other writer never arrived");
+                            std::thread::yield_now();
+                        }
+                        Ok(())
+                    }),
+                    // The next one finds the trigger's write, and the end
+                    // before it, already committed.
+                    Box::new(|tx: &Connection| {
+                        seen.store(committed("trigger") && committed("end-0"), Ordering::SeqCst);
+                        tx.execute("INSERT INTO state VALUES ('w', 'end-1', x'00')", []).map(|_| ())
+                    }),
+                ];
+                let results = store.grouped_batch(false, writes);
+                done_tx.send(results.iter().all(Result::is_ok)).unwrap();
+            })
+        };
+        let all_ok = done_rx.recv_timeout(Duration::from_secs(30)).expect("the batch finished");
+        batch.join().unwrap();
+        assert!(all_ok);
+        assert!(seen_during_batch.load(Ordering::SeqCst), "the arriving write was committed within the batch");
+        let waiting = Instant::now();
+        while !arrived.load(Ordering::SeqCst) {
+            assert!(waiting.elapsed() < Duration::from_secs(10), "the arriving write returned");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(committed("end-1"));
     }
 
     #[test]
