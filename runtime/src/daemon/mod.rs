@@ -200,6 +200,11 @@ impl Daemon {
         if lock.try_lock().is_err() {
             anyhow::bail!("another wfrun daemon is running on state directory {}", state_dir.display());
         }
+        // Checkpoints on a thread of their own: a commit does not copy the
+        // WAL and fsync while triggers wait for the connection.
+        if let Err(e) = store.checkpoint_in_background() {
+            tracing::warn!("run database: checkpoints stay with the writes: {e}");
+        }
         let device_id = match &config.device_id {
             Some(id) => id.clone(),
             None => store.device_id()?,

@@ -47,6 +47,7 @@
 //! process to open the database alone reads every frame of the WAL to
 //! rebuild its index.
 
+pub mod checkpoints;
 pub mod jobs;
 pub mod migrations;
 pub mod outbox;
@@ -145,6 +146,9 @@ pub struct Store {
     heap_trims: AtomicUsize,
     /// Checkpoint a long WAL on close ([`Store::keep_wal_short`]).
     short_lived: AtomicBool,
+    /// The thread that checkpoints the WAL, once started
+    /// ([`Store::checkpoint_in_background`]).
+    checkpointer: std::sync::OnceLock<checkpoints::Checkpointer>,
 }
 
 impl Drop for Store {
@@ -265,6 +269,7 @@ impl Store {
             end_writer: std::sync::OnceLock::new(),
             heap_trims: AtomicUsize::new(0),
             short_lived: AtomicBool::new(false),
+            checkpointer: std::sync::OnceLock::new(),
         })
     }
 
