@@ -12,11 +12,11 @@
 //!
 //! The WAL starts over only when a write begins with every frame of it
 //! copied, which a writer that never pauses does not let happen. So once
-//! the WAL has passed [`RESTART_FRAMES`] and the thread has copied all but
-//! the last commits' frames, the writing connection copies those few
-//! itself, right after its commit (as SQLite's own checkpoint would, but a
-//! few frames rather than a thousand), and its next write starts the WAL
-//! over. The WAL stays near [`RESTART_FRAMES`] frames however steady the
+//! the WAL has passed [`RESTART_FRAMES`] and the thread is between two
+//! checkpoints (it has copied all but the last commits' frames), the
+//! writing connection copies those few itself, right after its commit (as
+//! SQLite's own checkpoint would, but a few frames rather than a
+//! thousand), and its next write starts the WAL over. The WAL stays near [`RESTART_FRAMES`] frames however steady the
 //! writes; past [`MAX_FRAMES`] (the thread has fallen behind) the writing
 //! connection checkpoints whatever is left, as before.
 
@@ -50,8 +50,11 @@ struct Shared {
     wake: Condvar,
     /// Checkpoints the thread made so far.
     done: AtomicUsize,
-    /// Checkpoints the writing connection made so far.
+    /// Checkpoints the writing connection made so far past
+    /// [`RESTART_FRAMES`], the thread between two of its own.
     finishes: AtomicUsize,
+    /// … and past [`MAX_FRAMES`], the thread behind.
+    forced: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +105,7 @@ impl Store {
             wake: Condvar::new(),
             done: AtomicUsize::new(0),
             finishes: AtomicUsize::new(0),
+            forced: AtomicUsize::new(0),
         });
         let thread = {
             let shared = shared.clone();
@@ -118,16 +122,19 @@ impl Store {
                 state.copied = 0;
             }
             state.frames = frames;
-            let left = frames - state.copied;
-            let finish = frames >= MAX_FRAMES || (frames >= RESTART_FRAMES && left < CHECKPOINT_FRAMES && !state.busy);
-            if finish {
+            // Past RESTART_FRAMES, once the thread is between checkpoints
+            // (it has copied all but the last commits' frames); past
+            // MAX_FRAMES, even if it is not.
+            let forced = frames >= MAX_FRAMES;
+            if forced || (frames >= RESTART_FRAMES && !state.busy) {
                 drop(state);
-                // The last frames, copied here; SQLITE_BUSY (the thread is
-                // at it) leaves them to the next commit.
+                // SQLITE_BUSY (the thread is at it) leaves the frames to
+                // the next commit.
                 if let Ok((_, copied)) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
                     && copied >= 0
                 {
-                    hook.finishes.fetch_add(1, Ordering::Relaxed);
+                    let counter = if forced { &hook.forced } else { &hook.finishes };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     let mut state = hook.state.lock().unwrap_or_else(|p| p.into_inner());
                     state.copied = state.copied.max(copied);
                 }
@@ -145,13 +152,14 @@ impl Store {
         Ok(())
     }
 
-    /// Checkpoints made so far since [`Store::checkpoint_in_background`]:
-    /// by the thread, and by the writing connection (the last frames of a
-    /// long WAL).
-    pub fn checkpoints(&self) -> (usize, usize) {
-        self.checkpointer
-            .get()
-            .map_or((0, 0), |c| (c.shared.done.load(Ordering::Relaxed), c.shared.finishes.load(Ordering::Relaxed)))
+    /// Checkpoints made since [`Store::checkpoint_in_background`]: by the
+    /// thread, by the writing connection to start a long WAL over, and by
+    /// the writing connection because the WAL passed [`MAX_FRAMES`].
+    pub fn checkpoints(&self) -> (usize, usize, usize) {
+        self.checkpointer.get().map_or((0, 0, 0), |c| {
+            let count = |n: &AtomicUsize| n.load(Ordering::Relaxed);
+            (count(&c.shared.done), count(&c.shared.finishes), count(&c.shared.forced))
+        })
     }
 }
 
@@ -211,11 +219,17 @@ mod tests {
                 .unwrap();
             longest = longest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
         }
-        let (by_thread, by_writer) = store.checkpoints();
+        let (by_thread, started_over, _) = store.checkpoints();
         assert!(by_thread > 0, "the thread made no checkpoint");
-        assert!(by_writer > 0, "the writing connection never finished a long WAL");
-        // Without starting over, the WAL would hold every write's frames.
-        assert!(longest < 2 * RESTART_FRAMES as u64 * FRAME_BYTES, "the WAL grew to {} frames", longest / FRAME_BYTES);
+        // Without starting over, the WAL would hold every write's frames;
+        // it did, before reaching the bound at which the writer checkpoints
+        // whatever the thread has left.
+        assert!(started_over > 0, "the WAL never started over before {MAX_FRAMES} frames");
+        assert!(
+            longest < (MAX_FRAMES + CHECKPOINT_FRAMES) as u64 * FRAME_BYTES,
+            "the WAL grew to {} frames",
+            longest / FRAME_BYTES
+        );
         // Everything written is there, for another connection too.
         let other = Connection::open(dir.path().join(super::super::DB_NAME)).unwrap();
         let count: i64 = other.query_row("SELECT COUNT(*) FROM state", [], |r| r.get(0)).unwrap();
