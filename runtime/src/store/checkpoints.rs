@@ -57,8 +57,6 @@ struct Shared {
     /// Checkpoints the thread made with the writes held, to start a long
     /// WAL over.
     finishes: AtomicUsize,
-    /// Checkpoints the writing connection made, past [`MAX_FRAMES`].
-    forced: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -107,7 +105,6 @@ impl Store {
             wake: Condvar::new(),
             done: AtomicUsize::new(0),
             finishes: AtomicUsize::new(0),
-            forced: AtomicUsize::new(0),
         });
         let thread = {
             let shared = shared.clone();
@@ -134,7 +131,6 @@ impl Store {
                 if let Ok((_, copied)) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
                     && copied >= 0
                 {
-                    hook.forced.fetch_add(1, Ordering::Relaxed);
                     let mut state = hook.state.lock().unwrap_or_else(|p| p.into_inner());
                     state.copied = state.copied.max(copied);
                 }
@@ -144,23 +140,12 @@ impl Store {
             Ok(())
         }));
         if let Err(e) = installed {
-            shared.state.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
-            shared.wake.notify_one();
+            // Stops the thread.
+            drop(Checkpointer { shared });
             return Err(sqlite(e));
         }
         let _ = self.checkpointer.set(Checkpointer { shared });
         Ok(())
-    }
-
-    /// Checkpoints made since [`Store::checkpoint_in_background`]: by the
-    /// thread, by the thread with the writes held to start a long WAL
-    /// over, and by the writing connection because the WAL passed
-    /// [`MAX_FRAMES`].
-    pub fn checkpoints(&self) -> (usize, usize, usize) {
-        self.checkpointer.get().map_or((0, 0, 0), |c| {
-            let count = |n: &AtomicUsize| n.load(Ordering::Relaxed);
-            (count(&c.shared.done), count(&c.shared.finishes), count(&c.shared.forced))
-        })
     }
 }
 
@@ -233,7 +218,8 @@ mod tests {
             longest = longest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
             std::thread::sleep(std::time::Duration::from_micros(20));
         }
-        let (by_thread, started_over, _) = store.checkpoints();
+        let shared = &store.checkpointer.get().unwrap().shared;
+        let (by_thread, started_over) = (shared.done.load(Ordering::Relaxed), shared.finishes.load(Ordering::Relaxed));
         assert!(by_thread > 0, "the thread made no checkpoint");
         // Without starting over, the WAL would hold every write's frames;
         // it did, before reaching the bound at which the writer checkpoints

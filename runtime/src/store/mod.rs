@@ -375,29 +375,7 @@ impl Store {
         let mut rest = &writes[..];
         while !rest.is_empty() {
             let Some((group, values)) = self.apply_all(&mut writer, durable, rest) else {
-                for f in rest {
-                    if writer.open && writer.writes >= MAX_GROUP {
-                        let _ = writer.commit();
-                    }
-                    let group = match self.open_group(&mut writer, durable) {
-                        Ok(group) => group,
-                        Err(e) => {
-                            results.push((None, Err(e)));
-                            continue;
-                        }
-                    };
-                    let value = match self.apply(&mut writer, f) {
-                        Ok(value) => value,
-                        // The write undid itself (or its group, if it was
-                        // the first); the others go on.
-                        Err(_) => Err(self.sqlite(rusqlite::Error::SqliteFailure(
-                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
-                            Some("the write panicked".to_owned()),
-                        ))),
-                    };
-                    let joined = (writer.open && value.is_ok()).then_some(group);
-                    results.push((joined, value));
-                }
+                self.apply_each(&mut writer, durable, rest, &mut results);
                 break;
             };
             rest = &rest[values.len()..];
@@ -423,6 +401,43 @@ impl Store {
                 None => value,
             })
             .collect()
+    }
+
+    /// Applies `writes` one at a time, each in a savepoint of its own (as
+    /// [`Store::apply`] does), pushing each one's group (if it joined one)
+    /// and result onto `results`: a failing write undoes only itself.
+    fn apply_each<T, F>(
+        &self,
+        writer: &mut Writer,
+        durable: bool,
+        writes: &[F],
+        results: &mut Vec<(Option<u64>, Result<T, StoreError>)>,
+    ) where
+        F: Fn(&Connection) -> rusqlite::Result<T>,
+    {
+        for f in writes {
+            if writer.open && writer.writes >= MAX_GROUP {
+                let _ = writer.commit();
+            }
+            let group = match self.open_group(writer, durable) {
+                Ok(group) => group,
+                Err(e) => {
+                    results.push((None, Err(e)));
+                    continue;
+                }
+            };
+            let value = match self.apply(writer, f) {
+                Ok(value) => value,
+                // The write undid itself (or its group, if it was the
+                // first); the others go on.
+                Err(_) => Err(self.sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                    Some("the write panicked".to_owned()),
+                ))),
+            };
+            let joined = (writer.open && value.is_ok()).then_some(group);
+            results.push((joined, value));
+        }
     }
 
     /// Applies `writes`, from the first, to one group as a whole, up to the
