@@ -62,6 +62,26 @@ fn sample(warmup: usize, iterations: usize, mut f: impl FnMut()) -> (Vec<Duratio
     (times, total)
 }
 
+/// How many of the functions `runtime/link/symbol-order.txt` lists the
+/// binary still has: the warm-`exec` rows depend on the linker placing them
+/// side by side, and a list older than the build (a dependency or the
+/// compiler changed) loses that. `scripts/symbol-order.py` writes it anew.
+fn symbol_order(binary: &str) -> String {
+    let list = concat!(env!("CARGO_MANIFEST_DIR"), "/link/symbol-order.txt");
+    let Ok(listed) = std::fs::read_to_string(list) else { return "no list".to_owned() };
+    let Ok(nm) = Command::new("nm").args(["--defined-only", binary]).output() else {
+        return "not counted: no `nm`".to_owned();
+    };
+    let defined: std::collections::HashSet<&str> = std::str::from_utf8(&nm.stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let listed: Vec<&str> = listed.lines().filter(|l| !l.is_empty()).collect();
+    let found = listed.iter().filter(|name| defined.contains(*name)).count();
+    format!("{found} of {}", listed.len())
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sandbox = Sandbox::new(EngineOptions::default()).unwrap();
@@ -338,6 +358,10 @@ fn main() {
         }
         None => println!("| warm `wfrun exec` vs `wasmtime run` | skipped: set WASMTIME or run scripts/bench.sh | | |"),
     }
+    println!(
+        "| functions of `runtime/link/symbol-order.txt` in this binary (placed side by side) | {} | | |",
+        symbol_order(wfrun)
+    );
 
     // 6. Compile vs cached load of the largest fixture.
     let cpu_bytes = std::fs::read(&cpu_path).unwrap();
