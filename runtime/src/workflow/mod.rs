@@ -38,8 +38,11 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use state::{AttemptState, RunOverlay};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -507,11 +510,9 @@ impl Workflow {
         let mut records: Vec<NodeRecord> = Vec::new();
         let mut logs = NodeLogs::new();
         let mut pending: Vec<String> = self.plan.order.clone();
-        let mut running: JoinSet<(String, NodeRun)> = JoinSet::new();
+        let mut running = Nodes::for_plan(self.plan.kind);
         let mut failure: Option<(String, RunReport)> = None;
         let mut last_report: Option<RunReport> = None;
-        // Node ids of the tasks still running, by tokio task id.
-        let mut in_flight: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
         let mut cancelled = false;
         let max_parallel = grant.max_parallel.max(1);
 
@@ -541,12 +542,10 @@ impl Workflow {
                     overlay: overlay.clone(),
                     request,
                 };
-                let node = id.clone();
-                let handle = running.spawn(async move { (node, task.run().await) });
-                in_flight.insert(handle.id(), id);
+                running.start(id, task.run());
             }
             let joined = tokio::select! {
-                joined = running.join_next() => joined,
+                joined = running.next() => joined,
                 () = notified(execution.cancel.as_ref()), if !cancelled => {
                     // Dropping a node's task drops its store: the guest stops
                     // at its next epoch yield (10 ms at most).
@@ -567,18 +566,14 @@ impl Workflow {
             };
             let Some(joined) = joined else { break };
             let (id, run) = match joined {
-                Ok((id, run)) => {
-                    in_flight.retain(|_, node| *node != id);
-                    (id, run)
-                }
+                Joined::Ran(id, run) => (id, run),
                 // Aborted by a cancel: recorded as `cancelled` below.
-                Err(e) if e.is_cancelled() => continue,
-                Err(e) => {
+                Joined::Aborted => continue,
+                Joined::Panicked(id, panic) => {
                     // A panic in the host while running a node: record it as
                     // a trap of that node rather than taking the process down.
-                    let Some(id) = in_flight.remove(&e.id()) else { continue };
                     let mut report =
-                        RunReport::rejected(ErrorCode::Trap, format!("host error while running the node: {e}"));
+                        RunReport::rejected(ErrorCode::Trap, format!("host error while running the node: {panic}"));
                     report.kind = Some(GuestKind::Node);
                     (id, NodeRun { attempts: 1, started_at: None, input_digest: String::new(), report })
                 }
@@ -608,8 +603,8 @@ impl Workflow {
                 failure = Some((id, run.report));
             }
         }
-        let unfinished = in_flight
-            .into_values()
+        let unfinished = running
+            .unfinished()
             .map(|id| (id, NodeStatus::Cancelled))
             .chain(pending.into_iter().map(|id| (id, NodeStatus::Skipped)));
         for (id, status) in unfinished {
@@ -787,6 +782,125 @@ async fn notified(cancel: Option<&Arc<Notify>>) {
 }
 
 /// One node's attempts, run as a task.
+/// The nodes of a run in flight. A workflow's nodes run side by side, each
+/// on a task of its own. A plain component's one node is polled on the
+/// run's own task: no task to spawn, schedule and join for each run (the
+/// daemon starts thousands a second).
+enum Nodes {
+    Tasks {
+        set: JoinSet<(String, NodeRun)>,
+        /// Node ids of the tasks still running, by tokio task id.
+        ids: BTreeMap<tokio::task::Id, String>,
+    },
+    /// The node's id, and its run until it ends or is aborted.
+    Inline(Option<(String, Option<InlineRun>)>),
+}
+
+/// A node's run polled on the run's own task.
+type InlineRun = Pin<Box<dyn Future<Output = NodeRun> + Send>>;
+
+/// How a node in flight came out. Returned once per node and matched at
+/// once: boxing the large variant would cost an allocation per run.
+#[allow(clippy::large_enum_variant)]
+enum Joined {
+    Ran(String, NodeRun),
+    /// Aborted by [`Nodes::abort_all`]: its id stays among the unfinished.
+    Aborted,
+    /// The host panicked while running node `0`, saying `1`.
+    Panicked(String, String),
+}
+
+impl Nodes {
+    fn for_plan(kind: GuestKind) -> Nodes {
+        match kind {
+            GuestKind::Workflow => Nodes::Tasks { set: JoinSet::new(), ids: BTreeMap::new() },
+            _ => Nodes::Inline(None),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Nodes::Tasks { set, .. } => set.len(),
+            Nodes::Inline(node) => usize::from(node.as_ref().is_some_and(|(_, run)| run.is_some())),
+        }
+    }
+
+    /// Starts node `id`, whose run is `run`.
+    fn start(&mut self, id: String, run: impl Future<Output = NodeRun> + Send + 'static) {
+        match self {
+            Nodes::Tasks { set, ids } => {
+                let node = id.clone();
+                let handle = set.spawn(async move { (node, run.await) });
+                ids.insert(handle.id(), id);
+            }
+            Nodes::Inline(slot) => {
+                debug_assert!(slot.is_none(), "a plain component has one node");
+                *slot = Some((id, Some(Box::pin(run))));
+            }
+        }
+    }
+
+    /// The next node to end, or `None` when none is in flight. Cancel-safe,
+    /// as [`JoinSet::join_next`] is: a node polled inline stays in `self`.
+    async fn next(&mut self) -> Option<Joined> {
+        match self {
+            Nodes::Tasks { set, ids } => Some(match set.join_next().await? {
+                Ok((id, run)) => {
+                    ids.retain(|_, node| *node != id);
+                    Joined::Ran(id, run)
+                }
+                Err(e) if e.is_cancelled() => Joined::Aborted,
+                Err(e) => match ids.remove(&e.id()) {
+                    Some(id) => Joined::Panicked(id, e.to_string()),
+                    None => Joined::Aborted,
+                },
+            }),
+            Nodes::Inline(slot) => {
+                let run = slot.as_mut()?.1.as_mut()?;
+                let ended = std::future::poll_fn(|cx| {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+                        Ok(Poll::Ready(run)) => Poll::Ready(Ok(run)),
+                        Ok(Poll::Pending) => Poll::Pending,
+                        Err(panic) => Poll::Ready(Err(panic)),
+                    }
+                })
+                .await;
+                let (id, _) = slot.take().expect("polled above");
+                Some(match ended {
+                    Ok(run) => Joined::Ran(id, run),
+                    Err(panic) => Joined::Panicked(id, format!("the node panicked: {}", panic_message(&*panic))),
+                })
+            }
+        }
+    }
+
+    /// Stops every node in flight: dropping a node's run drops its store.
+    fn abort_all(&mut self) {
+        match self {
+            Nodes::Tasks { set, .. } => set.abort_all(),
+            Nodes::Inline(slot) => {
+                if let Some((_, run)) = slot {
+                    *run = None;
+                }
+            }
+        }
+    }
+
+    /// The ids of the nodes that did not end.
+    fn unfinished(self) -> impl Iterator<Item = String> {
+        let (tasks, inline) = match self {
+            Nodes::Tasks { ids, .. } => (Some(ids.into_values()), None),
+            Nodes::Inline(slot) => (None, slot.map(|(id, _)| id)),
+        };
+        tasks.into_iter().flatten().chain(inline)
+    }
+}
+
+/// What a panic said, if it said it in text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("")
+}
+
 struct NodeTask {
     sandbox: Arc<Sandbox>,
     program: Program,
@@ -915,4 +1029,89 @@ pub fn write_node_log(store: &Store, run_id: &str, node: &str, text: &str) -> st
     crate::files::create_private_dir(&dir)?;
     let mut file = crate::files::create_private_file(&dir.join(format!("{node}.log")), false)?;
     file.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ran() -> NodeRun {
+        let report = RunReport::rejected(ErrorCode::Trap, "a stand-in".to_owned());
+        NodeRun { attempts: 1, started_at: None, input_digest: String::new(), report }
+    }
+
+    /// A workflow's nodes (tasks of their own) and a plain component's one
+    /// node (polled inline).
+    const KINDS: [GuestKind; 2] = [GuestKind::Workflow, GuestKind::Node];
+
+    #[tokio::test]
+    async fn a_node_that_ends_comes_out_once_under_its_id_and_is_not_unfinished() {
+        for kind in KINDS {
+            let mut nodes = Nodes::for_plan(kind);
+            nodes.start("main".to_owned(), async {
+                tokio::task::yield_now().await;
+                ran()
+            });
+            assert_eq!(nodes.len(), 1);
+            assert!(matches!(nodes.next().await, Some(Joined::Ran(id, _)) if id == "main"), "{kind:?}");
+            assert!(nodes.next().await.is_none(), "{kind:?}");
+            assert_eq!(nodes.unfinished().count(), 0, "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_a_node_runs_is_that_nodes_and_does_not_reach_the_run() {
+        for kind in KINDS {
+            let mut nodes = Nodes::for_plan(kind);
+            nodes.start("main".to_owned(), async { panic!("the host fails on purpose") });
+            assert!(matches!(nodes.next().await, Some(Joined::Panicked(id, _)) if id == "main"), "{kind:?}");
+            assert!(nodes.next().await.is_none(), "{kind:?}");
+            assert_eq!(nodes.unfinished().count(), 0, "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_aborted_node_is_dropped_and_counted_unfinished() {
+        for kind in KINDS {
+            let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            struct Flag(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Flag {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let flag = Flag(dropped.clone());
+            let mut nodes = Nodes::for_plan(kind);
+            nodes.start("main".to_owned(), async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+                ran()
+            });
+            // Started (a task runs once it is polled), then aborted.
+            let _ = tokio::time::timeout(Duration::from_millis(5), nodes.next()).await;
+            nodes.abort_all();
+            while let Some(joined) = nodes.next().await {
+                assert!(matches!(joined, Joined::Aborted), "{kind:?}");
+            }
+            assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "{kind:?}: the run was not dropped");
+            assert_eq!(nodes.unfinished().collect::<Vec<_>>(), ["main"], "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_node_can_be_given_up_and_taken_up_again() {
+        for kind in KINDS {
+            let mut nodes = Nodes::for_plan(kind);
+            let (send, receive) = tokio::sync::oneshot::channel::<()>();
+            nodes.start("main".to_owned(), async move {
+                let _ = receive.await;
+                ran()
+            });
+            // A `select!` whose other branch won drops the wait midway.
+            assert!(tokio::time::timeout(Duration::from_millis(5), nodes.next()).await.is_err(), "{kind:?}");
+            send.send(()).unwrap();
+            assert!(matches!(nodes.next().await, Some(Joined::Ran(id, _)) if id == "main"), "{kind:?}");
+        }
+    }
 }
