@@ -6,8 +6,8 @@
 //! functions a warm `exec` runs (about 2,600, 1.9 MB) lie scattered over
 //! the binary's 25 MB of code, in about 145 such windows; listed in
 //! `link/symbol-order.txt` (written by `scripts/symbol-order.py`), the
-//! linker puts them in about 32. That is a sixth of an `exec`'s page faults
-//! and 7% of its time (docs/performance.md).
+//! linker puts them in about 32. That is about 85 of an `exec`'s 600 page
+//! faults and 7% of its time (docs/performance.md).
 //!
 //! LLD reads the list (`--symbol-ordering-file`); it is the linker Rust uses
 //! on x86-64 Linux. Where another linker may be in use (a target without
