@@ -13,7 +13,8 @@ that callgrind saw run in a warm `exec` of a command component
 Symbol names carry hashes that change with the compiler, a dependency's
 version or features, and our own crate's build settings: regenerate the
 file after such a change (`cargo build --release`, then this script,
-then `cargo build --release` again, which relinks only). A stale entry
+then `cargo build --release` again, which rebuilds only the
+`wfrun-runtime` crate). A stale entry
 costs nothing but its benefit. `--check` prints how many of the listed
 functions the binary still has, and exits 1 below 90%.
 

@@ -781,7 +781,6 @@ async fn notified(cancel: Option<&Arc<Notify>>) {
     }
 }
 
-/// One node's attempts, run as a task.
 /// The nodes of a run in flight. A workflow's nodes run side by side, each
 /// on a task of its own. A plain component's one node is polled on the
 /// run's own task: no task to spawn, schedule and join for each run (the
@@ -901,6 +900,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("")
 }
 
+/// One node's attempts: a task of its own, or polled inline ([`Nodes`]).
 struct NodeTask {
     sandbox: Arc<Sandbox>,
     program: Program,
