@@ -17,7 +17,7 @@
 use crate::bundle::memo::DigestMemo;
 use crate::bundle::{Bundle, BundleError, Remembered};
 use crate::outcome::{ErrorCode, GuestKind, RunReport, new_run_id};
-use crate::policy::{Policy, TrustPolicy};
+use crate::policy::{Admitted, Policy, TrustPolicy};
 use crate::sandbox::Sandbox;
 use crate::store::{NewRun, Store, StoreError};
 use crate::workflow::{Execution, Workflow};
@@ -183,22 +183,36 @@ impl Runner {
         policy: &Policy,
         execution: Execution,
     ) -> Result<RunReport, StoreError> {
+        match Runner::admit(prepared, policy) {
+            Ok(admitted) => self.run_admitted(prepared, &admitted, execution).await,
+            Err(rejection) => self.reject(&prepared.path, &rejection, &execution),
+        }
+    }
+
+    /// What `policy` grants `prepared`'s plan, or why it refuses it: the
+    /// first half of [`run`](Self::run), for a host that runs one program
+    /// under one policy many times (a daemon trigger's runs).
+    pub fn admit(prepared: &Prepared, policy: &Policy) -> Result<Admitted, Rejection> {
         let workflow = &prepared.workflow;
-        let admitted = match policy.admit(workflow.plan()) {
-            Ok(admitted) => admitted,
-            Err(refused) => {
-                let rejection = Rejection {
-                    kind: Some(workflow.kind()),
-                    workflow: Some(workflow.name().to_owned()),
-                    ..Rejection::invalid_bundle(
-                        refused.detail(),
-                        format!("{}: {refused}", prepared.path.display()),
-                        Some(workflow.digest().to_owned()),
-                    )
-                };
-                return self.reject(&prepared.path, &rejection, &execution);
-            }
-        };
+        policy.admit(workflow.plan()).map_err(|refused| Rejection {
+            kind: Some(workflow.kind()),
+            workflow: Some(workflow.name().to_owned()),
+            ..Rejection::invalid_bundle(
+                refused.detail(),
+                format!("{}: {refused}", prepared.path.display()),
+                Some(workflow.digest().to_owned()),
+            )
+        })
+    }
+
+    /// Runs `prepared` once with what [`Runner::admit`] granted it, and
+    /// records it: the second half of [`run`](Self::run).
+    pub async fn run_admitted(
+        &self,
+        prepared: &Prepared,
+        admitted: &Admitted,
+        execution: Execution,
+    ) -> Result<RunReport, StoreError> {
         for (node, over) in &admitted.capped {
             tracing::debug!(
                 "{}: node `{node}` asks for {} {}; held to the ceiling of {}",
@@ -208,7 +222,7 @@ impl Runner {
                 over.ceiling
             );
         }
-        workflow.run(&self.sandbox, self.store.as_ref(), &admitted.grant, execution).await
+        prepared.workflow.run(&self.sandbox, self.store.as_ref(), &admitted.grant, execution).await
     }
 
     /// Records a run refused before its guest started and returns its

@@ -11,7 +11,7 @@
 //! table, never by run ids.
 
 use super::Daemon;
-use crate::outcome::RunReport;
+use crate::outcome::{RunReport, RunStatus};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,8 +39,32 @@ pub struct Metrics {
     dead_letters: Gauge,
     release: Family<Labels, Gauge>,
     sync_failing: Gauge,
-    /// Jobs with labels in the families, so a removed job's go too.
-    seen: Mutex<std::collections::BTreeSet<String>>,
+    /// Each job with labels in the families (so a removed job's go too),
+    /// with its series: a run's end updates them without building labels.
+    jobs: Mutex<std::collections::HashMap<String, JobSeries>>,
+}
+
+/// One job's series of the families [`Metrics::ended`] and
+/// [`Metrics::retried`] update: handles to the same values the families
+/// hold, each taken from its family the first time it is needed.
+struct JobSeries {
+    /// Runs by status, in the order of [`RunStatus::ALL`].
+    runs: [Option<Counter>; RunStatus::ALL.len()],
+    duration: Option<Histogram>,
+    fuel: Option<Counter>,
+    peak_memory: Option<Gauge>,
+    retries: Option<Counter>,
+}
+
+impl JobSeries {
+    fn new() -> JobSeries {
+        JobSeries { runs: Default::default(), duration: None, fuel: None, peak_memory: None, retries: None }
+    }
+}
+
+/// The labels of job `job`'s series.
+fn by_job(job: &str) -> Labels {
+    vec![("job", job.to_owned())]
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,7 +95,7 @@ impl Default for Metrics {
             dead_letters: Gauge::default(),
             release: Family::default(),
             sync_failing: Gauge::default(),
-            seen: Mutex::default(),
+            jobs: Mutex::default(),
         };
         {
             let mut r = metrics.registry.lock().unwrap();
@@ -100,30 +124,39 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts a run of job `job` that ended with `report`.
     pub fn ended(&self, job: &str, report: &RunReport) {
-        self.seen.lock().unwrap().insert(job.to_owned());
-        let by_job: Labels = vec![("job", job.to_owned())];
-        let mut by_status = by_job.clone();
-        by_status.push(("status", report.status.as_str().to_owned()));
-        self.runs.get_or_create(&by_status).inc();
-        self.duration.get_or_create(&by_job).observe(report.duration_ms / 1000.0);
-        self.fuel.get_or_create(&by_job).inc_by(report.fuel_consumed);
-        self.peak_memory.get_or_create(&by_job).set(report.peak_memory_bytes.min(i64::MAX as u64) as i64);
+        let mut jobs = self.jobs.lock().unwrap();
+        let series = series_of(&mut jobs, job);
+        let status = RunStatus::ALL.iter().position(|s| *s == report.status).expect("every status is in ALL");
+        let runs = series.runs[status].get_or_insert_with(|| {
+            let mut by_status = by_job(job);
+            by_status.push(("status", report.status.as_str().to_owned()));
+            self.runs.get_or_create(&by_status).clone()
+        });
+        runs.inc();
+        let duration = series.duration.get_or_insert_with(|| self.duration.get_or_create(&by_job(job)).clone());
+        duration.observe(report.duration_ms / 1000.0);
+        series.fuel.get_or_insert_with(|| self.fuel.get_or_create(&by_job(job)).clone()).inc_by(report.fuel_consumed);
+        let peak = series.peak_memory.get_or_insert_with(|| self.peak_memory.get_or_create(&by_job(job)).clone());
+        peak.set(report.peak_memory_bytes.min(i64::MAX as u64) as i64);
     }
 
     /// Counts a retry of job `job`.
     pub fn retried(&self, job: &str) {
-        self.seen.lock().unwrap().insert(job.to_owned());
-        self.retries.get_or_create(&vec![("job", job.to_owned())]).inc();
+        let mut jobs = self.jobs.lock().unwrap();
+        let series = series_of(&mut jobs, job);
+        series.retries.get_or_insert_with(|| self.retries.get_or_create(&by_job(job)).clone()).inc();
     }
 
     /// Removes the labels of jobs that are gone: the families stay as
     /// large as the job table, however many jobs came and went.
-    fn forget_all_but(&self, jobs: &[String]) {
-        let mut seen = self.seen.lock().unwrap();
-        let gone: Vec<String> = seen.iter().filter(|job| !jobs.contains(job)).cloned().collect();
-        for job in gone {
-            let by_job: Labels = vec![("job", job.clone())];
-            for status in crate::outcome::RunStatus::ALL {
+    fn forget_all_but(&self, keep: &[String]) {
+        let mut jobs = self.jobs.lock().unwrap();
+        jobs.retain(|job, _| {
+            if keep.contains(job) {
+                return true;
+            }
+            let by_job = by_job(job);
+            for status in RunStatus::ALL {
                 let mut by_status = by_job.clone();
                 by_status.push(("status", status.as_str().to_owned()));
                 self.runs.remove(&by_status);
@@ -132,9 +165,18 @@ impl Metrics {
             self.fuel.remove(&by_job);
             self.peak_memory.remove(&by_job);
             self.retries.remove(&by_job);
-            seen.remove(&job);
-        }
+            false
+        });
     }
+}
+
+/// Job `job`'s series, made empty if it has none yet.
+fn series_of<'a>(jobs: &'a mut std::collections::HashMap<String, JobSeries>, job: &str) -> &'a mut JobSeries {
+    // Looked up by `&str` first: the key is copied only for a new job.
+    if jobs.contains_key(job) {
+        return jobs.get_mut(job).expect("just looked up");
+    }
+    jobs.entry(job.to_owned()).or_insert_with(JobSeries::new)
 }
 
 impl Daemon {
@@ -173,5 +215,55 @@ impl Daemon {
         let mut text = String::new();
         encode(&mut text, &registry).map_err(|e| super::DaemonError::Internal(e.to_string()))?;
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry.lock().unwrap()).unwrap();
+        text
+    }
+
+    fn report(status: RunStatus) -> RunReport {
+        RunReport { status, fuel_consumed: 10, ..RunReport::rejected(crate::outcome::ErrorCode::Trap, String::new()) }
+    }
+
+    #[test]
+    fn a_jobs_series_count_its_runs_and_a_removed_job_starts_again_from_nothing() {
+        let metrics = Metrics::default();
+        for status in [RunStatus::Succeeded, RunStatus::Succeeded, RunStatus::Failed] {
+            metrics.ended("tick", &report(status));
+        }
+        metrics.ended("other", &report(RunStatus::Succeeded));
+        metrics.retried("tick");
+        let before = text(&metrics);
+        for line in [
+            r#"wfrun_runs_total{job="tick",status="succeeded"} 2"#,
+            r#"wfrun_runs_total{job="tick",status="failed"} 1"#,
+            r#"wfrun_fuel_consumed_total{job="tick"} 30"#,
+            r#"wfrun_run_duration_seconds_count{job="tick"} 3"#,
+            r#"wfrun_retries_total{job="tick"} 1"#,
+            r#"wfrun_runs_total{job="other",status="succeeded"} 1"#,
+        ] {
+            assert!(before.lines().any(|l| l == line), "no {line} in\n{before}");
+        }
+        // Only the statuses seen have series.
+        assert!(!before.contains(r#"status="cancelled""#), "{before}");
+
+        metrics.forget_all_but(&["other".to_owned()]);
+        let after = text(&metrics);
+        assert!(!after.contains(r#"job="tick""#), "{after}");
+        assert!(after.contains(r#"wfrun_runs_total{job="other",status="succeeded"} 1"#), "{after}");
+
+        // A job of the same name counts from nothing.
+        metrics.ended("tick", &report(RunStatus::Succeeded));
+        let again = text(&metrics);
+        assert!(again.lines().any(|l| l == r#"wfrun_runs_total{job="tick",status="succeeded"} 1"#), "{again}");
+        assert!(again.lines().any(|l| l == r#"wfrun_fuel_consumed_total{job="tick"} 10"#), "{again}");
+        assert!(!again.contains(r#"wfrun_retries_total{job="tick"}"#), "{again}");
     }
 }

@@ -17,8 +17,9 @@ use super::{Daemon, DaemonError};
 use crate::limits::LimitRequest;
 use crate::manifest::JobSpec;
 use crate::outcome::{ErrorCode, RunReport, RunStatus, new_run_id};
+use crate::policy::Admitted;
 use crate::policy::Policy;
-use crate::runner::ProgramCache;
+use crate::runner::{ProgramCache, Rejection, Runner};
 use crate::workflow::{Execution, Slot};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -130,6 +131,7 @@ impl Daemon {
         // of them starts: one check that the bundle is unchanged, not one
         // per run.
         let program: SharedProgram = Arc::default();
+        let spec = Arc::new(job.spec);
         let mut started = Vec::with_capacity(count);
         for (run_id, busy) in ids.into_iter().zip(busy) {
             let run_id = run_id.as_str();
@@ -139,7 +141,7 @@ impl Daemon {
             tracing::debug!("job {name}: run {run_id} triggered ({})", source.as_str());
             let daemon = self.clone();
             let name = name.to_owned();
-            let spec = job.spec.clone();
+            let spec = spec.clone();
             let input = input.clone();
             let program = program.clone();
             let supervisor = tokio::spawn(async move {
@@ -164,7 +166,7 @@ impl Daemon {
     async fn supervise(
         &self,
         name: &str,
-        spec: JobSpec,
+        spec: Arc<JobSpec>,
         input: Option<String>,
         first: Unfinished,
         cancel: Arc<Notify>,
@@ -184,7 +186,7 @@ impl Daemon {
                 // A release job replaced by another release is not retried.
                 let gone = attempt > 1
                     && (self.stopping.load(Ordering::SeqCst)
-                        || self.jobs.get(name).is_none_or(|job| job.paused || job.spec != spec));
+                        || self.jobs.get(name).is_none_or(|job| job.paused || job.spec != *spec));
                 if gone {
                     self.running.lock().unwrap().remove(&run_id);
                     unfinished.abandon(
@@ -319,11 +321,15 @@ impl Daemon {
         execution: Execution,
         program: &SharedProgram,
     ) -> Attempt {
-        let prepared = program
-            .get_or_init(|| async { self.programs.prepare(&self.runner, &spec.bundle, &self.policy.trust) })
+        let admitted = program
+            .get_or_init(|| async {
+                let prepared = self.programs.prepare(&self.runner, &spec.bundle, &self.policy.trust)?;
+                let admitted = Runner::admit(&prepared, &self.job_policy(spec))?;
+                Ok((prepared, admitted))
+            })
             .await;
-        let recorded = match prepared {
-            Ok(prepared) => self.runner.run(prepared, &self.job_policy(spec), execution).await,
+        let recorded = match admitted {
+            Ok((prepared, admitted)) => self.runner.run_admitted(prepared, admitted, execution).await,
             Err(rejection) => {
                 tracing::warn!("job {name}: run {run_id} refused: {}", rejection.message);
                 self.runner.reject(&spec.bundle, rejection, &execution)
@@ -400,9 +406,10 @@ impl Daemon {
     }
 }
 
-/// The prepared program (or why there is none) that the runs of one
-/// trigger share: looked up by the first of them to start.
-type SharedProgram = Arc<tokio::sync::OnceCell<Result<Arc<crate::runner::Prepared>, crate::runner::Rejection>>>;
+/// The prepared program and what the job's policy grants it (or why it
+/// cannot run) that the runs of one trigger share: looked up and admitted
+/// by the first of them to start.
+type SharedProgram = Arc<tokio::sync::OnceCell<Result<(Arc<crate::runner::Prepared>, Admitted), Rejection>>>;
 
 /// What [`Daemon::run_once`] did.
 struct Attempt {

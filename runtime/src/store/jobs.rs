@@ -171,25 +171,47 @@ pub fn failures_after(failures: u32, status: RunStatus, code: Option<crate::outc
 
 /// Notes, in the write that records run `run_id`'s end, how it ended on
 /// the row of the job it belongs to (none for a run of `wfrun exec`), as
-/// [`failures_after`] counts.
+/// [`failures_after`] counts. `job`: the run's job if the caller knows it
+/// (`Some(None)`: it has none), else it is read from the run's row.
 pub(super) fn note_run(
     tx: &rusqlite::Connection,
     run_id: &str,
+    job: Option<Option<&str>>,
     status: RunStatus,
     code: Option<crate::outcome::ErrorCode>,
     at: &str,
 ) -> rusqlite::Result<()> {
     let counts = code != Some(crate::outcome::ErrorCode::HostError);
-    tx.prepare_cached(NOTE_RUN)?.execute(params![run_id, at, status.as_str(), counts])?;
+    match job {
+        Some(None) => {}
+        Some(Some(job)) => {
+            tx.prepare_cached(NOTE_RUN_OF_JOB)?.execute(params![run_id, at, status.as_str(), counts, job])?;
+        }
+        None => {
+            tx.prepare_cached(NOTE_RUN_OF_ROW)?.execute(params![run_id, at, status.as_str(), counts])?;
+        }
+    }
     Ok(())
 }
 
-/// [`note_run`]'s statement.
-pub(super) const NOTE_RUN: &str = "UPDATE jobs SET last_run_at = ?2, last_run_id = ?1, last_status = ?3,
-     consecutive_failures = CASE WHEN ?3 = 'succeeded' THEN 0
-                                 WHEN ?3 = 'failed' AND ?4 THEN consecutive_failures + 1
-                                 ELSE consecutive_failures END
-     WHERE name = (SELECT job FROM runs WHERE id = ?1)";
+/// [`note_run`]'s statement, for the job named by `$job`.
+macro_rules! note_run_sql {
+    ($job:literal) => {
+        concat!(
+            "UPDATE jobs SET last_run_at = ?2, last_run_id = ?1, last_status = ?3,
+             consecutive_failures = CASE WHEN ?3 = 'succeeded' THEN 0
+                                         WHEN ?3 = 'failed' AND ?4 THEN consecutive_failures + 1
+                                         ELSE consecutive_failures END
+             WHERE name = ",
+            $job
+        )
+    };
+}
+
+/// [`note_run`]'s statement for a job named by the caller (`?5`).
+const NOTE_RUN_OF_JOB: &str = note_run_sql!("?5");
+/// [`note_run`]'s statement for the job named on the run's row.
+const NOTE_RUN_OF_ROW: &str = note_run_sql!("(SELECT job FROM runs WHERE id = ?1)");
 
 #[cfg(test)]
 mod tests {

@@ -249,16 +249,18 @@ impl Store {
     pub fn accept_runs(&self, ids: &[String], job: &str, bundle_path: &str) -> Result<(), StoreError> {
         let at = now();
         let owner = owner_token();
+        let pid = std::process::id();
         self.write(|tx| {
-            let mut run = tx.prepare_cached(
-                "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at,
-                                   owner_pid, job, owner_boot)
-                 VALUES (?1, ?2, '-', '-', ?3, '', 'pending', ?4, ?5, ?2, ?6)",
-            )?;
-            let mut transition = tx.prepare_cached("INSERT INTO run_transitions VALUES (?1, 0, 'pending', ?2)")?;
-            for id in ids {
-                run.execute(params![id, job, bundle_path, at, std::process::id(), owner])?;
-                transition.execute(params![id, at])?;
+            // Many rows to a statement: a trigger's 100 runs cost two
+            // statements rather than 200.
+            for ids in ids.chunks(ACCEPT_CHUNK) {
+                let shared: [&dyn rusqlite::ToSql; 5] = [&job, &bundle_path, &at, &pid, &owner];
+                let values: Vec<&dyn rusqlite::ToSql> =
+                    shared.into_iter().chain(ids.iter().map(|id| id as &dyn rusqlite::ToSql)).collect();
+                tx.prepare_cached(&accept_sql(ids.len()))?.execute(&values[..])?;
+                let values: Vec<&dyn rusqlite::ToSql> =
+                    std::iter::once(&at as &dyn rusqlite::ToSql).chain(ids.iter().map(|id| id as _)).collect();
+                tx.prepare_cached(&accept_transitions_sql(ids.len()))?.execute(&values[..])?;
             }
             Ok(())
         })
@@ -343,8 +345,7 @@ impl Store {
     pub fn prepare_run_end(&self) {
         let _ = owner_token();
         let writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for sql in [INSERT_FINISHED, INSERT_FINISHED_TRANSITIONS, super::jobs::NOTE_RUN, INSERT_NODE_RECORD, INSERT_LOG]
-        {
+        for sql in [COMPLETE_PENDING, INSERT_FINISHED, INSERT_FINISHED_TRANSITIONS, INSERT_NODE_RECORD, INSERT_LOG] {
             let _ = writer.conn.prepare_cached(sql);
         }
     }
@@ -590,6 +591,36 @@ const INSERT_FINISHED: &str = "INSERT INTO runs (id, status, error_code, error_m
          bundle_path = excluded.bundle_path, bundle_digest = excluded.bundle_digest, owner_pid = excluded.owner_pid,
          job = excluded.job, owner_boot = excluded.owner_boot
      WHERE runs.status = 'pending'";
+/// [`INSERT_FINISHED`] for a run whose `pending` row exists: the same
+/// columns set, `?1` to `?22` (not its creation time, `?23`).
+const COMPLETE_PENDING: &str = "UPDATE runs SET status = ?2, error_code = ?3, error_message = ?4, failed_node = ?5,
+     output = ?6, exit_code = ?7, finished_at = ?8, duration_ms = ?9, fuel_consumed = ?10, peak_memory_bytes = ?11,
+     policy_violations = ?12, error_detail = ?13, metrics = ?14, workflow = ?15, version = ?16, kind = ?17,
+     bundle_path = ?18, bundle_digest = ?19, owner_pid = ?20, job = ?21, owner_boot = ?22
+     WHERE id = ?1 AND status = 'pending'";
+/// The most runs [`Store::accept_runs`] writes with one statement.
+const ACCEPT_CHUNK: usize = 100;
+
+/// The statement that records `n` runs `pending`: `?1` the job, `?2` the
+/// bundle path, `?3` the time, `?4` the process, `?5` its owner token, then
+/// the `n` ids.
+fn accept_sql(n: usize) -> String {
+    let rows: Vec<String> =
+        (0..n).map(|i| format!("(?{}, ?1, '-', '-', ?2, '', 'pending', ?3, ?4, ?1, ?5)", i + 6)).collect();
+    format!(
+        "INSERT INTO runs (id, workflow, version, kind, bundle_path, bundle_digest, status, created_at,
+                           owner_pid, job, owner_boot) VALUES {}",
+        rows.join(", ")
+    )
+}
+
+/// The statement that records the `pending` transitions of `n` runs: `?1`
+/// the time, then the `n` ids.
+fn accept_transitions_sql(n: usize) -> String {
+    let rows: Vec<String> = (0..n).map(|i| format!("(?{}, 0, 'pending', ?1)", i + 2)).collect();
+    format!("INSERT INTO run_transitions VALUES {}", rows.join(", "))
+}
+
 /// The transitions of a run recorded start and end at once: `pending` (kept
 /// if the row had it), `running` and its end. A `pending` row has only its
 /// first.
@@ -678,7 +709,7 @@ fn update_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::R
     let values = EndValues::of(report, at);
     tx.prepare_cached(UPDATE_FINISHED)?.execute(&values.params()[..])?;
     add_transition(tx, &report.run_id, report.status, at)?;
-    after_finished(tx, report, at)
+    after_finished(tx, report, at, None)
 }
 
 /// Records run `run`, started at `started`, and its end at `at` at once:
@@ -692,18 +723,23 @@ fn insert_finished(tx: &Connection, run: &NewRun, started: &str, report: &RunRep
     let start: [&dyn rusqlite::ToSql; 9] =
         [&run.workflow, &run.version, &kind, &run.bundle_path, &run.bundle_digest, &pid, &run.job, &owner, &started];
     let all: Vec<&dyn rusqlite::ToSql> = end.iter().chain(start.iter()).copied().collect();
-    if tx.prepare_cached(INSERT_FINISHED)?.execute(&all[..])? == 0 {
+    // The `pending` row of a run the daemon accepted is completed in place
+    // (without the upsert's first try at an insert); any other run is
+    // inserted, or refused if its row is in another state.
+    let completed = tx.prepare_cached(COMPLETE_PENDING)?.execute(&all[..22])? == 1;
+    if !completed && tx.prepare_cached(INSERT_FINISHED)?.execute(&all[..])? == 0 {
         return Err(rusqlite::Error::StatementChangedRows(0));
     }
     tx.prepare_cached(INSERT_FINISHED_TRANSITIONS)?.execute(params![report.run_id, started, values.status, at])?;
-    after_finished(tx, report, at)
+    after_finished(tx, report, at, Some(run.job.as_deref()))
 }
 
 /// What every run's end writes besides its row: its job's last run, and
-/// its node records.
-fn after_finished(tx: &Connection, report: &RunReport, at: &str) -> rusqlite::Result<()> {
+/// its node records. `job`: the run's job (`Some(None)` for a run of no
+/// job), if known; else it is read from the run's row.
+fn after_finished(tx: &Connection, report: &RunReport, at: &str, job: Option<Option<&str>>) -> rusqlite::Result<()> {
     let run_id = &report.run_id;
-    super::jobs::note_run(tx, run_id, report.status, report.error_code, at)?;
+    super::jobs::note_run(tx, run_id, job, report.status, report.error_code, at)?;
     for (seq, node) in report.nodes.iter().enumerate() {
         let record = serde_json::to_string(node).expect("node records serialise");
         tx.prepare_cached(INSERT_NODE_RECORD)?.execute(params![run_id, seq as i64, node.node, record])?;
@@ -904,5 +940,29 @@ mod tests {
         assert_eq!(states, [RunStatus::Pending, RunStatus::Cancelled]);
         let job = store.job("tick").unwrap().unwrap();
         assert_eq!(job.last_run_id.as_deref(), Some("accepted"), "the failed record did not count");
+    }
+
+    #[test]
+    fn a_trigger_of_many_runs_records_every_one_pending_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_job("tick", &JobSpec::manual("tick.wasm"), JobSource::Config).unwrap();
+        // More than two statements' worth, and not a multiple of one.
+        let ids: Vec<String> = (0..ACCEPT_CHUNK * 2 + 7).map(|i| format!("run-{i:04}")).collect();
+        store.accept_runs(&ids, "tick", "tick.wasm").unwrap();
+        let first = store.run(&ids[0]).unwrap().unwrap();
+        for id in &ids {
+            let record = store.run(id).unwrap().unwrap();
+            assert_eq!((record.status, record.job.as_deref()), (RunStatus::Pending, Some("tick")), "{id}");
+            assert_eq!(record.bundle_path, "tick.wasm");
+            assert_eq!(record.transitions, [(RunStatus::Pending, first.created_at.clone())], "{id}");
+        }
+
+        // One id already taken: the trigger records none of its runs.
+        let clash: Vec<String> = ["fresh-1", "run-0150", "fresh-2"].map(str::to_owned).to_vec();
+        assert!(store.accept_runs(&clash, "tick", "tick.wasm").is_err());
+        assert!(store.run("fresh-1").unwrap().is_none());
+        assert!(store.run("fresh-2").unwrap().is_none());
+        assert_eq!(store.run("run-0150").unwrap().unwrap().status, RunStatus::Pending);
     }
 }

@@ -213,8 +213,15 @@ impl std::fmt::Debug for Execution {
     }
 }
 
+/// `sha256:<hex>` of `bytes` (each node's input and output, every run:
+/// written into one buffer rather than collected a character at a time).
 fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut hex).expect("32 bytes are 64 hex digits");
+    let mut digest = String::with_capacity(7 + hex.len());
+    digest.push_str("sha256:");
+    digest.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
+    digest
 }
 
 fn config_strings(config: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
@@ -489,7 +496,8 @@ impl Workflow {
             clear_dir(dir);
         }
         let mut exceeded: Option<crate::store::outputs::Usage> = None;
-        let mut watch = tokio::time::interval(OUTPUTS_WATCH);
+        // Only a run with an outputs directory has it watched.
+        let mut watch = run_outputs.is_some().then(|| tokio::time::interval(OUTPUTS_WATCH));
         // A plain component's input goes through untouched (byte for byte);
         // a workflow's is parsed once to build each node's input.
         let workflow_input: Value = if self.plan.kind == GuestKind::Workflow {
@@ -553,7 +561,7 @@ impl Workflow {
                     running.abort_all();
                     continue;
                 }
-                _ = watch.tick(), if run_outputs.is_some() && !cancelled => {
+                () = tick(&mut watch), if run_outputs.is_some() && !cancelled => {
                     if let Some((dir, limit)) = run_outputs
                         && let Some(usage) = over(dir, limit)
                     {
@@ -892,6 +900,16 @@ impl Nodes {
             Nodes::Inline(slot) => (None, slot.map(|(id, _)| id)),
         };
         tasks.into_iter().flatten().chain(inline)
+    }
+}
+
+/// The next tick of `watch`; never, if there is none.
+async fn tick(watch: &mut Option<tokio::time::Interval>) {
+    match watch {
+        Some(watch) => {
+            watch.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
