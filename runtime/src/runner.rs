@@ -370,7 +370,14 @@ impl ProgramCache {
             }
         }
         self.loads.fetch_add(1, Ordering::Relaxed);
-        let prepared = match runner.prepare_bundle(&bundle, trust) {
+        let prepared = runner.prepare_bundle(&bundle, trust);
+        // Reading the bundle, and compiling it if it was not cached, freed
+        // far more memory than a run does (hundreds of MiB for the Python
+        // hello node), spread over the allocator's arenas: given back now,
+        // not kept for the daemon's life.
+        drop(bundle);
+        crate::store::release_free_heap();
+        let prepared = match prepared {
             Ok(prepared) => Arc::new(prepared),
             Err(rejection) => {
                 self.forget(path);

@@ -166,11 +166,22 @@ impl ArtifactCache {
             }
         }
         let compiled = compile()?;
-        if let Err(e) = self.store(&artifact, &meta, digest, &compiled) {
-            // A cache that cannot be written costs speed, not correctness.
-            tracing::warn!("cannot write cache entry {}: {e:#}", artifact.display());
+        match self.store(&artifact, &meta, digest, &compiled) {
+            // The code is kept as a mapping of the file just written, as a
+            // cached entry would be, not as the compiler's copy: only the
+            // pages runs touch are resident, and they are the page cache's
+            // to drop (a daemon that compiled the Python and JavaScript
+            // hello nodes held 77 MiB of such copies).
+            Ok(()) => match deserialize(engine, &artifact) {
+                Ok(mapped) => Ok((mapped, origin)),
+                Err(_) => Ok((compiled, origin)),
+            },
+            Err(e) => {
+                // A cache that cannot be written costs speed, not correctness.
+                tracing::warn!("cannot write cache entry {}: {e:#}", artifact.display());
+                Ok((compiled, origin))
+            }
         }
-        Ok((compiled, origin))
     }
 
     /// The compiled form of the component whose SHA-256 is `digest`, if a
@@ -420,6 +431,31 @@ mod tests {
         let hashed = share_cached(&artifact);
         assert!(hashed < 0.1, "{:.0}% of the artifact just hashed is in the page cache", hashed * 100.0);
         assert!(cache.load(&engine, &digest).is_some(), "the dropped pages load again");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_component_just_compiled_is_served_from_its_cache_file_not_the_compilers_copy() {
+        let bytes = wat::parse_str(r#"(component (core module (func (export "f"))))"#).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = ArtifactCache::new(dir.path(), &engine);
+        let digest = Sha256::digest(&bytes);
+        let (component, origin) = cache.load_or_compile(&engine, &digest, || Component::new(&engine, &bytes)).unwrap();
+        assert!(matches!(origin, Origin::Compiled));
+        let (artifact, _) = cache.entry(&digest);
+        let artifact = artifact.canonicalize().unwrap();
+        // The process maps the file it just wrote, for as long as the
+        // component lives, and no longer.
+        let mapped = || {
+            std::fs::read_to_string("/proc/self/maps")
+                .unwrap()
+                .lines()
+                .any(|line| line.ends_with(artifact.to_str().unwrap()))
+        };
+        assert!(mapped(), "{} is not mapped", artifact.display());
+        drop(component);
+        assert!(!mapped(), "{} is still mapped", artifact.display());
     }
 
     #[test]

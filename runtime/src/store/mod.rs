@@ -62,6 +62,7 @@ pub use outbox::{OutboxLimits, OutboxStatus, Queued, Report, Reporter};
 pub use outputs::OutputFile;
 pub use releases::{ReleaseEvent, ReleaseRecord, ReleaseState, TransitionError};
 pub use retention::{Pruned, Retention};
+pub(crate) use runs::release_free_heap;
 pub use runs::{NewRun, RunEnd, RunRecord};
 pub use state::StateWrites;
 

@@ -108,8 +108,10 @@ pub(super) const IDLE: std::time::Duration = std::time::Duration::from_millis(10
 /// trimmed; docs/performance.md). The run-end writer calls it once no run
 /// has ended for [`IDLE`]: it walks every arena (3 ms for a daemon of 45
 /// MiB, measured with a uprobe), so a run that ends meanwhile waits that
-/// long for its record at most. Does nothing on other C libraries.
-fn release_free_heap() {
+/// long for its record at most. A long-lived host's program cache calls it
+/// too, after loading a bundle ([`crate::runner::ProgramCache`]). Does
+/// nothing on other C libraries.
+pub(crate) fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     {
