@@ -4,11 +4,11 @@
 //! ([`Source`]): it refuses a paused job, a job already running (unless it
 //! allows overlap) and any trigger once the daemon is stopping, then starts
 //! the job's first attempt, recorded `pending` before its id is handed
-//! back. Each attempt waits for one of the daemon's run slots, takes the job's prepared program from the [`ProgramCache`] (read,
-//! verified and loaded only when the bundle file changed; the runs of one
-//! trigger look it up once between them), and runs it
-//! through the [`Runner`](crate::runner::Runner) under the daemon's policy
-//! with the job's ceilings. A failed attempt is retried with backoff; a job
+//! back. Each attempt waits for one of the daemon's run slots, takes the
+//! job's prepared program from the [`ProgramCache`] (read, verified and
+//! loaded only when the bundle file changed) and what the daemon's policy
+//! with the job's ceilings grants it (the runs of one trigger look both up
+//! once between them), and runs it through the [`Runner`]. A failed attempt is retried with backoff; a job
 //! whose runs keep failing is paused; a cancelled run is recorded
 //! `cancelled` and not retried.
 
