@@ -11,10 +11,12 @@ that callgrind saw run in a warm `exec` of a command component
 (`hello-job`) and of a node (`hello`), sorted by name.
 
 Symbol names carry hashes that change with the compiler, a dependency's
-version or features, and our own crate's build settings: regenerate the
-file after such a change (`cargo build --release`, then this script,
-then `cargo build --release` again, which rebuilds only the
-`wfrun-runtime` crate). A stale entry
+version or features, and our own crate's build settings, and LLVM's
+`.llvm.N` suffixes of local functions change with the code's line
+numbers: regenerate the file after any change to `wfrun-runtime`
+(`cargo build --release`, then this script, then `cargo build --release`
+again, which rebuilds only the `wfrun-runtime` crate; `--check` should
+then say 100%). A stale entry
 costs nothing but its benefit. `--check` prints how many of the listed
 functions the binary still has, and exits 1 below 90%.
 
