@@ -8,9 +8,9 @@
 //! job's prepared program from the [`ProgramCache`] (read, verified and
 //! loaded only when the bundle file changed) and what the daemon's policy
 //! with the job's ceilings grants it (the runs of one trigger look both up
-//! once between them), and runs it through the [`Runner`]. A failed attempt is retried with backoff; a job
-//! whose runs keep failing is paused; a cancelled run is recorded
-//! `cancelled` and not retried.
+//! once between them), and runs it through the [`Runner`]. A failed
+//! attempt is retried with backoff; a job whose runs keep failing is
+//! paused; a cancelled run is recorded `cancelled` and not retried.
 
 use super::scheduler::Source;
 use super::{Daemon, DaemonError};

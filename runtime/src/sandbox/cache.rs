@@ -174,7 +174,11 @@ impl ArtifactCache {
             // hello nodes held 77 MiB of such copies).
             Ok(()) => match deserialize(engine, &artifact) {
                 Ok(mapped) => Ok((mapped, origin)),
-                Err(_) => Ok((compiled, origin)),
+                Err(e) => {
+                    // Only memory depends on it: the compiler's copy runs alike.
+                    tracing::warn!("cannot map the cache entry just written {}: {e:#}", artifact.display());
+                    Ok((compiled, origin))
+                }
             },
             Err(e) => {
                 // A cache that cannot be written costs speed, not correctness.
