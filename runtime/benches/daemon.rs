@@ -213,7 +213,7 @@ fn main() {
     // The in-process baseline: the same node run by a pooled sandbox in
     // this process, one run after another, as fast as it goes.
     let pooled = Sandbox::new(EngineOptions {
-        pooling: Some(PoolingOptions { concurrent_runs: 4, max_memory_bytes: Limits::DEFAULT_MEMORY_BYTES }),
+        pooling: Some(PoolingOptions::new(4, Limits::DEFAULT_MEMORY_BYTES)),
         ..EngineOptions::default()
     })
     .unwrap();

@@ -107,7 +107,7 @@ fn main() {
 
     // 1b. The same with the pooling allocator (for long-lived hosts).
     let pooled = Sandbox::new(EngineOptions {
-        pooling: Some(PoolingOptions { concurrent_runs: 4, max_memory_bytes: Limits::DEFAULT_MEMORY_BYTES }),
+        pooling: Some(PoolingOptions::new(4, Limits::DEFAULT_MEMORY_BYTES)),
         ..EngineOptions::default()
     })
     .unwrap();

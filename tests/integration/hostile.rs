@@ -211,11 +211,9 @@ async fn one_sandbox_survives_every_hostile_guest_in_turn() {
 async fn a_pooled_run_never_sees_what_the_run_before_it_left_in_memory() {
     use wfrun_runtime::sandbox::PoolingOptions;
     // One slot, so every run takes the memory the last one used.
-    let pooled = Sandbox::new(EngineOptions {
-        pooling: Some(PoolingOptions { concurrent_runs: 1, max_memory_bytes: 64 << 20 }),
-        ..EngineOptions::default()
-    })
-    .unwrap();
+    let pooled =
+        Sandbox::new(EngineOptions { pooling: Some(PoolingOptions::new(1, 64 << 20)), ..EngineOptions::default() })
+            .unwrap();
     let hostile = pooled.load(&std::fs::read(guest("hostile")).unwrap(), "hostile").unwrap();
     // 4 MiB of grown pages: past what is kept resident, and within it.
     for (run, pages) in [(1, 64), (2, 64), (3, 8), (4, 64)] {
@@ -235,7 +233,7 @@ async fn a_pooled_run_never_sees_what_the_run_before_it_left_in_memory() {
 async fn the_pooling_allocator_keeps_every_limit_and_code() {
     use wfrun_runtime::sandbox::PoolingOptions;
     let pooled = Sandbox::new(EngineOptions {
-        pooling: Some(PoolingOptions { concurrent_runs: 2, max_memory_bytes: small().memory_bytes }),
+        pooling: Some(PoolingOptions::new(2, small().memory_bytes)),
         ..EngineOptions::default()
     })
     .unwrap();

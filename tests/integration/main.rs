@@ -45,5 +45,6 @@ mod runner;
 mod sandbox;
 mod services;
 mod signing;
+mod spares;
 mod sync;
 mod workflow;

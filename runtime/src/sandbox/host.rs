@@ -194,16 +194,32 @@ pub struct GuestState {
     pub(super) metrics: MetricSink,
     pub(super) http: WasiHttpCtx,
     pub(super) egress: EgressHooks,
+    /// Whether the guest has called any import (WASI, `wasi:http` or
+    /// `wfrun:node`): every host call reaches the state through
+    /// [`GuestState::host`] or one of the views below, which set it. An
+    /// instance made ahead of its run is kept only if its instantiation
+    /// left this unset (`spare`).
+    pub(super) touched: bool,
+}
+
+impl GuestState {
+    /// The state as a `wfrun:node` import sees it.
+    pub(super) fn host(&mut self) -> &mut Self {
+        self.touched = true;
+        self
+    }
 }
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.touched = true;
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for GuestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.touched = true;
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
     }
 }

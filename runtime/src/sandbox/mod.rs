@@ -20,6 +20,7 @@ mod capture;
 mod host;
 mod limits;
 pub mod shape;
+mod spare;
 
 pub use cache::Origin;
 pub use capture::Tee;
@@ -30,7 +31,7 @@ use crate::egress::client::EgressHooks;
 use crate::egress::{EgressPolicy, EgressRun, rule::Scheme};
 use crate::outcome::{ErrorCode, GuestKind, NodeFailure, RunReport, RunStatus};
 use capture::{Capture, EchoThread};
-use host::{GuestState, LogSink, Trace};
+use host::{GuestState, LogSink, MetricSink, Trace};
 use limits::{StoreLimiter, classify};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -40,7 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
-use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use wfrun_host_api::{Node, NodePre};
 
@@ -80,6 +81,31 @@ pub struct PoolingOptions {
     /// The largest linear memory any run may be granted (the operator's
     /// memory ceiling); each memory slot reserves this much address space.
     pub max_memory_bytes: u64,
+    /// Instances made ahead of their runs, at most, over all programs (one
+    /// per program); 0 makes none. See the `spare` module.
+    pub spares: u32,
+    /// A program gets a spare only if its last inline instantiation took
+    /// at least this long.
+    pub spare_threshold: Duration,
+}
+
+impl PoolingOptions {
+    /// Spares kept by default: enough for a Python and a JavaScript job.
+    pub const DEFAULT_SPARES: u32 = 2;
+    /// The default spare threshold: 200 µs, several times what a small
+    /// Rust node's instantiation takes, under half the Python node's.
+    pub const DEFAULT_SPARE_THRESHOLD: Duration = Duration::from_micros(200);
+
+    /// Pools for `concurrent_runs` runs with memories of up to
+    /// `max_memory_bytes`, and the default spares.
+    pub fn new(concurrent_runs: u32, max_memory_bytes: u64) -> Self {
+        PoolingOptions {
+            concurrent_runs,
+            max_memory_bytes,
+            spares: Self::DEFAULT_SPARES,
+            spare_threshold: Self::DEFAULT_SPARE_THRESHOLD,
+        }
+    }
 }
 
 impl EngineOptions {
@@ -165,6 +191,19 @@ pub struct Sandbox {
     options: EngineOptions,
     cache: Option<cache::ArtifactCache>,
     _ticker: Option<EpochTicker>,
+    /// A pooled sandbox's run slots: one per concurrent run, held by a
+    /// run's store until it is gone (which may be after the run).
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    spares: Option<Spares>,
+}
+
+/// A pooled sandbox's spare instances: the pool slots they may hold, and
+/// how costly an instantiation must be to get one.
+struct Spares {
+    permits: Arc<tokio::sync::Semaphore>,
+    threshold: Duration,
+    /// Started with the first refill.
+    maker: std::sync::OnceLock<Option<spare::Maker>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -181,6 +220,7 @@ pub struct Program {
     name: String,
     origin: Origin,
     imports: Vec<String>,
+    spare: Arc<spare::SpareSlot>,
 }
 
 #[derive(Clone)]
@@ -218,6 +258,17 @@ impl Program {
     /// `wasi:http/outgoing-handler@0.2.3`.
     pub fn imports(&self) -> &[String] {
         &self.imports
+    }
+
+    /// Whether an instance of it, made ahead of its next run, is ready
+    /// (see the `spare` module).
+    pub fn spare_ready(&self) -> bool {
+        self.spare.ready()
+    }
+
+    /// How many of its runs (over all its clones) were served by a spare.
+    pub fn spares_taken(&self) -> u64 {
+        self.spare.taken()
     }
 }
 
@@ -324,10 +375,16 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
-        Node::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)
+        Node::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, GuestState::host)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
         let cache = options.cache_dir.as_deref().map(|dir| cache::ArtifactCache::new(dir, &engine));
-        Ok(Sandbox { engine, linker, options, cache, _ticker: ticker })
+        let spares = options.pooling.filter(|p| p.spares > 0).map(|p| Spares {
+            permits: Arc::new(tokio::sync::Semaphore::new(p.spares as usize)),
+            threshold: p.spare_threshold,
+            maker: std::sync::OnceLock::new(),
+        });
+        let slots = options.pooling.map(|p| Arc::new(tokio::sync::Semaphore::new(p.concurrent_runs.max(1) as usize)));
+        Ok(Sandbox { engine, linker, options, cache, _ticker: ticker, slots, spares })
     }
 
     /// The directory of the compiled-artifact cache, if there is one.
@@ -396,7 +453,14 @@ impl Sandbox {
         // argv[0] of a job: the file name, as `wasmtime run` gives it.
         let file_name = name.rsplit('/').next().unwrap_or(name);
         let argv0 = if file_name.is_empty() { "guest" } else { file_name };
-        Ok(Program { pre, digest: format!("sha256:{}", hex::encode(digest)), name: argv0.to_owned(), origin, imports })
+        Ok(Program {
+            pre,
+            digest: format!("sha256:{}", hex::encode(digest)),
+            name: argv0.to_owned(),
+            origin,
+            imports,
+            spare: Arc::default(),
+        })
     }
 
     /// Runs `program` once. Every failure the guest can cause, and every
@@ -415,9 +479,26 @@ impl Sandbox {
         }
 
         let limits = &request.limits;
+        // A pooled run holds one of the pool's run slots until its store is
+        // gone.
+        let slot = match &self.slots {
+            Some(slots) => Some(slots.clone().acquire_owned().await.expect("the run slots are never closed")),
+            None => None,
+        };
+        // A run with nothing to echo takes its program's spare, if one was
+        // made under the same limits.
+        let spare = match (&self.spares, request.echo == Echo::NONE) {
+            (Some(_), true) => program.spare.take(limits),
+            _ => None,
+        };
         let echo = (request.echo != Echo::NONE).then(EchoThread::start);
-        let stdout = Capture::new("stdout", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stdout));
-        let stderr = Capture::new("stderr", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stderr));
+        let (stdout, stderr) = match &spare {
+            Some(spare) => (spare.fresh.stdout.clone(), spare.fresh.stderr.clone()),
+            None => (
+                Capture::new("stdout", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stdout)),
+                Capture::new("stderr", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stderr)),
+            ),
+        };
         let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
         // The run's clock starts here, and its deadline counts from the
         // same instant: a run stopped at its deadline reports at least its
@@ -434,39 +515,61 @@ impl Sandbox {
                 return report;
             }
         };
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(limits.resources);
-        let state = GuestState {
-            wasi,
-            table,
-            limiter: StoreLimiter::new(limits),
-            logs: LogSink::new(limits.log_bytes, EchoThread::echoer(echo.as_ref(), request.echo.logs)),
-            services: request.services.clone(),
-            trace: Trace::default(),
-            metrics: host::MetricSink::default(),
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            egress: EgressHooks(egress.clone()),
+        let logs = LogSink::new(limits.log_bytes, EchoThread::echoer(echo.as_ref(), request.echo.logs));
+        let metering = self.metering();
+        let (mut store, made) = match spare {
+            // The spare's instantiation called no import, so its state holds
+            // nothing but its limiter's count: the run's context goes in.
+            Some(spare) => {
+                // The store now holds the run's slot; its spare's is free
+                // for the next spare.
+                let Fresh { mut store, permit, .. } = spare.fresh;
+                drop(permit);
+                let state = store.data_mut();
+                state.wasi = wasi;
+                state.logs = logs;
+                state.services = request.services.clone();
+                state.egress = EgressHooks(egress.clone());
+                if metering.epoch {
+                    set_deadline(&mut store, deadline);
+                }
+                (store, Some(spare.instance))
+            }
+            None => {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(limits.resources);
+                let state = GuestState {
+                    wasi,
+                    table,
+                    limiter: StoreLimiter::new(limits),
+                    logs,
+                    services: request.services.clone(),
+                    trace: Trace::default(),
+                    metrics: MetricSink::default(),
+                    http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                    egress: EgressHooks(egress.clone()),
+                    touched: false,
+                };
+                (new_store(&self.engine, metering, state, limits, deadline), None)
+            }
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        if self.options.fuel_metering {
-            // Cannot fail: fuel metering is enabled on this engine.
-            store.set_fuel(limits.fuel).expect("fuel metering is enabled");
-        }
-        // Every epoch tick the guest yields to the async runtime, so other
-        // runs make progress and a run whose task is dropped (cancelled)
-        // stops within a tick; past the deadline it traps with `Interrupt`.
-        if self.options.epoch_interruption {
-            store.epoch_deadline_callback(move |_| {
-                Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
-            });
-            store.set_epoch_deadline(1);
-        }
 
         // The epoch deadline stops wasm code; this backstop also stops a
         // guest parked in a host call (a long sleep, a read that never ends).
         let backstop = timeout + EPOCH_TICK * 5;
-        let outcome = tokio::time::timeout(backstop, call(&program.pre, &mut store, &request.input)).await;
+        let outcome = tokio::time::timeout(backstop, async {
+            let instance = match made {
+                Some(instance) => instance,
+                None => {
+                    let instantiating = Instant::now();
+                    let instance = instantiate(&program.pre, &mut store).await?;
+                    program.spare.instantiated(instantiating.elapsed(), store.data().touched);
+                    instance
+                }
+            };
+            invoke(instance, &mut store, &request.input).await
+        })
+        .await;
         report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         if self.options.fuel_metering {
@@ -477,7 +580,24 @@ impl Sandbox {
         report.stderr = stderr.contents();
         // Destructuring drops the rest (the WASI context and its stream
         // handles) here, before the echo thread is told to finish.
-        let GuestState { logs, trace, metrics, .. } = store.into_data();
+        let off_path = slot.is_some() && request.echo == Echo::NONE && program.spare.costly(self.spare_threshold());
+        let (logs, trace, metrics) = if off_path {
+            // A costly program's store (an interpreter's memory image) takes
+            // a while to give back: that happens on a blocking thread, after
+            // the report is on its way. The pool slot is free once it is done.
+            let state = store.data_mut();
+            let kept = (
+                std::mem::replace(&mut state.logs, LogSink::new(0, None)),
+                std::mem::take(&mut state.trace),
+                std::mem::take(&mut state.metrics),
+            );
+            tokio::task::spawn_blocking(move || drop((store, slot)));
+            kept
+        } else {
+            let GuestState { logs, trace, metrics, .. } = store.into_data();
+            drop(slot);
+            (logs, trace, metrics)
+        };
         report.logs = logs.into_lines();
         report.trace = trace.into_calls();
         report.metrics = metrics.into_metrics();
@@ -494,7 +614,138 @@ impl Sandbox {
             Err(_elapsed) => Err(wasmtime::Trap::Interrupt.into()),
         };
         settle(&mut report, outcome, limits);
+        if request.echo == Echo::NONE {
+            self.refill(program, limits);
+        }
         report
+    }
+
+    /// The instantiation time from which a program counts as costly: gets a
+    /// spare, and has its stores torn down off the run's path.
+    fn spare_threshold(&self) -> Duration {
+        self.spares.as_ref().map_or(Duration::MAX, |spares| spares.threshold)
+    }
+
+    /// Whether stores of this sandbox meter fuel and check epochs.
+    fn metering(&self) -> Metering {
+        Metering { fuel: self.options.fuel_metering, epoch: self.options.epoch_interruption }
+    }
+
+    /// Starts making `program`'s next instance under `limits`, if it should
+    /// have a spare and has none (see the `spare` module).
+    fn refill(&self, program: &Program, limits: &Limits) {
+        let Some(spares) = &self.spares else { return };
+        if !program.spare.claim_refill(spares.threshold) {
+            return;
+        }
+        let maker = spares.maker.get_or_init(|| {
+            spare::Maker::start()
+                .inspect_err(|e| tracing::warn!("cannot start the thread that makes spare instances: {e}"))
+                .ok()
+        });
+        let Some(maker) = maker else {
+            program.spare.fill(spare::Made::Failed);
+            return;
+        };
+        let Ok(permit) = spares.permits.clone().try_acquire_owned() else {
+            program.spare.fill(spare::Made::Failed);
+            return;
+        };
+        let (engine, metering, pre, slot, limits) =
+            (self.engine.clone(), self.metering(), program.pre.clone(), program.spare.clone(), limits.clone());
+        maker.spawn(async move {
+            let made = make_spare(&engine, metering, &pre, limits, permit).await;
+            slot.fill(made);
+        });
+    }
+}
+
+/// Whether a store meters fuel and checks epochs.
+#[derive(Debug, Clone, Copy)]
+struct Metering {
+    fuel: bool,
+    epoch: bool,
+}
+
+/// A store and the captures its WASI context writes to, before or without
+/// its instance; with the pool permit of a spare.
+struct Fresh {
+    store: Store<GuestState>,
+    stdout: Capture,
+    stderr: Capture,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A store for `state` under `limits`, stopped at `deadline`.
+fn new_store(
+    engine: &Engine,
+    metering: Metering,
+    state: GuestState,
+    limits: &Limits,
+    deadline: Instant,
+) -> Store<GuestState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    if metering.fuel {
+        // Cannot fail: fuel metering is enabled on this engine.
+        store.set_fuel(limits.fuel).expect("fuel metering is enabled");
+    }
+    if metering.epoch {
+        set_deadline(&mut store, deadline);
+    }
+    store
+}
+
+/// Every epoch tick the guest yields to the async runtime, so other runs
+/// make progress and a run whose task is dropped (cancelled) stops within a
+/// tick; past `deadline` it traps with `Interrupt`.
+fn set_deadline(store: &mut Store<GuestState>, deadline: Instant) {
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+    });
+    store.set_epoch_deadline(1);
+}
+
+/// Instantiates `pre` ahead of its run, in a store with no context: no
+/// environment, directories, services or egress. Kept only if the
+/// instantiation succeeded within the run's limits and called no import.
+async fn make_spare(
+    engine: &Engine,
+    metering: Metering,
+    pre: &ProgramPre,
+    limits: Limits,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> spare::Made {
+    let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
+    let deadline = Instant::now() + timeout;
+    let stdout = Capture::new("stdout", limits.stdio_bytes, None);
+    let stderr = Capture::new("stderr", limits.stdio_bytes, None);
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.resources);
+    let state = GuestState {
+        wasi: wasi.build(),
+        table,
+        limiter: StoreLimiter::new(&limits),
+        logs: LogSink::new(limits.log_bytes, None),
+        services: NodeServices::default(),
+        trace: Trace::default(),
+        metrics: MetricSink::default(),
+        http: wasmtime_wasi_http::WasiHttpCtx::new(),
+        egress: EgressHooks(EgressRun::new(Arc::new(EgressPolicy::deny_all()), deadline)),
+        touched: false,
+    };
+    let mut store = new_store(engine, metering, state, &limits, deadline);
+    let instance = tokio::time::timeout(timeout + EPOCH_TICK * 5, instantiate(pre, &mut store)).await;
+    match instance {
+        _ if store.data().touched => spare::Made::Touched,
+        Ok(Ok(instance)) => spare::Made::Spare(spare::Spare {
+            fresh: Fresh { store, stdout, stderr, permit: Some(permit) },
+            instance,
+            limits,
+        }),
+        _ => spare::Made::Failed,
     }
 }
 
@@ -509,12 +760,14 @@ fn keep_resident() -> usize {
 }
 
 /// The pools, sized so that they never refuse what [`Limits`] allow: the
-/// per-run counts of [`Limits::default`] times the concurrent runs, memory
-/// slots as large as the memory ceiling, one table slot as large as the
-/// table-element limit.
+/// per-run counts of [`Limits::default`] times the concurrent runs and
+/// spares, memory slots as large as the memory ceiling, one table slot as
+/// large as the table-element limit.
 fn pooling_config(options: PoolingOptions) -> wasmtime::InstanceAllocationStrategy {
     let limits = Limits::default();
-    let runs = options.concurrent_runs.max(1);
+    // A spare holds its slots from its instantiation to the end of the run
+    // that takes it.
+    let runs = options.concurrent_runs.max(1).saturating_add(options.spares);
     let per_run = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let mut pool = wasmtime::PoolingAllocationConfig::new();
     pool.total_component_instances(runs)
@@ -547,18 +800,23 @@ enum Returned {
     Job(Result<(), ()>),
 }
 
-async fn call(pre: &ProgramPre, store: &mut Store<GuestState>, input: &str) -> wasmtime::Result<Returned> {
-    match pre {
-        ProgramPre::Node(pre) => {
-            let node = pre.instantiate_async(&mut *store).await?;
-            let result = node.wfrun_node_handler().call_run(&mut *store, input).await?;
-            Ok(Returned::Node(result))
-        }
-        ProgramPre::Job(pre) => {
-            let command = pre.instantiate_async(&mut *store).await?;
-            let result = command.wasi_cli_run().call_run(&mut *store).await?;
-            Ok(Returned::Job(result))
-        }
+/// The exports an instantiation gave.
+enum Instance {
+    Node(Node),
+    Job(Command),
+}
+
+async fn instantiate(pre: &ProgramPre, store: &mut Store<GuestState>) -> wasmtime::Result<Instance> {
+    Ok(match pre {
+        ProgramPre::Node(pre) => Instance::Node(pre.instantiate_async(store).await?),
+        ProgramPre::Job(pre) => Instance::Job(pre.instantiate_async(store).await?),
+    })
+}
+
+async fn invoke(instance: Instance, store: &mut Store<GuestState>, input: &str) -> wasmtime::Result<Returned> {
+    match instance {
+        Instance::Node(node) => Ok(Returned::Node(node.wfrun_node_handler().call_run(store, input).await?)),
+        Instance::Job(command) => Ok(Returned::Job(command.wasi_cli_run().call_run(store).await?)),
     }
 }
 
