@@ -34,6 +34,9 @@ pub struct DaemonConfig {
     /// The largest memory ceiling a job may have (and the default one): the
     /// size of each memory slot of the daemon's pooling allocator.
     pub max_memory_bytes: u64,
+    /// Instances of costly programs (an interpreter's) made ahead of their
+    /// next run, at most; 0 makes none (see `sandbox::spare`).
+    pub spare_instances: u32,
     /// Retries and pausing.
     pub retry: RetryPolicy,
     /// How services (`always` jobs) are restarted and given up on.
@@ -134,6 +137,7 @@ impl Default for DaemonConfig {
             max_concurrent_runs: 4,
             grace_period: Duration::from_secs(10),
             max_memory_bytes: Limits::DEFAULT_MEMORY_BYTES,
+            spare_instances: crate::sandbox::PoolingOptions::DEFAULT_SPARES,
             retry: RetryPolicy::JOB_DEFAULT,
             service: ServicePolicy::default(),
             outputs: crate::limits::OutputsLimit::default(),
@@ -234,6 +238,7 @@ struct DaemonSection {
     max_concurrent_runs: Option<usize>,
     grace_period: Option<String>,
     max_memory: Option<String>,
+    spare_instances: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -497,6 +502,15 @@ impl DaemonConfig {
             }
             config.max_concurrent_runs = n;
         }
+        if let Some(n) = file.daemon.spare_instances {
+            if n > 16 {
+                return Err(value(
+                    "daemon.spare_instances",
+                    ValueError::Range { value: n.to_string(), range: "0..=16" },
+                ));
+            }
+            config.spare_instances = n;
+        }
         if let Some(text) = &file.daemon.grace_period {
             config.grace_period = units::duration(text, Duration::ZERO..=Duration::from_secs(24 * 3600))
                 .map_err(|e| value("daemon.grace_period", e))?;
@@ -737,6 +751,7 @@ mod tests {
             [daemon]
             max_concurrent_runs = 2
             grace_period = "3s"
+            spare_instances = 0
             [retry]
             initial_backoff = "100ms"
             max_attempts = 3
@@ -760,6 +775,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.state_dir.as_deref(), Some(Path::new("/etc/wfrun/state")));
         assert_eq!((config.max_concurrent_runs, config.grace_period), (2, Duration::from_secs(3)));
+        assert_eq!(config.spare_instances, 0);
+        assert_eq!(DaemonConfig::default().spare_instances, 2);
         assert_eq!(config.retry.max_attempts, 3);
         assert_eq!(config.retry.initial_backoff, Duration::from_millis(100));
         assert_eq!(config.webhook_listen, Some("127.0.0.1:8787".parse().unwrap()));
@@ -806,6 +823,10 @@ mod tests {
         assert!(matches!(
             err("[jobs.a]\nbundle = \"x\"\nmemory = \"1GiB\""),
             ConfigProblem::Job(JobError::MemoryOverDaemon { .. })
+        ));
+        assert!(matches!(
+            err("[daemon]\nspare_instances = 17"),
+            ConfigProblem::Value { key, error: ValueError::Range { .. } } if key == "daemon.spare_instances"
         ));
     }
 

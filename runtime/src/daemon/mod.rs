@@ -261,10 +261,13 @@ impl Daemon {
         // machine that cannot reserve that much address space (a 39-bit
         // arm64 kernel) runs with on-demand allocation instead.
         let pooled = EngineOptions {
-            pooling: Some(PoolingOptions::new(
-                (config.max_concurrent_runs * crate::workflow::DEFAULT_MAX_PARALLEL) as u32,
-                config.max_memory_bytes,
-            )),
+            pooling: Some(PoolingOptions {
+                spares: config.spare_instances,
+                ..PoolingOptions::new(
+                    (config.max_concurrent_runs * crate::workflow::DEFAULT_MAX_PARALLEL) as u32,
+                    config.max_memory_bytes,
+                )
+            }),
             ..options.clone()
         };
         let sandbox = match Sandbox::new(pooled) {

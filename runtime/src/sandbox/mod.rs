@@ -740,11 +740,11 @@ async fn make_spare(
     let instance = tokio::time::timeout(timeout + EPOCH_TICK * 5, instantiate(pre, &mut store)).await;
     match instance {
         _ if store.data().touched => spare::Made::Touched,
-        Ok(Ok(instance)) => spare::Made::Spare(spare::Spare {
+        Ok(Ok(instance)) => spare::Made::Spare(Box::new(spare::Spare {
             fresh: Fresh { store, stdout, stderr, permit: Some(permit) },
             instance,
             limits,
-        }),
+        })),
         _ => spare::Made::Failed,
     }
 }

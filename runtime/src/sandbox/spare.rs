@@ -20,10 +20,12 @@
 //! the run's wall clock starts when it takes the spare.
 //!
 //! Spares are bounded: one per program, and [`PoolingOptions::spares`] in
-//! all, each holding a permit for the pool slots it occupies. Programs
-//! instantiated in under [`PoolingOptions::spare_threshold`] get none (a
-//! small Rust node instantiates in tens of microseconds; a spare would only
-//! move work around).
+//! all, each holding a permit for the pool slots it occupies. A program
+//! whose fastest inline instantiation took less than
+//! [`PoolingOptions::spare_threshold`] gets none (a small Rust node
+//! instantiates in tens of microseconds; a spare would only move work
+//! around). The same test decides whether a run's store is given back on
+//! a blocking thread, after its report is built, rather than in line.
 //!
 //! [`GuestState`]: super::host::GuestState
 //! [`PoolingOptions::spares`]: super::PoolingOptions::spares
@@ -44,7 +46,7 @@ pub(super) struct Spare {
 /// How a refill ended.
 pub(super) enum Made {
     /// An instance ready for the next run.
-    Spare(Spare),
+    Spare(Box<Spare>),
     /// The instantiation called an import: this program gets no spares.
     Touched,
     /// The instantiation failed or ran out of its budget; the next run
@@ -58,7 +60,9 @@ pub(super) struct SpareSlot {
     held: Mutex<Option<Spare>>,
     /// A refill is under way.
     refilling: AtomicBool,
-    /// How long the last inline instantiation took, in nanoseconds.
+    /// The fastest inline instantiation, in nanoseconds (at least 1); 0
+    /// before the first. The fastest, so that one instantiation slowed by
+    /// a busy machine does not make a cheap program look costly.
     cost_ns: AtomicU64,
     /// An instantiation called an import: never made ahead again.
     touched: AtomicBool,
@@ -81,15 +85,19 @@ impl SpareSlot {
     /// Notes an inline instantiation: how long it took, and whether it
     /// called an import.
     pub(super) fn instantiated(&self, took: Duration, touched: bool) {
-        self.cost_ns.store(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let _ = self.cost_ns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |fastest| {
+            (fastest == 0 || took < fastest).then_some(took)
+        });
         if touched {
             self.touched.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Whether the last inline instantiation took at least `threshold`.
+    /// Whether its fastest inline instantiation took at least `threshold`.
     pub(super) fn costly(&self, threshold: Duration) -> bool {
-        self.cost_ns.load(Ordering::Relaxed) >= u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX)
+        let fastest = self.cost_ns.load(Ordering::Relaxed);
+        fastest != 0 && fastest >= u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Whether a refill should start now (the program's instantiation
@@ -106,7 +114,7 @@ impl SpareSlot {
     /// Ends a refill.
     pub(super) fn fill(&self, made: Made) {
         match made {
-            Made::Spare(spare) => *self.held.lock().unwrap() = Some(spare),
+            Made::Spare(spare) => *self.held.lock().unwrap() = Some(*spare),
             Made::Touched => self.touched.store(true, Ordering::Relaxed),
             Made::Failed => {}
         }
