@@ -21,7 +21,9 @@ pub struct Limits {
     pub fuel: u64,
     /// Bytes of linear memory, summed over every memory of the instance.
     pub memory_bytes: u64,
-    /// Wall-clock time from instantiation to the end of the run.
+    /// Wall-clock time from instantiation to the end of the run; for a run
+    /// served by an instance made ahead of it (`sandbox::spare`), from
+    /// when the run takes that instance.
     pub timeout: Duration,
     /// Bytes of a node's output JSON.
     pub output_bytes: u64,

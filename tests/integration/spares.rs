@@ -15,7 +15,11 @@ use wfrun_runtime::sandbox::{
 /// A pooled sandbox for `concurrent_runs` runs that gives every program a
 /// spare.
 fn spared(concurrent_runs: u32) -> Sandbox {
-    let pooling = PoolingOptions { spare_threshold: Duration::ZERO, ..PoolingOptions::new(concurrent_runs, 64 << 20) };
+    spared_with(PoolingOptions::new(concurrent_runs, 64 << 20))
+}
+
+fn spared_with(pooling: PoolingOptions) -> Sandbox {
+    let pooling = PoolingOptions { spare_threshold: Duration::ZERO, ..pooling };
     Sandbox::new(EngineOptions { pooling: Some(pooling), ..EngineOptions::default() }).unwrap()
 }
 
@@ -146,14 +150,30 @@ async fn a_program_whose_instantiation_calls_the_host_gets_no_spare() {
     assert_eq!(quiet.spares_taken(), 2);
 }
 
+/// A run on a spare has its whole timeout from when it takes the spare,
+/// however long the spare waited for it.
+#[tokio::test]
+async fn a_spare_that_waited_longer_than_the_timeout_still_runs() {
+    let sandbox = spared(1);
+    let hostile = load(&sandbox, "hostile");
+    let limits = Limits { timeout: Duration::from_millis(300), ..Limits::default() };
+    let request = RunRequest { input: json!({"mode": "ok"}).to_string(), limits, ..RunRequest::default() };
+    output(&sandbox.run(&hostile, &request).await);
+    assert!(spare_within(&hostile, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(output(&sandbox.run(&hostile, &request).await), json!({"ok": true}));
+    assert_eq!(hostile.spares_taken(), 1);
+}
+
 /// Runs beyond the pool's slots wait for one (a store given back off the
 /// run's path still holds its slot until it is gone); none is refused.
+/// One spare, so that the pool has a single slot to spare.
 #[tokio::test]
 async fn runs_beyond_the_pools_slots_wait_for_one() {
-    let sandbox = Arc::new(spared(2));
+    let sandbox = Arc::new(spared_with(PoolingOptions { spares: 1, ..PoolingOptions::new(2, 64 << 20) }));
     let hostile = load(&sandbox, "hostile");
     let mut runs = tokio::task::JoinSet::new();
-    for _ in 0..12 {
+    for _ in 0..24 {
         let (sandbox, hostile) = (sandbox.clone(), hostile.clone());
         runs.spawn(async move {
             let request = RunRequest { input: json!({"mode": "nap", "n": 20}).to_string(), ..RunRequest::default() };

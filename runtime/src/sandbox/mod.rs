@@ -84,8 +84,8 @@ pub struct PoolingOptions {
     /// Instances made ahead of their runs, at most, over all programs (one
     /// per program); 0 makes none. See the `spare` module.
     pub spares: u32,
-    /// A program gets a spare only if its last inline instantiation took
-    /// at least this long.
+    /// A program gets a spare only if its fastest inline instantiation
+    /// took at least this long.
     pub spare_threshold: Duration,
 }
 
@@ -485,20 +485,9 @@ impl Sandbox {
             Some(slots) => Some(slots.clone().acquire_owned().await.expect("the run slots are never closed")),
             None => None,
         };
-        // A run with nothing to echo takes its program's spare, if one was
-        // made under the same limits.
-        let spare = match (&self.spares, request.echo == Echo::NONE) {
-            (Some(_), true) => program.spare.take(limits),
-            _ => None,
-        };
         let echo = (request.echo != Echo::NONE).then(EchoThread::start);
-        let (stdout, stderr) = match &spare {
-            Some(spare) => (spare.fresh.stdout.clone(), spare.fresh.stderr.clone()),
-            None => (
-                Capture::new("stdout", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stdout)),
-                Capture::new("stderr", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stderr)),
-            ),
-        };
+        let stdout = Capture::new("stdout", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stdout));
+        let stderr = Capture::new("stderr", limits.stdio_bytes, EchoThread::echoer(echo.as_ref(), request.echo.stderr));
         let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
         // The run's clock starts here, and its deadline counts from the
         // same instant: a run stopped at its deadline reports at least its
@@ -517,9 +506,16 @@ impl Sandbox {
         };
         let logs = LogSink::new(limits.log_bytes, EchoThread::echoer(echo.as_ref(), request.echo.logs));
         let metering = self.metering();
+        // A run with nothing to echo takes its program's spare, if one was
+        // made under the same limits.
+        let spare = match (&self.spares, request.echo == Echo::NONE) {
+            (Some(_), true) => program.spare.take(limits),
+            _ => None,
+        };
         let (mut store, made) = match spare {
             // The spare's instantiation called no import, so its state holds
-            // nothing but its limiter's count: the run's context goes in.
+            // nothing but its limiter's count: the run's context (and its
+            // captures, through the WASI context) goes in.
             Some(spare) => {
                 // The store now holds the run's slot; its spare's is free
                 // for the next spare.
@@ -585,12 +581,19 @@ impl Sandbox {
             // A costly program's store (an interpreter's memory image) takes
             // a while to give back: that happens on a blocking thread, after
             // the report is on its way. The pool slot is free once it is done.
+            // Only the instance goes: what the run held of the host (its
+            // state attempt, whose end releases its pending writes; open
+            // files, sockets and requests; its grants) is let go here, as an
+            // inline teardown would.
             let state = store.data_mut();
             let kept = (
                 std::mem::replace(&mut state.logs, LogSink::new(0, None)),
                 std::mem::take(&mut state.trace),
                 std::mem::take(&mut state.metrics),
             );
+            drop(std::mem::take(&mut state.services));
+            drop(std::mem::take(&mut state.table));
+            drop(std::mem::replace(&mut state.wasi, WasiCtxBuilder::new().build()));
             tokio::task::spawn_blocking(move || drop((store, slot)));
             kept
         } else {
@@ -654,8 +657,11 @@ impl Sandbox {
         let (engine, metering, pre, slot, limits) =
             (self.engine.clone(), self.metering(), program.pre.clone(), program.spare.clone(), limits.clone());
         maker.spawn(async move {
+            // Ends the refill however the task ends, even dropped or
+            // panicking, so the program is not left without spares.
+            let refill = spare::Refill::new(slot);
             let made = make_spare(&engine, metering, &pre, limits, permit).await;
-            slot.fill(made);
+            refill.fill(made);
         });
     }
 }
@@ -667,12 +673,10 @@ struct Metering {
     epoch: bool,
 }
 
-/// A store and the captures its WASI context writes to, before or without
-/// its instance; with the pool permit of a spare.
+/// A spare's store, before its run's context goes in, with the pool
+/// permit it holds until then.
 struct Fresh {
     store: Store<GuestState>,
-    stdout: Capture,
-    stderr: Capture,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -718,10 +722,10 @@ async fn make_spare(
 ) -> spare::Made {
     let timeout = limits.timeout.min(Limits::MAX_TIMEOUT);
     let deadline = Instant::now() + timeout;
-    let stdout = Capture::new("stdout", limits.stdio_bytes, None);
-    let stderr = Capture::new("stderr", limits.stdio_bytes, None);
+    // Nothing here is ever used: a spare whose instantiation calls an
+    // import is dropped. Denied all the same.
     let mut wasi = WasiCtxBuilder::new();
-    wasi.stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     let mut table = ResourceTable::new();
     table.set_max_capacity(limits.resources);
     let state = GuestState {
@@ -741,7 +745,7 @@ async fn make_spare(
     match instance {
         _ if store.data().touched => spare::Made::Touched,
         Ok(Ok(instance)) => spare::Made::Spare(Box::new(spare::Spare {
-            fresh: Fresh { store, stdout, stderr, permit: Some(permit) },
+            fresh: Fresh { store, permit: Some(permit) },
             instance,
             limits,
         })),

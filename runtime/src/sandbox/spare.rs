@@ -72,14 +72,16 @@ pub(super) struct SpareSlot {
 
 impl SpareSlot {
     /// The spare, if one made under `limits` is ready. A spare made under
-    /// other limits is dropped, so that the next refill uses these.
+    /// other limits is dropped (on a blocking thread, off the run's path),
+    /// so that the next refill uses these.
     pub(super) fn take(&self, limits: &Limits) -> Option<Spare> {
         let spare = self.held.lock().unwrap().take()?;
-        let fits = spare.limits == *limits;
-        if fits {
-            self.taken.fetch_add(1, Ordering::Relaxed);
+        if spare.limits != *limits {
+            tokio::task::spawn_blocking(move || drop(spare));
+            return None;
         }
-        fits.then_some(spare)
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        Some(spare)
     }
 
     /// Notes an inline instantiation: how long it took, and whether it
@@ -132,6 +134,30 @@ impl SpareSlot {
     }
 }
 
+/// A claimed refill of a slot: ends it when filled, or as a failure when
+/// dropped unfilled (its task dropped with the maker, or panicking).
+pub(super) struct Refill(Option<std::sync::Arc<SpareSlot>>);
+
+impl Refill {
+    pub(super) fn new(slot: std::sync::Arc<SpareSlot>) -> Refill {
+        Refill(Some(slot))
+    }
+
+    pub(super) fn fill(mut self, made: Made) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(made);
+        }
+    }
+}
+
+impl Drop for Refill {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(Made::Failed);
+        }
+    }
+}
+
 /// A refill, as the maker runs it.
 type Job = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -146,7 +172,7 @@ impl Maker {
     /// Starts the thread; it ends when the maker is dropped.
     pub(super) fn start() -> std::io::Result<Maker> {
         let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("wfrun-spares".to_owned()).spawn(move || {
             // `None` (who = 0) names the calling thread on Linux, where each
             // thread has its own nice value. A refusal leaves it at normal
