@@ -62,6 +62,65 @@ fn sample(warmup: usize, iterations: usize, mut f: impl FnMut()) -> (Vec<Duratio
     (times, total)
 }
 
+/// Two things timed in turn, `a` then `b` then `b` then `a` …: each side's
+/// times (sorted) and the pair-wise ratios a/b (sorted).
+struct Pair {
+    a: Vec<Duration>,
+    b: Vec<Duration>,
+    ratios: Vec<f64>,
+}
+
+impl Pair {
+    /// Times `a` and `b` `rounds` times each, in turn (which goes first
+    /// alternates), after `warmup` untimed calls of each.
+    fn time(warmup: usize, rounds: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> Pair {
+        for _ in 0..warmup {
+            a();
+            b();
+        }
+        let timed = |f: &mut dyn FnMut()| {
+            let started = Instant::now();
+            f();
+            started.elapsed()
+        };
+        let (mut ta, mut tb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                ta.push(timed(&mut a));
+                tb.push(timed(&mut b));
+            } else {
+                tb.push(timed(&mut b));
+                ta.push(timed(&mut a));
+            }
+        }
+        let mut ratios: Vec<f64> = ta.iter().zip(&tb).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
+        ratios.sort_by(f64::total_cmp);
+        ta.sort();
+        tb.sort();
+        Pair { a: ta, b: tb, ratios }
+    }
+
+    fn a50(&self) -> Duration {
+        percentile(&self.a, 0.5)
+    }
+
+    fn b50(&self) -> Duration {
+        percentile(&self.b, 0.5)
+    }
+
+    /// The ratio column: the median pair-wise ratio, with min and max.
+    fn ratio(&self, digits: usize) -> String {
+        let r = &self.ratios;
+        format!(
+            "{:.digits$}× (median of {} pair-wise ratios; min {:.digits$}×, max {:.digits$}×)",
+            r[r.len() / 2],
+            r.len(),
+            r[0],
+            r[r.len() - 1]
+        )
+    }
+}
+
 /// How many of the functions `runtime/link/symbol-order.txt` lists the
 /// binary still has: the warm-`exec` rows depend on the linker placing them
 /// side by side, and a list older than the build (a dependency or the
@@ -113,16 +172,17 @@ fn main() {
     .unwrap();
     let pooled_hello = pooled.load(&std::fs::read(&hello_path).unwrap(), "hello.wasm").unwrap();
     let request = RunRequest { input: r#"{"name":"bench"}"#.to_owned(), ..RunRequest::default() };
-    let (pooled_times, pooled_total) = sample(200, 5000, || {
-        let report = runtime.block_on(pooled.run(&pooled_hello, &request));
-        assert_eq!(report.status, RunStatus::Succeeded);
-    });
+    let pair = Pair::time(
+        200,
+        5000,
+        || assert_eq!(runtime.block_on(pooled.run(&pooled_hello, &request)).status, RunStatus::Succeeded),
+        || assert_eq!(runtime.block_on(sandbox.run(&hello, &request)).status, RunStatus::Succeeded),
+    );
     println!(
-        "| in-process `hello`, pooling allocator vs on demand (p50) | {:.1} µs ({:.0} runs/s) | {:.1} µs | {:.2}× |",
-        micros(percentile(&pooled_times, 0.5)),
-        pooled_times.len() as f64 / pooled_total.as_secs_f64(),
-        micros(percentile(&times, 0.5)),
-        percentile(&pooled_times, 0.5).as_secs_f64() / percentile(&times, 0.5).as_secs_f64()
+        "| in-process `hello`, pooling allocator vs on demand (p50, interleaved) | {:.1} µs | {:.1} µs | {} |",
+        micros(pair.a50()),
+        micros(pair.b50()),
+        pair.ratio(2)
     );
     drop(pooled);
 
@@ -130,18 +190,17 @@ fn main() {
     let noop = guests::wat("noop-job");
     let program = sandbox.load(&noop, "noop-job.wasm").unwrap();
     let request = RunRequest::default();
-    let (ours, _) = sample(200, 5000, || {
-        let report = runtime.block_on(sandbox.run(&program, &request));
-        assert_eq!(report.status, RunStatus::Succeeded);
-    });
-    let bare = bare_wasmtime(&noop);
-    let (theirs, _) = sample(200, 5000, bare);
-    let (ours50, theirs50) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
+    let pair = Pair::time(
+        200,
+        5000,
+        || assert_eq!(runtime.block_on(sandbox.run(&program, &request)).status, RunStatus::Succeeded),
+        bare_wasmtime(&noop),
+    );
     println!(
-        "| no-op command, sandbox vs bare wasmtime (p50) | {:.1} µs | {:.1} µs | {:.2}× |",
-        micros(ours50),
-        micros(theirs50),
-        ours50.as_secs_f64() / theirs50.as_secs_f64()
+        "| no-op command, sandbox vs bare wasmtime (p50, interleaved) | {:.1} µs | {:.1} µs | {} |",
+        micros(pair.a50()),
+        micros(pair.b50()),
+        pair.ratio(2)
     );
 
     // 3. Fuel metering on vs off, CPU-bound guest.
@@ -154,45 +213,41 @@ fn main() {
         limits: Limits { fuel: u64::MAX / 2, ..Limits::default() },
         ..RunRequest::default()
     };
-    let mut fuel_used = 0;
-    let (on, _) = sample(2, 15, || {
-        let report = runtime.block_on(sandbox.run(&metered_cpu, &request));
-        assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
-        fuel_used = report.fuel_consumed;
-    });
-    let (off, _) = sample(2, 15, || {
-        let report = runtime.block_on(unmetered.run(&unmetered_cpu, &request));
-        assert_eq!(report.status, RunStatus::Succeeded);
-    });
     let no_epochs = Sandbox::new(EngineOptions { epoch_interruption: false, ..EngineOptions::default() }).unwrap();
     let no_epochs_cpu = no_epochs.load(&cpu_bundle, "cpu.wasm").unwrap();
-    let (epochs_off, _) = sample(2, 15, || {
-        let report = runtime.block_on(no_epochs.run(&no_epochs_cpu, &request));
-        assert_eq!(report.status, RunStatus::Succeeded);
-    });
-    let (native_times, _) = sample(2, 15, || {
+    let fuel_used = std::cell::Cell::new(0);
+    let on = || {
+        let report = runtime.block_on(sandbox.run(&metered_cpu, &request));
+        assert_eq!(report.status, RunStatus::Succeeded, "{report:?}");
+        fuel_used.set(report.fuel_consumed);
+    };
+    let off = || assert_eq!(runtime.block_on(unmetered.run(&unmetered_cpu, &request)).status, RunStatus::Succeeded);
+    let epochs_off =
+        || assert_eq!(runtime.block_on(no_epochs.run(&no_epochs_cpu, &request)).status, RunStatus::Succeeded);
+    let native = || {
         std::hint::black_box(native::work(std::hint::black_box(3)));
-    });
-    let (on50, off50, native50) = (percentile(&on, 0.5), percentile(&off, 0.5), percentile(&native_times, 0.5));
+    };
+    let fuel = Pair::time(2, 15, on, off);
     println!(
-        "| CPU-bound node (sieve, sort, hash map, recursion), fuel on vs off (p50) | {:.1} ms ({:.2} G fuel/s) | {:.1} ms | {:.2}× |",
-        millis(on50),
-        fuel_used as f64 / on50.as_secs_f64() / 1e9,
-        millis(off50),
-        on50.as_secs_f64() / off50.as_secs_f64()
+        "| CPU-bound node (sieve, sort, hash map, recursion), fuel on vs off (p50, interleaved) | {:.1} ms ({:.2} G fuel/s) | {:.1} ms | {} |",
+        millis(fuel.a50()),
+        fuel_used.get() as f64 / fuel.a50().as_secs_f64() / 1e9,
+        millis(fuel.b50()),
+        fuel.ratio(2)
     );
-    let epochs_off50 = percentile(&epochs_off, 0.5);
+    let epochs = Pair::time(2, 15, on, epochs_off);
     println!(
-        "| same node, epoch deadline on vs off (both metering fuel; p50) | {:.1} ms | {:.1} ms | {:.2}× |",
-        millis(on50),
-        millis(epochs_off50),
-        on50.as_secs_f64() / epochs_off50.as_secs_f64()
+        "| same node, epoch deadline on vs off (both metering fuel; p50, interleaved) | {:.1} ms | {:.1} ms | {} |",
+        millis(epochs.a50()),
+        millis(epochs.b50()),
+        epochs.ratio(2)
     );
+    let wasm = Pair::time(2, 15, off, native);
     println!(
-        "| same work: wasm without fuel vs native (p50; includes instantiation and JSON) | {:.1} ms | {:.1} ms (native) | {:.2}× |",
-        millis(off50),
-        millis(native50),
-        off50.as_secs_f64() / native50.as_secs_f64()
+        "| same work: wasm without fuel vs native (p50, interleaved; includes instantiation and JSON) | {:.1} ms | {:.1} ms (native) | {} |",
+        millis(wasm.a50()),
+        millis(wasm.b50()),
+        wasm.ratio(2)
     );
 
     // 4. Process-level `wfrun exec`, compiling vs cached.
@@ -213,14 +268,13 @@ fn main() {
         assert!(status.success(), "wfrun exec {} failed; run it by hand to see why", path.display());
     };
     let hello_input = ["--input", r#"{"name":"bench"}"#];
-    let (compiling, _) = sample(3, 30, || exec(&["--no-cache"], &hello_path, &hello_input));
-    let (cached, _) = sample(3, 30, || exec(&[], &hello_path, &hello_input));
-    let (compiling50, cached50) = (percentile(&compiling, 0.5), percentile(&cached, 0.5));
+    let pair =
+        Pair::time(3, 30, || exec(&[], &hello_path, &hello_input), || exec(&["--no-cache"], &hello_path, &hello_input));
     println!(
-        "| `wfrun exec hello.wasm`, start to exit, run recorded (p50), cached vs `--no-cache` | {:.2} ms | {:.1} ms | {:.2}× |",
-        millis(cached50),
-        millis(compiling50),
-        cached50.as_secs_f64() / compiling50.as_secs_f64()
+        "| `wfrun exec hello.wasm`, start to exit, run recorded (p50, interleaved), cached vs `--no-cache` | {:.2} ms | {:.1} ms | {} |",
+        millis(pair.a50()),
+        millis(pair.b50()),
+        pair.ratio(3)
     );
 
     // 4b. Cached `exec` of the Python and JavaScript hello nodes against the
@@ -370,21 +424,25 @@ fn main() {
         Sandbox::new(EngineOptions { cache_dir: Some(cache_dir.path().join("c")), ..EngineOptions::default() })
             .unwrap();
     let bundle = cpu_bytes.clone();
-    let (compile, _) = sample(1, 10, || {
-        let fresh = Sandbox::new(EngineOptions::default()).unwrap();
-        fresh.load(&bundle, "cpu.wasm").unwrap();
-    });
     cached_sandbox.load(&bundle, "cpu.wasm").unwrap();
-    let (load, _) = sample(2, 20, || {
-        assert_eq!(cached_sandbox.load(&bundle, "cpu.wasm").unwrap().origin(), wfrun_runtime::sandbox::Origin::Cached);
-    });
-    let (compile50, load50) = (percentile(&compile, 0.5), percentile(&load, 0.5));
+    let pair = Pair::time(
+        1,
+        10,
+        || {
+            let loaded = cached_sandbox.load(&bundle, "cpu.wasm").unwrap();
+            assert_eq!(loaded.origin(), wfrun_runtime::sandbox::Origin::Cached);
+        },
+        || {
+            let fresh = Sandbox::new(EngineOptions::default()).unwrap();
+            fresh.load(&bundle, "cpu.wasm").unwrap();
+        },
+    );
     println!(
-        "| load of `cpu.wasm` ({} KiB): cached vs compiled (p50) | {:.2} ms | {:.1} ms | {:.3}× |",
+        "| load of `cpu.wasm` ({} KiB): cached vs compiled (p50, interleaved) | {:.2} ms | {:.1} ms | {} |",
         cpu_bytes.len() / 1024,
-        millis(load50),
-        millis(compile50),
-        load50.as_secs_f64() / compile50.as_secs_f64()
+        millis(pair.a50()),
+        millis(pair.b50()),
+        pair.ratio(3)
     );
 
     // 7. Sign and verify 10 MiB.
@@ -395,29 +453,30 @@ fn main() {
     let big = big.finish();
     let key = SecretKey::from_seed([9; 32]);
     let trusted = vec![key.public()];
-    let mut signed = Vec::new();
-    let (sign_times, _) = sample(2, 15, || {
+    let signed = signature::embed(&big, &key.sign(&big));
+    // Each signed copy is kept until the next replaces it, as a signer
+    // keeps its output until written.
+    let last = std::cell::RefCell::new(Vec::new());
+    let sign = || {
         let bundle = Bundle::from_bytes("big.wasm", big.clone()).unwrap();
-        signed = signature::embed(bundle.bytes(), &key.sign(bundle.bytes()));
-    });
-    let (verify_times, _) = sample(2, 15, || {
+        *last.borrow_mut() = signature::embed(bundle.bytes(), &key.sign(bundle.bytes()));
+    };
+    let verify = || {
         let bundle = Bundle::from_bytes("big.wasm", signed.clone()).unwrap();
         bundle.verify(None, &trusted, true).unwrap();
-    });
-    let (hash_times, _) = sample(2, 15, || {
+    };
+    let hash = || {
         std::hint::black_box(sha2::Digest::finalize(sha2::Digest::chain_update(
             <sha2::Sha256 as sha2::Digest>::new(),
             &big,
         )));
-    });
-    let hash50 = percentile(&hash_times, 0.5);
-    for (what, times) in [("sign", &sign_times), ("verify", &verify_times)] {
-        let t50 = percentile(times, 0.5);
+    };
+    for (what, pair) in [("sign", Pair::time(2, 15, sign, hash)), ("verify", Pair::time(2, 15, verify, hash))] {
         println!(
-            "| {what} a 10 MiB bundle (read, parse, hash, ed25519) (p50) | {:.1} ms | {:.1} ms (SHA-256 alone) | {:.2}× |",
-            millis(t50),
-            millis(hash50),
-            t50.as_secs_f64() / hash50.as_secs_f64()
+            "| {what} a 10 MiB bundle (read, parse, hash, ed25519) (p50, interleaved) | {:.1} ms | {:.1} ms (SHA-256 alone) | {} |",
+            millis(pair.a50()),
+            millis(pair.b50()),
+            pair.ratio(2)
         );
     }
 }
