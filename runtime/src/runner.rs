@@ -336,6 +336,10 @@ pub struct CacheStats {
     pub hits: u64,
     /// Bundles read, verified and loaded.
     pub loads: u64,
+    /// Runs of the kept programs served by an instance made ahead of them
+    /// (`[daemon] spare_instances`).
+    #[serde(default)]
+    pub spares_taken: u64,
 }
 
 impl ProgramCache {
@@ -402,10 +406,12 @@ impl ProgramCache {
 
     /// Counts, for `wfrun status`.
     pub fn stats(&self) -> CacheStats {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         CacheStats {
-            programs: self.entries.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+            programs: entries.len() as u64,
             hits: self.hits.load(Ordering::Relaxed),
             loads: self.loads.load(Ordering::Relaxed),
+            spares_taken: entries.values().map(|e| e.prepared.workflow().spares_taken()).sum(),
         }
     }
 }
@@ -434,7 +440,7 @@ mod tests {
         assert_eq!(refused.detail, "no_known_world");
         assert_eq!(cache.stats().loads, 1);
         assert!(cache.prepare(&runner, &path, &trust).is_err());
-        assert_eq!(cache.stats(), CacheStats { programs: 0, hits: 0, loads: 2 });
+        assert_eq!(cache.stats(), CacheStats { programs: 0, hits: 0, loads: 2, spares_taken: 0 });
         // A missing file is refused as such.
         let missing = cache.prepare(&runner, &dir.path().join("gone.wasm"), &trust).unwrap_err();
         assert_eq!(missing.detail, "missing");

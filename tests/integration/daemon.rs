@@ -625,6 +625,40 @@ fn a_prepared_program_is_reused_until_the_bundle_file_changes() {
     assert_eq!(status(&daemon)["programs"]["loads"].as_u64(), Some(2));
 }
 
+/// A job slow to instantiate (a start function that counts to two
+/// million) has its runs served by instances made ahead of them; with
+/// `spare_instances = 0`, by none. `wfrun status` counts them.
+#[test]
+fn a_job_slow_to_instantiate_runs_on_spare_instances_unless_they_are_off() {
+    for (daemon_table, spares_on) in [("", true), ("[daemon]\nspare_instances = 0\n", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = crate::guests::wat_file(dir.path(), "slow-start-job");
+        let daemon =
+            DaemonProcess::start_in(dir, &format!("{daemon_table}[jobs.j]\nbundle = {}\n", toml_path(&bundle)));
+        let spares_taken = || -> u64 {
+            let status: Value = serde_json::from_slice(&daemon.wfrun(&["status", "--json"]).stdout).unwrap();
+            status["result"]["programs"]["spares_taken"].as_u64().unwrap()
+        };
+        // The spare is made between triggers, by a thread at the lowest
+        // priority: on a busy machine it may take a few.
+        for _ in 0..if spares_on { 25 } else { 4 } {
+            let run = stdout(&daemon.wfrun(&["trigger", "j"])).trim().to_owned();
+            let done = || daemon.run(&run).is_some_and(|r| r.status.is_finished());
+            assert!(wait_for(Duration::from_secs(30), done), "{}", daemon.log());
+            assert_eq!(daemon.run(&run).unwrap().status, RunStatus::Succeeded, "{}", daemon.log());
+            if spares_on && spares_taken() > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if spares_on {
+            assert!(spares_taken() > 0, "no run was served by a spare; log:\n{}", daemon.log());
+        } else {
+            assert_eq!(spares_taken(), 0);
+        }
+    }
+}
+
 #[test]
 fn the_trust_mode_is_shown_and_unsigned_bundles_are_warned_about() {
     let open = DaemonProcess::start("");

@@ -180,8 +180,11 @@ impl StatusCommand {
             }
             print_report(&status["report"]);
             println!(
-                "programs {} prepared · {} loads · {} reused",
-                status["programs"]["programs"], status["programs"]["loads"], status["programs"]["hits"]
+                "programs {} prepared · {} loads · {} reused · {} runs on spare instances",
+                status["programs"]["programs"],
+                status["programs"]["loads"],
+                status["programs"]["hits"],
+                status["programs"]["spares_taken"]
             );
             print_jobs(&status["jobs"]);
             for service in status["services"].as_array().into_iter().flatten() {

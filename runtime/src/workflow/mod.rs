@@ -319,6 +319,11 @@ impl Workflow {
         &self.digest
     }
 
+    /// Runs of its nodes served by an instance made ahead of them.
+    pub fn spares_taken(&self) -> u64 {
+        self.steps.values().map(|step| step.program.spares_taken()).sum()
+    }
+
     /// Runs the workflow once, recording it in `store` if given. Fails only
     /// if the store does; everything a guest does ends up in the report.
     pub async fn run(
