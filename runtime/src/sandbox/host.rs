@@ -203,6 +203,31 @@ pub struct GuestState {
 }
 
 impl GuestState {
+    /// The state of a store under `limits`, before its guest has run: an
+    /// empty resource table and trace, no metrics, no host call yet.
+    pub(super) fn new(
+        wasi: WasiCtx,
+        limits: &super::Limits,
+        logs: LogSink,
+        services: NodeServices,
+        egress: EgressHooks,
+    ) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.resources);
+        GuestState {
+            wasi,
+            table,
+            limiter: StoreLimiter::new(limits),
+            logs,
+            services,
+            trace: Trace::default(),
+            metrics: MetricSink::default(),
+            http: WasiHttpCtx::new(),
+            egress,
+            touched: false,
+        }
+    }
+
     /// The state as a `wfrun:node` import sees it.
     pub(super) fn host(&mut self) -> &mut Self {
         self.touched = true;

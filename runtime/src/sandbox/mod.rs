@@ -31,15 +31,15 @@ use crate::egress::client::EgressHooks;
 use crate::egress::{EgressPolicy, EgressRun, rule::Scheme};
 use crate::outcome::{ErrorCode, GuestKind, NodeFailure, RunReport, RunStatus};
 use capture::{Capture, EchoThread};
-use host::{GuestState, LogSink, MetricSink, Trace};
-use limits::{StoreLimiter, classify};
+use host::{GuestState, LogSink};
+use limits::classify;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -519,7 +519,7 @@ impl Sandbox {
             Some(spare) => {
                 // The store now holds the run's slot; its spare's is free
                 // for the next spare.
-                let Fresh { mut store, permit, .. } = spare.fresh;
+                let spare::Spare { mut store, permit, instance, .. } = *spare;
                 drop(permit);
                 let state = store.data_mut();
                 state.wasi = wasi;
@@ -529,23 +529,10 @@ impl Sandbox {
                 if metering.epoch {
                     set_deadline(&mut store, deadline);
                 }
-                (store, Some(spare.instance))
+                (store, Some(instance))
             }
             None => {
-                let mut table = ResourceTable::new();
-                table.set_max_capacity(limits.resources);
-                let state = GuestState {
-                    wasi,
-                    table,
-                    limiter: StoreLimiter::new(limits),
-                    logs,
-                    services: request.services.clone(),
-                    trace: Trace::default(),
-                    metrics: MetricSink::default(),
-                    http: wasmtime_wasi_http::WasiHttpCtx::new(),
-                    egress: EgressHooks(egress.clone()),
-                    touched: false,
-                };
+                let state = GuestState::new(wasi, limits, logs, request.services.clone(), EgressHooks(egress.clone()));
                 (new_store(&self.engine, metering, state, limits, deadline), None)
             }
         };
@@ -574,8 +561,6 @@ impl Sandbox {
         report.peak_memory_bytes = store.data().limiter.peak_memory_bytes();
         report.stdout = stdout.contents();
         report.stderr = stderr.contents();
-        // Destructuring drops the rest (the WASI context and its stream
-        // handles) here, before the echo thread is told to finish.
         let off_path = slot.is_some() && request.echo == Echo::NONE && program.spare.costly(self.spare_threshold());
         let (logs, trace, metrics) = if off_path {
             // A costly program's store (an interpreter's memory image) takes
@@ -597,6 +582,8 @@ impl Sandbox {
             tokio::task::spawn_blocking(move || drop((store, slot)));
             kept
         } else {
+            // Destructuring drops the rest (the WASI context and its stream
+            // handles) here, before the echo thread is told to finish.
             let GuestState { logs, trace, metrics, .. } = store.into_data();
             drop(slot);
             (logs, trace, metrics)
@@ -638,28 +625,18 @@ impl Sandbox {
     /// have a spare and has none (see the `spare` module).
     fn refill(&self, program: &Program, limits: &Limits) {
         let Some(spares) = &self.spares else { return };
-        if !program.spare.claim_refill(spares.threshold) {
-            return;
-        }
+        // Ends the refill however it ends: here, or in its task, even
+        // dropped or panicking, so the program is not left without spares.
+        let Some(refill) = program.spare.claim_refill(spares.threshold) else { return };
         let maker = spares.maker.get_or_init(|| {
             spare::Maker::start()
                 .inspect_err(|e| tracing::warn!("cannot start the thread that makes spare instances: {e}"))
                 .ok()
         });
-        let Some(maker) = maker else {
-            program.spare.fill(spare::Made::Failed);
-            return;
-        };
-        let Ok(permit) = spares.permits.clone().try_acquire_owned() else {
-            program.spare.fill(spare::Made::Failed);
-            return;
-        };
-        let (engine, metering, pre, slot, limits) =
-            (self.engine.clone(), self.metering(), program.pre.clone(), program.spare.clone(), limits.clone());
+        let (Some(maker), Ok(permit)) = (maker, spares.permits.clone().try_acquire_owned()) else { return };
+        let (engine, metering, pre, limits) =
+            (self.engine.clone(), self.metering(), program.pre.clone(), limits.clone());
         maker.spawn(async move {
-            // Ends the refill however the task ends, even dropped or
-            // panicking, so the program is not left without spares.
-            let refill = spare::Refill::new(slot);
             let made = make_spare(&engine, metering, &pre, limits, permit).await;
             refill.fill(made);
         });
@@ -671,13 +648,6 @@ impl Sandbox {
 struct Metering {
     fuel: bool,
     epoch: bool,
-}
-
-/// A spare's store, before its run's context goes in, with the pool
-/// permit it holds until then.
-struct Fresh {
-    store: Store<GuestState>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A store for `state` under `limits`, stopped at `deadline`.
@@ -726,29 +696,18 @@ async fn make_spare(
     // import is dropped. Denied all the same.
     let mut wasi = WasiCtxBuilder::new();
     wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-    let mut table = ResourceTable::new();
-    table.set_max_capacity(limits.resources);
-    let state = GuestState {
-        wasi: wasi.build(),
-        table,
-        limiter: StoreLimiter::new(&limits),
-        logs: LogSink::new(limits.log_bytes, None),
-        services: NodeServices::default(),
-        trace: Trace::default(),
-        metrics: MetricSink::default(),
-        http: wasmtime_wasi_http::WasiHttpCtx::new(),
-        egress: EgressHooks(EgressRun::new(Arc::new(EgressPolicy::deny_all()), deadline)),
-        touched: false,
-    };
+    let state = GuestState::new(
+        wasi.build(),
+        &limits,
+        LogSink::new(limits.log_bytes, None),
+        NodeServices::default(),
+        EgressHooks(EgressRun::new(Arc::new(EgressPolicy::deny_all()), deadline)),
+    );
     let mut store = new_store(engine, metering, state, &limits, deadline);
     let instance = tokio::time::timeout(timeout + EPOCH_TICK * 5, instantiate(pre, &mut store)).await;
     match instance {
         _ if store.data().touched => spare::Made::Touched,
-        Ok(Ok(instance)) => spare::Made::Spare(Box::new(spare::Spare {
-            fresh: Fresh { store, permit: Some(permit) },
-            instance,
-            limits,
-        })),
+        Ok(Ok(instance)) => spare::Made::Spare(Box::new(spare::Spare { store, permit, instance, limits })),
         _ => spare::Made::Failed,
     }
 }

@@ -31,14 +31,18 @@
 //! [`PoolingOptions::spares`]: super::PoolingOptions::spares
 //! [`PoolingOptions::spare_threshold`]: super::PoolingOptions::spare_threshold
 
-use super::{Fresh, Instance, Limits};
-use std::sync::Mutex;
+use super::host::GuestState;
+use super::{Instance, Limits};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// An instance made ahead of its run, with the limits it was made under.
+/// An instance made ahead of its run: its store (before its run's context
+/// goes in), the pool permit it holds until a run takes it, and the limits
+/// it was made under.
 pub(super) struct Spare {
-    pub(super) fresh: Fresh,
+    pub(super) store: wasmtime::Store<GuestState>,
+    pub(super) permit: tokio::sync::OwnedSemaphorePermit,
     pub(super) instance: Instance,
     pub(super) limits: Limits,
 }
@@ -57,7 +61,7 @@ pub(super) enum Made {
 /// One program's spare, shared by the clones of its [`Program`](super::Program).
 #[derive(Default)]
 pub(super) struct SpareSlot {
-    held: Mutex<Option<Spare>>,
+    held: Mutex<Option<Box<Spare>>>,
     /// A refill is under way.
     refilling: AtomicBool,
     /// The fastest inline instantiation, in nanoseconds (at least 1); 0
@@ -74,7 +78,7 @@ impl SpareSlot {
     /// The spare, if one made under `limits` is ready. A spare made under
     /// other limits is dropped (on a blocking thread, off the run's path),
     /// so that the next refill uses these.
-    pub(super) fn take(&self, limits: &Limits) -> Option<Spare> {
+    pub(super) fn take(&self, limits: &Limits) -> Option<Box<Spare>> {
         let spare = self.held.lock().unwrap().take()?;
         if spare.limits != *limits {
             tokio::task::spawn_blocking(move || drop(spare));
@@ -102,21 +106,21 @@ impl SpareSlot {
         fastest != 0 && fastest >= u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a refill should start now (the program's instantiation
-    /// costs at least `threshold`, calls no import, and no spare is held
-    /// or being made); if so, the caller owns the refill and must end it
-    /// with [`SpareSlot::fill`].
-    pub(super) fn claim_refill(&self, threshold: Duration) -> bool {
-        self.costly(threshold)
+    /// The refill to make now, if one should start (the program's
+    /// instantiation costs at least `threshold`, calls no import, and no
+    /// spare is held or being made).
+    pub(super) fn claim_refill(self: &Arc<Self>, threshold: Duration) -> Option<Refill> {
+        let claimed = self.costly(threshold)
             && !self.touched.load(Ordering::Relaxed)
             && self.held.lock().unwrap().is_none()
-            && self.refilling.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            && self.refilling.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        claimed.then(|| Refill(Some(self.clone())))
     }
 
     /// Ends a refill.
-    pub(super) fn fill(&self, made: Made) {
+    fn fill(&self, made: Made) {
         match made {
-            Made::Spare(spare) => *self.held.lock().unwrap() = Some(*spare),
+            Made::Spare(spare) => *self.held.lock().unwrap() = Some(spare),
             Made::Touched => self.touched.store(true, Ordering::Relaxed),
             Made::Failed => {}
         }
@@ -135,14 +139,11 @@ impl SpareSlot {
 }
 
 /// A claimed refill of a slot: ends it when filled, or as a failure when
-/// dropped unfilled (its task dropped with the maker, or panicking).
-pub(super) struct Refill(Option<std::sync::Arc<SpareSlot>>);
+/// dropped unfilled (not started, its task dropped with the maker, or
+/// panicking).
+pub(super) struct Refill(Option<Arc<SpareSlot>>);
 
 impl Refill {
-    pub(super) fn new(slot: std::sync::Arc<SpareSlot>) -> Refill {
-        Refill(Some(slot))
-    }
-
     pub(super) fn fill(mut self, made: Made) {
         if let Some(slot) = self.0.take() {
             slot.fill(made);
